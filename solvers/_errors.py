@@ -1,0 +1,25 @@
+"""Exceptions raised by the solvers."""
+
+from __future__ import annotations
+
+
+class SolverError(RuntimeError):
+    """An integration could not be completed (too many steps, step-size underflow).
+
+    The message says what happened and which option changes it.
+    """
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or Inf appeared in the state during an integration.
+
+    Attributes:
+        t: the time of the first step whose result is not finite (a float).
+        step: the index of that step on the integration grid (``None`` for adaptive methods,
+            where only the output time is known).
+    """
+
+    def __init__(self, message: str, *, t: float, step: int | None = None):
+        super().__init__(message)
+        self.t = t
+        self.step = step

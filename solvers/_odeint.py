@@ -1,0 +1,425 @@
+"""One ``odeint`` for every method: torchdiffeq's Runge–Kutta family and our steppers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torchdiffeq
+from torch import Tensor, nn
+
+from ._errors import NonFiniteError, SolverError
+from ._steppers import STEPPERS, Stepper
+
+# torchdiffeq's method names, split by whether the user must give a step size.
+FIXED_STEP_METHODS = (
+    "euler",
+    "midpoint",
+    "heun2",
+    "heun3",
+    "rk4",
+    "explicit_adams",
+    "implicit_adams",
+    "fixed_adams",
+)
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver")
+
+# torchdiffeq's own default is 2**31 - 1 steps, which looks like a hang to a user whose
+# right-hand side has gone stiff or non-finite.
+DEFAULT_MAX_NUM_STEPS = 10_000
+
+
+def methods() -> dict[str, str]:
+    """All method names ``odeint`` accepts, mapped to their kind.
+
+    Returns:
+        ``{name: kind}`` with kind one of ``"fixed"`` (torchdiffeq, needs ``step_size``),
+        ``"adaptive"`` (torchdiffeq, error-controlled) and ``"symplectic"`` (ours, needs a
+        split state and ``step_size``).
+    """
+    out = {m: "fixed" for m in FIXED_STEP_METHODS}
+    out.update({m: "adaptive" for m in ADAPTIVE_METHODS})
+    out.update({m: "symplectic" for m in STEPPERS})
+    return out
+
+
+def _unknown_method(method: Any) -> ValueError:
+    names = ", ".join(sorted(methods()))
+    return ValueError(f"unknown method {method!r}; valid methods are: {names}")
+
+
+def _times_on_host(t: Tensor) -> list[float]:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"t must be a 1-d tensor of times, got {type(t).__name__}")
+    if t.dim() != 1 or t.numel() < 2:
+        raise ValueError(
+            f"t must be a 1-d tensor with at least 2 times, got shape {tuple(t.shape)}"
+        )
+    if not t.is_floating_point():
+        raise TypeError(f"t must be a floating-point tensor, got dtype {t.dtype}")
+    # One host-device sync, before the first step: the grid is fixed from here on.
+    ts = t.detach().to("cpu", torch.float64).tolist()
+    if not all(math.isfinite(x) for x in ts):
+        raise ValueError(f"t must be finite, got {ts}")
+    diffs = [b - a for a, b in zip(ts[:-1], ts[1:])]
+    if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
+        raise ValueError(
+            f"t must be strictly increasing or strictly decreasing, got {ts}; "
+            "sort the output times or split the integration in two calls"
+        )
+    return ts
+
+
+def _check_state(y0: Any, name: str = "y0") -> None:
+    tensors = y0 if isinstance(y0, tuple) else (y0,)
+    for i, y in enumerate(tensors):
+        if not isinstance(y, Tensor):
+            raise TypeError(
+                f"{name} must be a tensor or a tuple of tensors, got {type(y).__name__}"
+            )
+        if not y.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got dtype {y.dtype}")
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(y).all()):
+            where = f"{name}[{i}]" if isinstance(y0, tuple) else name
+            raise ValueError(f"{where} contains NaN or Inf before the first step")
+
+
+def _first_bad(sol: Tensor | tuple[Tensor, ...]) -> int | None:
+    """Index of the first output time whose state is not finite (one sync), or None."""
+    parts = sol if isinstance(sol, tuple) else (sol,)
+    ok = torch.stack([torch.isfinite(s.reshape(s.shape[0], -1)).all(1) for s in parts]).all(0)
+    if bool(ok.all()):
+        return None
+    return int((~ok).nonzero()[0, 0])
+
+
+class _Counter(nn.Module):
+    """Counts evaluations of a torchdiffeq solve."""
+
+    def __init__(self, func: Callable):
+        super().__init__()
+        self.func = func
+        self.nfe = 0
+        self.steps = 0
+        self.rejected = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return self.func(t, y)
+
+
+class _FixedCounter(_Counter):
+    """Also counts the steps of a fixed-grid solve (the only callback those solvers call)."""
+
+    def callback_step(self, t0, y0, dt):
+        self.steps += 1
+
+
+class _AdaptiveCounter(_Counter):
+    """Also counts accepted and rejected steps of an adaptive solve."""
+
+    def callback_accept_step(self, t0, y0, dt):
+        self.steps += 1
+
+    def callback_reject_step(self, t0, y0, dt):
+        self.rejected += 1
+
+
+def _torchdiffeq(func, y0, t, method, step_size, rtol, atol, options, adjoint, check_finite):
+    kind = methods()[method]
+    options = dict(options or {})
+    if kind == "fixed":
+        if step_size is None and "grid_constructor" not in options:
+            raise ValueError(
+                f"method {method!r} is fixed-step and needs step_size= (e.g. step_size=0.1), "
+                "or use an adaptive method such as 'dopri5'"
+            )
+        if step_size is not None:
+            options["step_size"] = float(step_size)
+    else:
+        if step_size is not None:
+            raise ValueError(
+                f"step_size is for fixed-step methods; {method!r} chooses its own steps from "
+                "rtol/atol (pass options={'first_step': ...} to set the first one)"
+            )
+        if method != "scipy_solver":
+            options.setdefault("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+    if adjoint and not isinstance(func, nn.Module):
+        raise TypeError(
+            "adjoint=True needs func to be an nn.Module (its parameters get gradients); "
+            "wrap the function in a module"
+        )
+    if method == "scipy_solver":
+        counter = _Counter(func)
+    elif kind == "fixed":
+        counter = _FixedCounter(func)
+    else:
+        counter = _AdaptiveCounter(func)
+    solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
+    try:
+        sol = solve(counter, y0, t, rtol=rtol, atol=atol, method=method, options=options)
+    except (AssertionError, RuntimeError) as err:
+        msg = str(err)
+        if "underflow in dt" in msg:
+            raise SolverError(
+                f"{method}: the step size underflowed ({msg}); the right-hand side is probably "
+                "stiff or not finite. Loosen rtol/atol, or use a fixed-step method"
+            ) from err
+        if "max_num_steps exceeded" in msg:
+            raise SolverError(
+                f"{method}: more than {options.get('max_num_steps')} steps were needed ({msg}); "
+                "raise options={'max_num_steps': N}, loosen rtol/atol, or use a fixed-step method"
+            ) from err
+        raise
+    if kind == "fixed":
+        stats = {"nfe": counter.nfe, "steps": counter.steps}
+    else:
+        # scipy reports no steps to torchdiffeq's callbacks: None rather than a wrong 0.
+        steps = None if method == "scipy_solver" else counter.steps
+        stats = {"nfe": counter.nfe, "steps": steps, "rejected": counter.rejected}
+    if check_finite and not torch.compiler.is_compiling():
+        i = _first_bad(sol)
+        if i is not None:
+            tt = float(t[i])
+            raise NonFiniteError(
+                f"{method}: the state became NaN/Inf between t={float(t[i - 1])} and t={tt}",
+                t=tt,
+            )
+    return sol, stats
+
+
+def _grid(ts: list[float], step_size: float) -> list[tuple[float, float, int]]:
+    """Per output interval: (start, signed step, number of steps); steps divide it exactly."""
+    out = []
+    for a, b in zip(ts[:-1], ts[1:]):
+        # The relative slack keeps e.g. 3.0 / 1.0 from becoming 4 steps through round-off.
+        n = max(1, math.ceil(abs(b - a) / step_size * (1.0 - 1e-12)))
+        out.append((a, (b - a) / n, n))
+    return out
+
+
+def _check_split(func, y0, method):
+    if not (isinstance(y0, tuple) and len(y0) == 2):
+        raise TypeError(
+            f"method {method!r} integrates a split state: pass y0=(q0, p0), got {type(y0).__name__}"
+        )
+    if not (isinstance(func, (tuple, list)) and len(func) == 2 and all(map(callable, func))):
+        raise TypeError(
+            f"method {method!r} needs func=(f_q, f_p) with dq/dt = f_q(t, p) and "
+            f"dp/dt = f_p(t, q), got {type(func).__name__}"
+        )
+
+
+def integrate_split(
+    stepper: Stepper,
+    func,
+    y0: tuple[Tensor, Tensor],
+    ts: list[float],
+    step_size: float,
+    time_dtype: torch.dtype,
+) -> tuple[tuple[Tensor, Tensor], int, list[tuple[float, float, int]]]:
+    """Run ``stepper`` over the grid of ``ts``; returns the stacked solution, steps, grid."""
+    grid = _grid(ts, step_size)
+    device = y0[0].device
+    starts = [a + k * h for a, h, n in grid for k in range(n)]
+    # Built once: per-step times are views into it, so the loop never syncs.
+    times = torch.tensor(starts, dtype=time_dtype, device=device)
+    q, p = y0
+    qs, ps = [q], [p]
+    i = 0
+    for _, h, n in grid:
+        for _ in range(n):
+            q, p = stepper.step(func, times[i], h, (q, p))
+            i += 1
+        qs.append(q)
+        ps.append(p)
+    return (torch.stack(qs), torch.stack(ps)), i, grid
+
+
+def _locate_nonfinite(stepper, func, sol, ts, grid, bad) -> NonFiniteError:
+    """Re-run the interval that went bad, step by step, to name the first bad step."""
+    q, p = sol[0][bad - 1], sol[1][bad - 1]
+    a, h, n = grid[bad - 1]
+    first = sum(g[2] for g in grid[: bad - 1])
+    with torch.no_grad():
+        for k in range(n):
+            t = a + k * h
+            tt = torch.tensor(t, dtype=q.dtype, device=q.device)
+            q, p = stepper.step(func, tt, h, (q, p))
+            if not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(p).all())):
+                return NonFiniteError(
+                    f"{stepper.name}: the state became NaN/Inf in step {first + k} "
+                    f"(t={t:g} to t={t + h:g})",
+                    t=t,
+                    step=first + k,
+                )
+    return NonFiniteError(
+        f"{stepper.name}: the state became NaN/Inf between t={ts[bad - 1]:g} and t={ts[bad]:g}",
+        t=ts[bad - 1],
+    )
+
+
+def odeint(
+    func,
+    y0,
+    t: Tensor,
+    *,
+    method: str,
+    step_size: float | None = None,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    options: dict[str, Any] | None = None,
+    adjoint: bool = False,
+    check_finite: bool = True,
+    return_stats: bool = False,
+):
+    """Solve ``dy/dt = func(t, y)`` and return the solution at every time of ``t``.
+
+    The calling convention of ``torchdiffeq.odeint``. Runge–Kutta and Adams methods
+    (``"euler"``, ``"midpoint"``, ``"rk4"``, ``"dopri5"``, ... see :func:`methods`) are
+    handed to torchdiffeq unchanged. The symplectic methods ``"symplectic_euler"``,
+    ``"leapfrog"``, ``"verlet"`` and ``"yoshida4"`` are ours and integrate a split,
+    separable system ``dq/dt = f_q(t, p)``, ``dp/dt = f_p(t, q)``.
+
+    Args:
+        func: ``func(t, y) -> dy/dt`` with ``y`` a tensor or a tuple of tensors (torchdiffeq
+            methods); or the pair ``(f_q, f_p)`` (symplectic methods).
+        y0: initial state, a tensor ``(*shape)``, a tuple of tensors, or ``(q0, p0)``.
+        t: ``(n_times,)`` strictly increasing or strictly decreasing output times; ``t[0]``
+            is the time of ``y0``.
+        method: a name from :func:`methods`.
+        step_size: step of fixed-step and symplectic methods (required for them). For the
+            symplectic methods each output interval is divided into the fewest equal steps
+            no longer than ``step_size``.
+        rtol, atol: tolerances of adaptive methods.
+        options: extra options passed to torchdiffeq (e.g. ``jump_t``, ``max_num_steps``,
+            ``perturb``); adaptive methods default to ``max_num_steps=10_000``.
+        adjoint: use ``torchdiffeq.odeint_adjoint`` (torchdiffeq methods only; ``func`` must
+            be an ``nn.Module``). Its gradient solves the adjoint ODE and matches the
+            discrete gradient only approximately.
+        check_finite: after the solve, check every output for NaN/Inf (one sync) and, if one
+            is found, raise :class:`NonFiniteError` naming the first bad step. Skipped
+            while ``torch.compile`` traces.
+        return_stats: also return a dict with ``nfe`` and ``steps`` (and ``rejected`` for
+            adaptive methods) of this call.
+
+    Returns:
+        The solution stacked on a new leading axis, ``(n_times, *shape)`` — a tuple of such
+        tensors for a tuple state — and, with ``return_stats=True``, the stats dict.
+
+    Raises:
+        ValueError: unknown method, missing/invalid ``step_size``, non-monotone ``t``.
+        TypeError: a symplectic method given a non-split state or a single function.
+        NonFiniteError: NaN/Inf appeared in the state.
+        SolverError: adaptive step-size underflow, or more than ``max_num_steps`` steps.
+    """
+    kinds = methods()
+    if method not in kinds:
+        raise _unknown_method(method)
+    ts = _times_on_host(t)
+    _check_state(y0)
+    if kinds[method] != "symplectic":
+        if isinstance(func, (tuple, list)):
+            raise TypeError(
+                f"method {method!r} takes one function func(t, y); the pair (f_q, f_p) is for "
+                f"the symplectic methods {sorted(STEPPERS)}"
+            )
+        sol, stats = _torchdiffeq(
+            func, y0, t, method, step_size, rtol, atol, options, adjoint, check_finite
+        )
+        return (sol, stats) if return_stats else sol
+
+    _check_split(func, y0, method)
+    if adjoint:
+        raise ValueError(
+            f"adjoint=True is torchdiffeq's adjoint and does not apply to {method!r}; "
+            "the symplectic methods backpropagate through their steps"
+        )
+    if options:
+        raise ValueError(f"method {method!r} takes no options, got {sorted(options)}")
+    step_size = _check_step_size(step_size, method)
+    stepper = STEPPERS[method]
+    time_dtype = torch.promote_types(t.dtype, y0[0].dtype)
+    sol, steps, grid = integrate_split(stepper, tuple(func), y0, ts, step_size, time_dtype)
+    if check_finite and not torch.compiler.is_compiling():
+        bad = _first_bad(sol)
+        if bad is not None:
+            raise _locate_nonfinite(stepper, tuple(func), sol, ts, grid, bad)
+    stats = {"nfe": steps * sum(stepper.evals), "steps": steps}
+    return (sol, stats) if return_stats else sol
+
+
+def _check_step_size(step_size, method) -> float:
+    if step_size is None:
+        raise ValueError(f"method {method!r} is fixed-step and needs step_size= (e.g. 0.1)")
+    if isinstance(step_size, Tensor):
+        raise TypeError("step_size must be a Python float (the grid is fixed before stepping)")
+    step_size = float(step_size)
+    if not (math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size must be a positive finite number, got {step_size}")
+    return step_size
+
+
+def odeint_second_order(
+    f: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    v0: Tensor,
+    t: Tensor,
+    *,
+    method: str = "leapfrog",
+    step_size: float | None = None,
+    check_finite: bool = True,
+    return_stats: bool = False,
+):
+    """Solve ``y'' = f(t, y)``, ``y(t[0]) = y0``, ``y'(t[0]) = v0`` with a symplectic method.
+
+    Args:
+        f: the acceleration ``f(t, y)``, same shape as ``y``.
+        y0, v0: ``(*shape)`` initial position and velocity.
+        t: ``(n_times,)`` monotone output times.
+        method: ``"leapfrog"`` (the paper's ``y_{j+1} = 2y_j - y_{j-1} + h^2 f(t_j, y_j)``,
+            ``y_{-1} = y_0 - h v_0``), ``"symplectic_euler"``, ``"verlet"`` or ``"yoshida4"``.
+        step_size: the step ``h`` (required).
+        check_finite, return_stats: as in :func:`odeint`; ``nfe`` counts evaluations of ``f``.
+
+    Returns:
+        ``(y, v)``, each ``(n_times, *shape)``: positions and the method's velocity (for
+        leapfrog the backward difference ``(y_j - y_{j-1}) / h``); with
+        ``return_stats=True`` also the stats dict.
+    """
+    if method not in STEPPERS:
+        raise ValueError(
+            f"odeint_second_order: unknown method {method!r}; valid methods are: "
+            f"{', '.join(sorted(STEPPERS))}"
+        )
+    if not callable(f):
+        raise TypeError(f"f must be callable f(t, y), got {type(f).__name__}")
+    if not isinstance(y0, Tensor) or not isinstance(v0, Tensor):
+        raise TypeError("y0 and v0 must be tensors")
+    if y0.shape != v0.shape:
+        raise ValueError(
+            f"y0 and v0 must have one shape, got {tuple(y0.shape)} and {tuple(v0.shape)}"
+        )
+    out = odeint(
+        (_velocity, f),
+        (y0, v0),
+        t,
+        method=method,
+        step_size=step_size,
+        check_finite=check_finite,
+        return_stats=return_stats,
+    )
+    if not return_stats:
+        return out
+    sol, stats = out
+    stats = {"nfe": stats["steps"] * STEPPERS[method].evals[1], "steps": stats["steps"]}
+    return sol, stats
+
+
+def _velocity(t: Tensor, v: Tensor) -> Tensor:
+    return v
+
+
+__all__: Sequence[str] = ("odeint", "odeint_second_order", "methods")
