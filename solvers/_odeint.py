@@ -303,7 +303,8 @@ def odeint(
             is found, raise :class:`NonFiniteError` naming the first bad step. Skipped
             while ``torch.compile`` traces.
         return_stats: also return a dict with ``nfe`` and ``steps`` (and ``rejected`` for
-            adaptive methods) of this call.
+            adaptive methods) of this call. For the symplectic methods ``nfe`` counts calls
+            of ``f_q`` plus calls of ``f_p`` (also given apart as ``nfe_q``, ``nfe_p``).
 
     Returns:
         The solution stacked on a new leading axis, ``(n_times, *shape)`` — a tuple of such
@@ -347,7 +348,8 @@ def odeint(
         bad = _first_bad(sol)
         if bad is not None:
             raise _locate_nonfinite(stepper, tuple(func), sol, ts, grid, bad)
-    stats = {"nfe": steps * sum(stepper.evals), "steps": steps}
+    e_q, e_p = stepper.evals
+    stats = {"nfe": steps * (e_q + e_p), "steps": steps, "nfe_q": steps * e_q, "nfe_p": steps * e_p}
     return (sol, stats) if return_stats else sol
 
 

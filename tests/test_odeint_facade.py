@@ -81,7 +81,7 @@ def test_stats_fixed_and_adaptive():
         step_size=0.1,
         return_stats=True,
     )
-    assert st == {"nfe": 30, "steps": 10}
+    assert st == {"nfe": 30, "steps": 10, "nfe_q": 10, "nfe_p": 20}
 
 
 def test_symplectic_grid_divides_each_interval():

@@ -1,0 +1,29 @@
+"""neuralpde: PDE-motivated convolutional networks whose depth is integration time.
+
+Ruthotto & Haber, *Deep Neural Networks Motivated by Partial Differential Equations*,
+J. Math. Imaging Vis. 62 (2020). Integration is done by the sibling package ``solvers``.
+"""
+
+from ._layers import ResNetLayer as ResNetLayer
+from ._layers import SymmetricLayer as SymmetricLayer
+from ._network import PDECNN as PDECNN
+from ._network import count_parameters as count_parameters
+from ._rhs import HamiltonianRHS as HamiltonianRHS
+from ._rhs import ParabolicRHS as ParabolicRHS
+from ._rhs import ResNetRHS as ResNetRHS
+from ._rhs import SecondOrderRHS as SecondOrderRHS
+from ._stage import Stage as Stage
+from ._weights import TimeWeights as TimeWeights
+
+__all__ = [
+    "PDECNN",
+    "HamiltonianRHS",
+    "ParabolicRHS",
+    "ResNetLayer",
+    "ResNetRHS",
+    "SecondOrderRHS",
+    "Stage",
+    "SymmetricLayer",
+    "TimeWeights",
+    "count_parameters",
+]

@@ -1,0 +1,173 @@
+"""PDECNN: opening layer, PDE stages, connectors, pooling and classifier (SPEC.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._rhs import HamiltonianRHS, ParabolicRHS, ResNetRHS, SecondOrderRHS
+from ._stage import Stage
+
+ARCHS = {
+    "parabolic": ParabolicRHS,
+    "hamiltonian": HamiltonianRHS,
+    "second_order": SecondOrderRHS,
+    "resnet": ResNetRHS,
+}
+
+# Table 1 of Ruthotto & Haber (2020): widths, input channels, classes.
+PAPER_PRESETS = {
+    "stl10": {"widths": (16, 32, 64, 128, 128), "in_channels": 3, "num_classes": 10},
+    "cifar10": {"widths": (32, 64, 112, 112), "in_channels": 3, "num_classes": 10},
+    "cifar100": {"widths": (32, 64, 128, 256), "in_channels": 3, "num_classes": 100},
+}
+
+
+def _conv_bn_relu(c_in: int, c_out: int, k: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=False),
+    )
+
+
+class PDECNN(nn.Module):
+    """A PDE-motivated CNN: a ResNet whose blocks are ODE stages, depth as time.
+
+    Layout (SPEC.md): 3×3 conv + BatchNorm + ReLU opening to ``widths[0]``; for each unit
+    ``k`` a stage at width ``widths[k]`` integrated over ``[0, steps·step_size]``, then a
+    1×1 conv + BatchNorm + ReLU connector to ``widths[k+1]`` and 2×2 average pooling
+    (global average pooling after the last unit); an affine classifier.
+
+    Args:
+        arch: ``"parabolic"``, ``"hamiltonian"``, ``"second_order"`` or ``"resnet"``.
+        in_channels: channels of the input images.
+        num_classes: number of classes.
+        widths: ``(nf_1, ..., nf_{K+1})``; ``K = len(widths) - 1`` stages.
+        steps: parameter sets (time steps) per stage.
+        step_size: the training step ``h``; each stage spans ``T = steps * h``.
+        interpolation: θ(t) between steps, ``"constant"`` (the paper) or ``"linear"``.
+        method: solver of every stage (default: the paper's scheme for ``arch``).
+        solver_options: ``step_size``/``rtol``/``atol``/torchdiffeq options for ``method``.
+
+    ``forward(x)``: ``x (batch, in_channels, height, width)`` -> logits
+    ``(batch, num_classes)``; height and width must be divisible by ``2**(K-1)``.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        in_channels: int,
+        num_classes: int,
+        widths: tuple[int, ...] | list[int],
+        steps: int = 3,
+        step_size: float = 1.0,
+        interpolation: str = "constant",
+        method: str | None = None,
+        **solver_options: Any,
+    ):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"PDECNN: unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+        for name, v in (("in_channels", in_channels), ("num_classes", num_classes)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"PDECNN: {name} must be a positive int, got {v!r}")
+        widths = tuple(widths)
+        if len(widths) < 2 or not all(isinstance(w, int) and w > 0 for w in widths):
+            raise ValueError(
+                f"PDECNN: widths must list at least two positive ints (stage widths plus the "
+                f"final width), got {widths!r}"
+            )
+        if arch == "hamiltonian" and any(w % 2 for w in widths[:-1]):
+            raise ValueError(
+                f"PDECNN: the Hamiltonian network splits each stage's channels in halves; "
+                f"stage widths must be even, got {widths[:-1]}"
+            )
+        self.arch = arch
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.widths = widths
+        self.opening = _conv_bn_relu(in_channels, widths[0], 3)
+        rhs_cls = ARCHS[arch]
+        self.stages = nn.ModuleList()
+        self.connectors = nn.ModuleList()
+        for k in range(len(widths) - 1):
+            stage = Stage(rhs_cls(widths[k], steps, step_size, interpolation))
+            stage.index = k
+            self.stages.append(stage)
+            self.connectors.append(_conv_bn_relu(widths[k], widths[k + 1], 1))
+        self.classifier = nn.Linear(widths[-1], num_classes)
+        if method is not None or solver_options:
+            self.set_solver(method, **solver_options)
+
+    @classmethod
+    def from_paper(cls, dataset: str, arch: str, **kwargs: Any) -> PDECNN:
+        """The network of the paper's Table 1 for ``dataset`` (``"stl10"``, ``"cifar10"``,
+        ``"cifar100"``): its widths, 3 steps of h = 1 per stage, and exactly its parameter
+        count. ``kwargs`` go to :class:`PDECNN` (e.g. ``steps=5``)."""
+        if dataset not in PAPER_PRESETS:
+            raise ValueError(
+                f"PDECNN.from_paper: unknown preset {dataset!r}; choose one of "
+                f"{sorted(PAPER_PRESETS)}"
+            )
+        return cls(arch, **PAPER_PRESETS[dataset], **kwargs)
+
+    def set_solver(
+        self,
+        method: str | None = None,
+        step_size: float | None = None,
+        stage: int | None = None,
+        **options: Any,
+    ) -> None:
+        """Re-discretize every stage (or stage ``stage``) without touching the weights.
+
+        Args:
+            method: a name from :func:`solvers.methods`; ``None`` restores each stage's
+                paper scheme.
+            step_size: for fixed-step and symplectic methods (``None``: the training step).
+            stage: index of a single stage to change; ``None`` changes all.
+            options: ``rtol``, ``atol`` and torchdiffeq options.
+        """
+        if stage is None:
+            targets = list(self.stages)
+        else:
+            if not isinstance(stage, int) or not 0 <= stage < len(self.stages):
+                raise ValueError(
+                    f"set_solver: stage must be an int in [0, {len(self.stages)}), got {stage!r}"
+                )
+            targets = [self.stages[stage]]
+        for s in targets:
+            s.set_solver(method, step_size, **dict(options))
+
+    def solver_stats(self) -> list[dict[str, Any]]:
+        """Per stage, ``method``, ``nfe`` and ``steps`` (and ``rejected``) of the last forward."""
+        return [dict(s.last_stats) for s in self.stages]
+
+    def features(self, x: Tensor) -> Tensor:
+        """The pooled feature vector ``(batch, widths[-1])`` before the classifier."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"PDECNN: expected a tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"PDECNN: expected input (batch, {self.in_channels}, height, width), got "
+                f"{tuple(x.shape)}"
+            )
+        x = self.opening(x)
+        last = len(self.stages) - 1
+        for k, (stage, connector) in enumerate(zip(self.stages, self.connectors)):
+            x = connector(stage(x))
+            x = x.mean(dim=(2, 3)) if k == last else F.avg_pool2d(x, 2)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch!r}, widths={self.widths}"
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,154 @@
+"""A stage: one right-hand side integrated over [0, T] by any ``solvers.odeint`` method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import solvers
+
+from ._rhs import _RHS
+
+# The paper's scheme for each dynamic (SPEC: forward Euler, symplectic Euler, leapfrog).
+DEFAULT_METHOD = {
+    "ParabolicRHS": "euler",
+    "ResNetRHS": "euler",
+    "HamiltonianRHS": "symplectic_euler",
+    "SecondOrderRHS": "leapfrog",
+}
+# Tolerances for adaptive methods on a network stage: activations are O(1) and the loss
+# cares about a few digits, so torchdiffeq's 1e-7/1e-9 would waste evaluations.
+DEFAULT_RTOL = 1e-3
+DEFAULT_ATOL = 1e-4
+
+
+class Stage(nn.Module):
+    """Integrates ``rhs`` from 0 to ``rhs.T`` and returns the state at ``T``.
+
+    Depth is integration time: the same weights θ(t) can be discretized by any method of
+    :func:`solvers.methods` at run time (see :meth:`set_solver`).
+
+    Args:
+        rhs: a right-hand side (:class:`ParabolicRHS`, :class:`HamiltonianRHS`,
+            :class:`SecondOrderRHS`, :class:`ResNetRHS`).
+        method: defaults to the paper's scheme for that dynamic: ``"euler"`` (parabolic,
+            resnet), ``"symplectic_euler"`` (Hamiltonian), ``"leapfrog"`` (second order).
+        step_size: defaults to the training step ``rhs.step_size``.
+        options: ``rtol``, ``atol`` and torchdiffeq options (``max_num_steps``, ...).
+
+    ``forward(x)``: ``x (batch, channels, h, w)`` -> ``(batch, channels, h, w)``.
+    """
+
+    def __init__(
+        self, rhs: _RHS, method: str | None = None, step_size: float | None = None, **options: Any
+    ):
+        super().__init__()
+        if not isinstance(rhs, _RHS):
+            raise TypeError(
+                f"Stage: rhs must be a neuralpde right-hand side, got {type(rhs).__name__}"
+            )
+        self.rhs = rhs
+        self.index: int | None = None
+        self.last_stats: dict[str, Any] = {}
+        self.set_solver(method, step_size, **options)
+
+    @property
+    def default_method(self) -> str:
+        """The paper's scheme for this stage's dynamic."""
+        return DEFAULT_METHOD[type(self.rhs).__name__]
+
+    def set_solver(
+        self, method: str | None = None, step_size: float | None = None, **options: Any
+    ) -> None:
+        """Change how this stage is discretized; the weights are untouched.
+
+        Args:
+            method: a name from :func:`solvers.methods`; ``None`` restores the default.
+            step_size: for fixed-step and symplectic methods; ``None`` uses the training
+                step. Must be ``None`` for adaptive methods.
+            options: ``rtol``, ``atol`` (adaptive methods) and torchdiffeq options.
+
+        Raises:
+            ValueError: unknown method, or one that cannot integrate this stage (a
+                symplectic method on a parabolic or resnet stage).
+        """
+        method = self.default_method if method is None else method
+        kinds = solvers.methods()
+        if method not in kinds:
+            raise ValueError(
+                f"{self._name()}: unknown method {method!r}; valid methods are: "
+                f"{', '.join(sorted(kinds))}"
+            )
+        kind = kinds[method]
+        if kind == "symplectic" and not self.rhs.split:
+            raise ValueError(
+                f"{self._name()}: {method!r} needs a split (q, p) system, but a "
+                f"{type(self.rhs).__name__} has a single state; use a Runge–Kutta method "
+                "such as 'euler', 'rk4' or 'dopri5'"
+            )
+        if kind == "adaptive":
+            if step_size is not None:
+                raise ValueError(
+                    f"{self._name()}: step_size is for fixed-step methods; {method!r} picks its "
+                    "own steps from rtol/atol"
+                )
+        else:
+            step_size = self.rhs.step_size if step_size is None else float(step_size)
+            if not step_size > 0:
+                raise ValueError(f"{self._name()}: step_size must be positive, got {step_size}")
+        rtol = options.pop("rtol", DEFAULT_RTOL)
+        atol = options.pop("atol", DEFAULT_ATOL)
+        if kind == "symplectic" and options:
+            raise ValueError(f"{self._name()}: {method!r} takes no options, got {sorted(options)}")
+        self.method, self.kind, self.step_size = method, kind, step_size
+        self.rtol, self.atol, self.options = rtol, atol, options
+
+    def _name(self) -> str:
+        return "stage" if self.index is None else f"stage {self.index}"
+
+    def _solver_options(self) -> dict[str, Any] | None:
+        opts = dict(self.options)
+        jumps = self.rhs.jump_times()
+        if self.kind == "fixed" and jumps:
+            # Evaluate a step's end "just before" it, so θ_j is used on its own cell.
+            opts.setdefault("perturb", True)
+        if self.kind == "adaptive" and jumps and self.method != "scipy_solver":
+            opts.setdefault("jump_t", torch.tensor(jumps, dtype=torch.float64))
+        return opts or None
+
+    def forward(self, x: Tensor) -> Tensor:
+        rhs = self.rhs
+        if x.dim() != 4 or x.shape[1] != rhs.channels:
+            raise ValueError(
+                f"{self._name()}: expected input (batch, {rhs.channels}, height, width), got "
+                f"{tuple(x.shape)}"
+            )
+        t = torch.tensor([0.0, rhs.T], dtype=x.dtype, device=x.device)
+        func = rhs.separable if self.kind == "symplectic" else rhs
+        opts = self._solver_options()
+        if opts and "jump_t" in opts:
+            opts["jump_t"] = opts["jump_t"].to(device=x.device, dtype=x.dtype)
+        try:
+            sol, stats = solvers.odeint(
+                func,
+                rhs.to_state(x),
+                t,
+                method=self.method,
+                step_size=self.step_size,
+                rtol=self.rtol,
+                atol=self.atol,
+                options=opts,
+                return_stats=True,
+            )
+        except solvers.NonFiniteError as err:
+            raise solvers.NonFiniteError(f"{self._name()}: {err}", t=err.t, step=err.step) from err
+        except solvers.SolverError as err:
+            raise solvers.SolverError(f"{self._name()}: {err}") from err
+        self.last_stats = {"method": self.method, **stats}
+        last = tuple(s[-1] for s in sol) if isinstance(sol, tuple) else sol[-1]
+        return rhs.from_state(last)
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, step_size={self.step_size}"

@@ -1,0 +1,98 @@
+"""Time-dependent weights θ(t): one object that answers "the weights at time t"."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+INTERPOLATIONS = ("constant", "linear")
+
+
+class TimeWeights(nn.Module):
+    """Parameters that vary in time, stored with a leading time axis.
+
+    ``interpolation="constant"``: ``n`` parameter sets on the cells ``[t_j, t_{j+1})`` of a
+    uniform grid ``t_j = j h`` over ``[0, T]``, ``h = T / n`` — the paper's ResNet-like layers.
+    Cells are right-open (θ_j on [t_j, t_{j+1})) and ``T`` itself belongs to the last cell.
+
+    ``interpolation="linear"``: ``n >= 2`` knots at ``t_k = k T / (n - 1)``, linearly
+    interpolated in between and held constant outside ``[0, T]``: θ(t) is continuous, which
+    is what adaptive solvers want.
+
+    The lookup uses ``torch.searchsorted`` and tensor indexing only: no host–device sync and
+    no Python branch on ``t``, so it runs under adaptive solvers, ``torch.compile`` and CUDA
+    graphs.
+
+    Args:
+        params: ``{name: tensor (n, *shape)}`` initial values; each becomes a parameter
+            ``self.<name>`` of shape ``(n, *shape)``.
+        T: the final time.
+        interpolation: ``"constant"`` or ``"linear"``.
+
+    Call ``weights(t)`` with a 0-d tensor ``t`` to get ``{name: tensor (*shape)}``.
+    """
+
+    def __init__(self, params: dict[str, Tensor], T: float, interpolation: str = "constant"):
+        super().__init__()
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}"
+            )
+        sizes = {v.shape[0] for v in params.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"all parameters need the same number of time knots, got {sizes}")
+        n = sizes.pop()
+        if n < 1 or (interpolation == "linear" and n < 2):
+            raise ValueError(f"{interpolation!r} interpolation needs more knots, got {n}")
+        if not T > 0:
+            raise ValueError(f"T must be positive, got {T}")
+        self.names = tuple(params)
+        self.interpolation = interpolation
+        self.T = float(T)
+        self.n = n
+        for name, value in params.items():
+            setattr(self, name, nn.Parameter(value))
+        if interpolation == "constant":
+            knots = torch.arange(n, dtype=torch.float64) * (self.T / n)
+        else:
+            knots = torch.linspace(0.0, self.T, n, dtype=torch.float64)
+        self.register_buffer("knots", knots.to(torch.get_default_dtype()), persistent=False)
+
+    def jump_times(self) -> list[float]:
+        """Times where θ(t) is discontinuous (interior cell boundaries; none if linear)."""
+        if self.interpolation == "linear":
+            return []
+        return [j * self.T / self.n for j in range(1, self.n)]
+
+    def index(self, t: Tensor) -> Tensor:
+        """``(1,)`` long tensor: the cell (constant) or left knot (linear) holding ``t``."""
+        t, knots = self._common(t)
+        i = torch.searchsorted(knots, t, right=True) - 1
+        hi = self.n - 1 if self.interpolation == "constant" else self.n - 2
+        return i.clamp(0, hi)
+
+    def _common(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        # Compare in the finer of the two dtypes: a solver's "just before the jump" time
+        # (torchdiffeq's perturb) must not round onto the jump.
+        t = torch.as_tensor(t, device=self.knots.device)
+        dtype = torch.promote_types(t.dtype, self.knots.dtype)
+        return t.to(dtype).reshape(1), self.knots.to(dtype)
+
+    def forward(self, t: Tensor) -> dict[str, Tensor]:
+        """The weights at time ``t`` (0-d tensor): ``{name: (*shape)}``."""
+        i = self.index(t)
+        params = {name: getattr(self, name) for name in self.names}
+        if self.interpolation == "constant":
+            return {name: p.index_select(0, i)[0] for name, p in params.items()}
+        tt, knots = self._common(t)
+        k0, k1 = knots.index_select(0, i), knots.index_select(0, i + 1)
+        w = ((tt - k0) / (k1 - k0)).clamp(0.0, 1.0)
+        out = {}
+        for name, p in params.items():
+            a, b = p.index_select(0, i)[0], p.index_select(0, i + 1)[0]
+            wp = w.to(p.dtype).reshape((1,) * a.dim())
+            out[name] = a + wp * (b - a)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, T={self.T}, interpolation={self.interpolation!r}"
