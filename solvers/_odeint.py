@@ -272,6 +272,7 @@ def odeint(
     atol: float = 1e-9,
     options: dict[str, Any] | None = None,
     adjoint: bool = False,
+    memory: str | None = None,
     check_finite: bool = True,
     return_stats: bool = False,
 ):
@@ -295,10 +296,21 @@ def odeint(
             no longer than ``step_size``.
         rtol, atol: tolerances of adaptive methods.
         options: extra options passed to torchdiffeq (e.g. ``jump_t``, ``max_num_steps``,
-            ``perturb``); adaptive methods default to ``max_num_steps=10_000``.
-        adjoint: use ``torchdiffeq.odeint_adjoint`` (torchdiffeq methods only; ``func`` must
-            be an ``nn.Module``). Its gradient solves the adjoint ODE and matches the
-            discrete gradient only approximately.
+            ``perturb``); adaptive methods default to ``max_num_steps=10_000``. With
+            ``memory="reversible"``: ``checkpoint_every`` (store the state every this many
+            steps to bound float32 reconstruction drift) and ``params`` (the tensors to
+            differentiate; default: the parameters of the module(s) ``f_q``, ``f_p`` are
+            methods of).
+        adjoint: ``True`` is the torchdiffeq spelling of ``memory="adjoint"``.
+        memory: how the backward pass gets the states it needs (default ``"autograd"``):
+            ``"autograd"`` stores every step's activations (memory linear in the number
+            of steps); ``"reversible"`` (symplectic methods) stores only the final state
+            and recomputes each step's input by running the stepper backwards, giving the
+            gradient of the discrete solution exactly up to round-off in memory
+            independent of the number of steps; ``"adjoint"`` (torchdiffeq methods;
+            ``func`` must be an ``nn.Module``) is ``torchdiffeq.odeint_adjoint``, which
+            solves an adjoint ODE backwards: its gradient only approximates the gradient
+            of the discrete solution (to the solver's tolerance or step size).
         check_finite: after the solve, check every output for NaN/Inf (one sync) and, if one
             is found, raise :class:`NonFiniteError` naming the first bad step. Skipped
             while ``torch.compile`` traces.
@@ -311,7 +323,8 @@ def odeint(
         tensors for a tuple state — and, with ``return_stats=True``, the stats dict.
 
     Raises:
-        ValueError: unknown method, missing/invalid ``step_size``, non-monotone ``t``.
+        ValueError: unknown method, missing/invalid ``step_size``, non-monotone ``t``, a
+            ``memory`` mode the method does not support or that contradicts ``adjoint``.
         TypeError: a symplectic method given a non-split state or a single function.
         NonFiniteError: NaN/Inf appeared in the state.
         SolverError: adaptive step-size underflow, or more than ``max_num_steps`` steps.
@@ -319,6 +332,7 @@ def odeint(
     kinds = methods()
     if method not in kinds:
         raise _unknown_method(method)
+    memory = _check_memory(memory, adjoint, method, kinds[method])
     ts = _times_on_host(t)
     _check_state(y0)
     if kinds[method] != "symplectic":
@@ -328,22 +342,35 @@ def odeint(
                 f"the symplectic methods {sorted(STEPPERS)}"
             )
         sol, stats = _torchdiffeq(
-            func, y0, t, method, step_size, rtol, atol, options, adjoint, check_finite
+            func, y0, t, method, step_size, rtol, atol, options, memory == "adjoint", check_finite
         )
         return (sol, stats) if return_stats else sol
 
     _check_split(func, y0, method)
-    if adjoint:
-        raise ValueError(
-            f"adjoint=True is torchdiffeq's adjoint and does not apply to {method!r}; "
-            "the symplectic methods backpropagate through their steps"
+    options = dict(options or {})
+    allowed = {"checkpoint_every", "params"} if memory == "reversible" else set()
+    if set(options) - allowed:
+        extra = sorted(set(options) - allowed)
+        hint = (
+            ""
+            if memory == "reversible"
+            else " (memory='reversible' takes checkpoint_every, params)"
         )
-    if options:
-        raise ValueError(f"method {method!r} takes no options, got {sorted(options)}")
+        raise ValueError(f"method {method!r} takes no options {extra}{hint}")
     step_size = _check_step_size(step_size, method)
     stepper = STEPPERS[method]
     time_dtype = torch.promote_types(t.dtype, y0[0].dtype)
-    sol, steps, grid = integrate_split(stepper, tuple(func), y0, ts, step_size, time_dtype)
+    if memory == "reversible":
+        from ._reversible import odeint_reversible
+
+        every = _check_checkpoint_every(options.get("checkpoint_every"))
+        grid = _grid(ts, step_size)
+        starts = [a + k * h for a, h, n in grid for k in range(n)]
+        times = torch.tensor(starts, dtype=time_dtype, device=y0[0].device)
+        sol = odeint_reversible(stepper, tuple(func), y0, grid, times, options.get("params"), every)
+        steps = len(starts)
+    else:
+        sol, steps, grid = integrate_split(stepper, tuple(func), y0, ts, step_size, time_dtype)
     if check_finite and not torch.compiler.is_compiling():
         bad = _first_bad(sol)
         if bad is not None:
@@ -351,6 +378,42 @@ def odeint(
     e_q, e_p = stepper.evals
     stats = {"nfe": steps * (e_q + e_p), "steps": steps, "nfe_q": steps * e_q, "nfe_p": steps * e_p}
     return (sol, stats) if return_stats else sol
+
+
+MEMORY_MODES = ("autograd", "reversible", "adjoint")
+
+
+def _check_memory(memory, adjoint: bool, method: str, kind: str) -> str:
+    """Resolve ``memory`` and the ``adjoint`` flag into one mode, or say why not."""
+    if memory is None:
+        memory = "adjoint" if adjoint else "autograd"
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
+    if adjoint and memory != "adjoint":
+        raise ValueError(
+            f"adjoint=True asks for memory='adjoint' but memory={memory!r} was given; "
+            "pass only memory="
+        )
+    if memory == "reversible" and kind != "symplectic":
+        raise ValueError(
+            f"memory='reversible' needs a reversible method, and {method!r} is not one; use a "
+            f"symplectic method ({', '.join(sorted(STEPPERS))}) on a split state, or "
+            "memory='adjoint' / memory='autograd' for this method"
+        )
+    if memory == "adjoint" and kind == "symplectic":
+        raise ValueError(
+            f"memory='adjoint' (adjoint=True) is torchdiffeq's adjoint and does not apply to "
+            f"{method!r}; use memory='reversible' for exact gradients in constant memory"
+        )
+    return memory
+
+
+def _check_checkpoint_every(every) -> int | None:
+    if every is None:
+        return None
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int or None, got {every!r}")
+    return every
 
 
 def _check_step_size(step_size, method) -> float:
