@@ -36,6 +36,11 @@ def symmetric_layer(
 ) -> Tensor:
     """``F_sym(θ, Y) = -Kᵀ relu(N(K Y))`` with K a 3×3 convolution and Kᵀ its transpose.
 
+    Differentiated by a hand-written backward (:class:`_SymmetricLayerFn`) that keeps two
+    activation-sized tensors per call (the input and the normalized pre-activation) where
+    plain autograd keeps four; :func:`symmetric_layer_reference` is the plain-autograd
+    version of the same formula.
+
     Args:
         y: ``(batch, c, height, width)``.
         weight: ``(c, c, 3, 3)`` the kernel of K; Kᵀ reuses it (weight tying makes the
@@ -43,15 +48,118 @@ def symmetric_layer(
         scale, shift: ``(c,)`` the normalization's affine parameters; ``None`` for both
             drops the normalization (``F = -Kᵀ relu(K Y)``, a negative gradient of the
             convex ``½‖relu(K Y)‖²``).
+        eps: ε of the total-variation normalization.
 
     Returns:
         ``(batch, c, height, width)``.
+    """
+    if (scale is None) != (shift is None):
+        raise ValueError("symmetric_layer: give both scale and shift, or neither")
+    if scale is None:
+        return _SymmetricLayerFn.apply(y, weight, None, None, eps)
+    return _SymmetricLayerFn.apply(y, weight, scale, shift, eps)
+
+
+def symmetric_layer_reference(
+    y: Tensor,
+    weight: Tensor,
+    scale: Tensor | None,
+    shift: Tensor | None,
+    eps: float = TV_EPS,
+) -> Tensor:
+    """:func:`symmetric_layer` differentiated by plain autograd (the reference for tests).
+
+    Same arguments, shapes and result; autograd keeps about four activation-sized tensors.
     """
     z = F.conv2d(y, weight, padding=1)
     if scale is not None:
         z = tv_norm(z, scale, shift, eps)
     z = torch.relu(z)
     return -F.conv_transpose2d(z, weight, padding=1)
+
+
+_STRIDE, _PAD, _DIL, _NO_OUT_PAD = [1, 1], [1, 1], [1, 1], [0, 0]
+
+
+class _SymmetricLayerFn(torch.autograd.Function):
+    """``-Kᵀ relu(s ⊙ u + b)``, ``u = K y / sqrt(Σ_c (K y)² + ε)``, with a lean backward.
+
+    Saves ``y`` and ``u`` (``relu``'s input without the affine map when there is no
+    normalization) plus the per-pixel ``1/norm`` (``1/c`` of an activation); everything
+    else is recomputed in the backward. The backward is built from differentiable ops, so
+    double backward works.
+    """
+
+    @staticmethod
+    def forward(ctx, y, weight, scale, shift, eps):
+        z = F.conv2d(y, weight, padding=1)
+        if scale is None:
+            u, rnorm, a = z, None, z
+        else:
+            rnorm = torch.rsqrt(z.pow(2).sum(dim=1, keepdim=True) + eps)
+            u = z * rnorm
+            a = u * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        r = torch.relu(a)
+        ctx.save_for_backward(y, weight, scale, shift, u, rnorm)
+        ctx.eps = eps
+        # The minus sign goes on the (small) kernel, not on the activation; negation is
+        # exact, so this is bitwise the reference's -Kᵀ r.
+        return F.conv_transpose2d(r, -weight, padding=1)
+
+    @staticmethod
+    def backward(ctx, g):
+        y, weight, scale, shift, u, rnorm = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # Double backward: u was saved detached from y, so rebuild the graph from the
+            # inputs and let autograd differentiate the plain formula.
+            return _reference_vjp(ctx, g, y, weight, scale, shift)
+        conv_bwd = torch.ops.aten.convolution_backward
+        if scale is None:
+            a = u
+        else:
+            a = u * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        r = torch.relu(a)
+        # out = (-K)ᵀ r: the gradients with respect to r and to the kernel -K.
+        dr, dw_t, _ = conv_bwd(
+            g, r, -weight, None, _STRIDE, _PAD, _DIL, True, _NO_OUT_PAD, 1, [True, True, False]
+        )
+        da = torch.ops.aten.threshold_backward(dr, a, 0)
+        d_scale = d_shift = None
+        if scale is None:
+            dz = da
+        else:
+            if ctx.needs_input_grad[2]:
+                d_scale = (da * u).sum(dim=(0, 2, 3))
+            if ctx.needs_input_grad[3]:
+                d_shift = da.sum(dim=(0, 2, 3))
+            du = da * scale.view(1, -1, 1, 1)
+            # u = z / |z|: the Jacobian projects out the radial part, (I - u uᵀ) / |z|.
+            dz = rnorm * (du - u * (du * u).sum(dim=1, keepdim=True))
+        dy, dw_k, _ = conv_bwd(
+            dz,
+            y,
+            weight,
+            None,
+            _STRIDE,
+            _PAD,
+            _DIL,
+            False,
+            _NO_OUT_PAD,
+            1,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
+        )
+        dw = dw_k - dw_t if ctx.needs_input_grad[1] else None
+        return dy, dw, d_scale, d_shift, None
+
+
+def _reference_vjp(ctx, g, y, weight, scale, shift):
+    inputs = (y, weight, scale, shift)
+    need = [t is not None and n for t, n in zip(inputs, ctx.needs_input_grad)]
+    with torch.enable_grad():
+        out = symmetric_layer_reference(y, weight, scale, shift, ctx.eps)
+        wanted = [t for t, n in zip(inputs, need) if n]
+        grads = iter(torch.autograd.grad(out, wanted, g, create_graph=True))
+    return (*(next(grads) if n else None for n in need), None)
 
 
 def resnet_layer(
