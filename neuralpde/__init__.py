@@ -4,6 +4,7 @@ Ruthotto & Haber, *Deep Neural Networks Motivated by Partial Differential Equati
 J. Math. Imaging Vis. 62 (2020). Integration is done by the sibling package ``solvers``.
 """
 
+from . import stability as stability  # a public submodule: neuralpde.stability.report(...)
 from ._layers import ResNetLayer as ResNetLayer
 from ._layers import SymmetricLayer as SymmetricLayer
 from ._network import PDECNN as PDECNN
