@@ -5,6 +5,9 @@ J. Math. Imaging Vis. 62 (2020). Integration is done by the sibling package ``so
 """
 
 from . import stability as stability  # a public submodule: neuralpde.stability.report(...)
+from ._filters import HeatRHS as HeatRHS
+from ._filters import PeronaMalikRHS as PeronaMalikRHS
+from ._filters import TVFlowRHS as TVFlowRHS
 from ._layers import ResNetLayer as ResNetLayer
 from ._layers import SymmetricLayer as SymmetricLayer
 from ._network import PDECNN as PDECNN
@@ -19,12 +22,16 @@ from ._weights import TimeWeights as TimeWeights
 __all__ = [
     "PDECNN",
     "HamiltonianRHS",
+    "HeatRHS",
     "ParabolicRHS",
+    "PeronaMalikRHS",
     "ResNetLayer",
     "ResNetRHS",
     "SecondOrderRHS",
     "Stage",
     "SymmetricLayer",
+    "TVFlowRHS",
     "TimeWeights",
     "count_parameters",
+    "stability",
 ]

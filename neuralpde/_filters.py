@@ -1,0 +1,170 @@
+"""Classic PDE image filters in the form of the symmetric layer, ``u' = -Kᵀ σ(K u)``.
+
+Here ``K`` is the finite-difference gradient (forward differences, Neumann boundary: the
+difference across the last row/column is zero, i.e. the image is reflected) and
+``Kᵀ = -div`` its exact adjoint, minus the backward-difference divergence. ``σ(v) =
+g(|v|²) v`` scales the gradient by an edge-stopping function ``g``:
+
+* heat equation: ``g = 1`` (``u' = Δu``, linear isotropic diffusion);
+* Perona–Malik: ``g = 1 / (1 + |∇u|²/κ²)`` (diffusion stops across edges steeper than κ);
+* total-variation flow: ``g = 1 / sqrt(|∇u|² + ε²)`` (``u' = div(∇u/|∇u|)``, the
+  gradient flow of the total variation, regularized by ε).
+
+With ``K`` a learned convolution and ``σ`` a ReLU this is the parabolic network's layer;
+the filters are the same dynamics with hand-made ``K`` and ``σ``. Each right-hand side is
+an ``nn.Module`` with ``forward(t, u)`` for :func:`solvers.odeint`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ρ(KᵀK) of the 2-D Neumann gradient is below 4 + 4 = 8 (the largest eigenvalue of the
+# 1-D Neumann Laplacian is 4 sin²(π(n-1)/(2n)) < 4 per axis).
+GRADIENT_RHO = 8.0
+
+
+def _gradient(u: Tensor) -> Tensor:
+    """``K u``: forward differences, ``u (b, c, h, w)`` -> ``(b, c, 2, h, w)`` (rows, cols)."""
+    # Zero difference across the last row and column: the Neumann (reflecting) boundary.
+    dy = F.pad(u[..., 1:, :] - u[..., :-1, :], (0, 0, 0, 1))
+    dx = F.pad(u[..., :, 1:] - u[..., :, :-1], (0, 1, 0, 0))
+    return torch.stack([dy, dx], dim=2)
+
+
+def _gradient_adjoint(v: Tensor) -> Tensor:
+    """``Kᵀ v = -div v`` (backward differences), ``v (b, c, 2, h, w)`` -> ``(b, c, h, w)``."""
+    gy, gx = v[:, :, 0, :-1, :], v[:, :, 1, :, :-1]
+    # The last row/column of K u is identically zero, so Kᵀ ignores those entries of v.
+    ty = F.pad(gy, (0, 0, 1, 0)) - F.pad(gy, (0, 0, 0, 1))
+    tx = F.pad(gx, (1, 0, 0, 0)) - F.pad(gx, (0, 1, 0, 0))
+    return ty + tx
+
+
+def _check_image(u: Tensor, who: str) -> None:
+    if not isinstance(u, Tensor):
+        raise TypeError(f"{who}: expected a tensor, got {type(u).__name__}")
+    if u.dim() != 4:
+        raise ValueError(
+            f"{who}: expected images (batch, channels, height, width), got {tuple(u.shape)}"
+        )
+
+
+class _DiffusionRHS(nn.Module):
+    """``u' = -Kᵀ (g(|K u|²) K u)`` with ``g`` from the subclass."""
+
+    def edge_stopping(self, sq: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def max_diffusivity(self) -> float:
+        """Upper bound of ``g``: the largest diffusion coefficient."""
+        raise NotImplementedError
+
+    @property
+    def stable_step(self) -> float:
+        """Forward-Euler step limit ``2 / (ρ(KᵀK) max g)`` of the frozen-``g`` linearization.
+
+        The parabolic bound of :mod:`neuralpde.stability` with ``ρ(KᵀK) < 8``: for the heat
+        equation it is exact (``h <= 1/4``); for Perona–Malik and TV flow ``g`` is frozen.
+        """
+        return 2.0 / (GRADIENT_RHO * self.max_diffusivity)
+
+    def forward(self, t: Tensor, u: Tensor) -> Tensor:
+        """``t`` 0-d tensor (unused: autonomous); ``u (batch, channels, height, width)``."""
+        _check_image(u, type(self).__name__)
+        v = _gradient(u)
+        # |∇u|² per pixel and channel: channels are filtered independently.
+        g = self.edge_stopping(v.pow(2).sum(dim=2, keepdim=True))
+        return -_gradient_adjoint(g * v)
+
+
+class HeatRHS(_DiffusionRHS):
+    """The heat equation ``u' = c Δu = -c KᵀK u`` with the Neumann finite-difference Laplacian.
+
+    A cosine mode ``cos(π k (i + ½) / n)`` along an axis of length ``n`` is an eigenvector of
+    ``KᵀK`` with eigenvalue ``4 sin²(π k / (2n))``; it decays as ``exp(-c λ t)``.
+
+    Args:
+        diffusivity: ``c > 0``.
+
+    ``forward(t, u)``: ``u (batch, channels, height, width)`` -> same shape.
+    """
+
+    def __init__(self, diffusivity: float = 1.0):
+        super().__init__()
+        if not diffusivity > 0:
+            raise ValueError(f"HeatRHS: diffusivity must be positive, got {diffusivity!r}")
+        self.diffusivity = float(diffusivity)
+
+    def edge_stopping(self, sq: Tensor) -> Tensor:
+        return torch.full_like(sq, self.diffusivity)
+
+    @property
+    def max_diffusivity(self) -> float:
+        return self.diffusivity
+
+    def extra_repr(self) -> str:
+        return f"diffusivity={self.diffusivity}"
+
+
+class PeronaMalikRHS(_DiffusionRHS):
+    """Perona–Malik diffusion ``u' = div(g(|∇u|²) ∇u)``, ``g(s) = 1 / (1 + s/κ²)``.
+
+    Smooths where ``|∇u| < κ`` and stops (even sharpens) across steeper edges.
+    Reference: P. Perona, J. Malik, IEEE TPAMI 12 (1990) 629–639.
+
+    Args:
+        kappa: the edge threshold ``κ > 0``, in image units (e.g. 0.1 for images in [0, 1]).
+
+    ``forward(t, u)``: ``u (batch, channels, height, width)`` -> same shape.
+    """
+
+    def __init__(self, kappa: float = 0.1):
+        super().__init__()
+        if not kappa > 0:
+            raise ValueError(f"PeronaMalikRHS: kappa must be positive, got {kappa!r}")
+        self.kappa = float(kappa)
+
+    def edge_stopping(self, sq: Tensor) -> Tensor:
+        return 1.0 / (1.0 + sq / self.kappa**2)
+
+    @property
+    def max_diffusivity(self) -> float:
+        return 1.0
+
+    def extra_repr(self) -> str:
+        return f"kappa={self.kappa}"
+
+
+class TVFlowRHS(_DiffusionRHS):
+    """Total-variation flow ``u' = div(∇u / sqrt(|∇u|² + ε²))``.
+
+    The gradient flow of the (ε-regularized, isotropic) total variation
+    ``Σ sqrt(|∇u|² + ε²)``: flattens noise, keeps edges. Stiff: ``g <= 1/ε``, so an
+    explicit step must be below ``ε / 4``. Reference: Rudin, Osher, Fatemi, Physica D 60
+    (1992) 259–268; Andreu et al., Differential Integral Equations 14 (2001).
+
+    Args:
+        eps: ``ε > 0``, in image units.
+
+    ``forward(t, u)``: ``u (batch, channels, height, width)`` -> same shape.
+    """
+
+    def __init__(self, eps: float = 0.05):
+        super().__init__()
+        if not eps > 0:
+            raise ValueError(f"TVFlowRHS: eps must be positive, got {eps!r}")
+        self.eps = float(eps)
+
+    def edge_stopping(self, sq: Tensor) -> Tensor:
+        return torch.rsqrt(sq + self.eps**2)
+
+    @property
+    def max_diffusivity(self) -> float:
+        return 1.0 / self.eps
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
