@@ -1,0 +1,180 @@
+"""Reports and figures of a finished run: report.json, report.md and PNGs."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import neuralpde
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, k: int) -> torch.Tensor:
+    """``(k, k)`` counts: row = true class, column = predicted class."""
+    cm = torch.zeros(k, k, dtype=torch.long)
+    cm.index_put_((labels.long(), preds.long()), torch.ones_like(labels, dtype=torch.long), True)
+    return cm
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    """Training and validation loss and accuracy per epoch."""
+    plt = _plt()
+    ep = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(ep, [r["train_loss"] for r in rows], "o-", label="training")
+    a.plot(ep, [r["val_loss"] for r in rows], "s-", label="validation")
+    a.set(xlabel="epoch", ylabel="cross-entropy", yscale="log")
+    b.plot(ep, [r["train_accuracy"] for r in rows], "o-", label="training")
+    b.plot(ep, [r["val_accuracy"] for r in rows], "s-", label="validation")
+    b.set(xlabel="epoch", ylabel="accuracy")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(cm: torch.Tensor, classes: list[str], path: Path) -> None:
+    plt = _plt()
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k))
+    ax.imshow(cm.numpy(), cmap="Blues")
+    ticks = range(k)
+    ax.set_xticks(ticks, classes, rotation=90 if k > 10 else 0)
+    ax.set_yticks(ticks, classes)
+    ax.set(xlabel="predicted", ylabel="true", title="test confusion matrix")
+    if k <= 20:
+        top = cm.max().item()
+        for i in range(k):
+            for j in range(k):
+                v = cm[i, j].item()
+                if v:
+                    color = "white" if v > top / 2 else "black"
+                    ax.text(j, i, v, ha="center", va="center", fontsize=7, color=color)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_probabilities(images, probs, labels, classes, mean, std, path: Path, n: int = 6):
+    """Sample test images with bars of their class probabilities (the paper's Fig. 1)."""
+    plt = _plt()
+    n = min(n, len(images))
+    fig, axes = plt.subplots(2, n, figsize=(2.0 * n, 4.2), squeeze=False)
+    k = probs.shape[1]
+    for c in range(n):
+        x = images[c] * std + mean
+        x = x.clamp(0, 1) if x.max() <= 1.5 else x / x.max()
+        ax = axes[0, c]
+        if x.shape[0] == 1:
+            ax.imshow(x[0].numpy(), cmap="gray_r")
+        else:
+            ax.imshow(x.permute(1, 2, 0).numpy())
+        ax.set_title(f"true: {classes[labels[c]]}", fontsize=8)
+        ax.axis("off")
+        ax = axes[1, c]
+        colors = ["tab:green" if j == labels[c] else "tab:gray" for j in range(k)]
+        ax.barh(range(k), probs[c].numpy(), color=colors)
+        ax.set_yticks(range(k), classes if k <= 20 else [""] * k, fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.tick_params(axis="x", labelsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_seconds, world):
+    """Write report.json, report.md and the figures; return the report dict."""
+    preds = test["probs"].argmax(1)
+    cm = confusion_matrix(test["labels"], preds, data.num_classes)
+    train_seconds = sum(r["seconds"] for r in rows)
+    n_train = len(data.train)
+    report = {
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "params": neuralpde.count_parameters(net),
+        "arch": cfg.arch,
+        "dataset": cfg.dataset,
+        "preset": cfg.preset,
+        "widths": list(net.widths),
+        "epochs": cfg.epochs,
+        "best_epoch": best["epoch"],
+        "best_val_accuracy": best["val_accuracy"],
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu_seconds, 2),
+        "train_seconds": round(train_seconds, 2),
+        "seconds_per_epoch": round(train_seconds / max(len(rows), 1), 3),
+        "images_per_second": round(n_train * len(rows) / max(train_seconds, 1e-9), 1),
+        "train_images": n_train,
+        "val_images": len(data.val),
+        "test_images": len(data.test),
+        "skipped_batches": sum(r["skipped_batches"] for r in rows),
+        "processes": world,
+        "device": str(cfg.device),
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+        "seed": cfg.seed,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    plot_curves(rows, out / "curves.png")
+    plot_confusion(cm, data.classes, out / "confusion.png")
+    idx = list(range(min(6, len(data.test))))
+    imgs = torch.stack([data.test[i][0] for i in idx])
+    test_split = data.test
+    mean = getattr(test_split, "mean", torch.zeros(1, 1, 1))
+    std = getattr(test_split, "std", torch.ones(1, 1, 1))
+    plot_probabilities(
+        imgs,
+        test["probs"][idx],
+        test["labels"][idx].tolist(),
+        data.classes,
+        mean,
+        std,
+        out / "probabilities.png",
+    )
+    lines = [
+        f"# {cfg.arch} PDECNN on {cfg.dataset}",
+        "",
+        f"- test accuracy **{report['test_accuracy']:.2%}**, test cross-entropy "
+        f"{report['test_loss']:.4f} (best validation epoch {best['epoch']} of {cfg.epochs})",
+        f"- {report['params']:,} parameters, widths {report['widths']}, {cfg.steps} steps of "
+        f"h = {cfg.step_size} per stage, solver {cfg.solver or 'the paper scheme'}",
+        f"- {report['train_images']} training / {report['val_images']} validation / "
+        f"{report['test_images']} test images; batch {cfg.batch_size}, lr schedule "
+        f"{cfg.lr_schedule}",
+        f"- {report['seconds']} s wall ({report['cpu_seconds']} s CPU), "
+        f"{report['seconds_per_epoch']} s/epoch, {report['images_per_second']} images/s on "
+        f"{report['device']} ({report['processes']} process(es), {report['threads']} thread(s))",
+        "",
+        "| epoch | lr | train loss | train acc | val loss | val acc |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {r['epoch']} | {r['lr']:.4g} | {r['train_loss']:.4f} | "
+            f"{r['train_accuracy']:.4f} | {r['val_loss']:.4f} | {r['val_accuracy']:.4f} |"
+            for r in rows
+        ),
+        "",
+        "![curves](curves.png)",
+        "",
+        "![confusion matrix](confusion.png)",
+        "",
+        "![class probabilities](probabilities.png)",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+    return report
