@@ -3,8 +3,9 @@
 ``python -m experiments.stability --out runs/stability``
 
 For each architecture (parabolic, Hamiltonian, second order and the ResNet control) and
-each depth ``n`` (steps per stage), a one-stage network is trained on scikit-learn's 8×8
-digits with the step ``h`` fixed, so the stage integrates over ``T = n h``: deeper means a
+each depth ``n`` (steps per stage), a two-stage network (widths ``w, 2w``; 8×8 then 4×4)
+is trained on scikit-learn's 8×8 digits with the step ``h`` fixed, so each stage integrates
+over ``T = n h``: deeper means a
 longer time, which is what the stability theorems are about (growth bounded independently
 of ``T``). Re-discretizing one trained network with more, smaller steps would instead
 converge to a single ODE over a fixed ``T`` and say nothing about long times.
@@ -13,7 +14,7 @@ For test images ``x`` and perturbations ``δ`` the growth is the per-image ratio
 
     ‖Y(T) − Ỹ(T)‖ / ‖Y(0) − Ỹ(0)‖,  Y(0) = opening(x),  Ỹ(0) = opening(x + δ),
 
-measured across the PDE stage alone (the opening, connector and classifier are ordinary
+measured across the first PDE stage alone (the opening, connector and classifier are ordinary
 layers), with ``δ`` either the FGSM perturbation ``ε sign(∇ₓ loss)`` of the trained
 network or a Gaussian one of the same norm. The table has the median and the maximum
 over the test set, clean and FGSM accuracy, and the share of steps that satisfy the
@@ -31,7 +32,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -166,7 +166,8 @@ def run(
     for arch in archs:
         for n in depths:
             torch.manual_seed(seed)
-            net = neuralpde.PDECNN(arch, 1, 10, (width, 2 * width), steps=n, step_size=step_size)
+            widths = (width, 2 * width, 4 * width)
+            net = neuralpde.PDECNN(arch, 1, 10, widths, steps=n, step_size=step_size)
             t0 = time.perf_counter()
             train(net, x_tr, y_tr, epochs=epochs, seed=seed)
             seconds = time.perf_counter() - t0
@@ -239,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     p.add_argument("--depths", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32, 64])
     p.add_argument("--step-size", type=float, default=0.5, help="h, fixed for every depth")
-    p.add_argument("--width", type=int, default=8, help="channels of the PDE stage (even)")
+    p.add_argument("--width", type=int, default=8, help="channels of the first stage (even)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--eps", type=float, default=0.1, help="FGSM size, pixels in [0, 1]")
     p.add_argument("--n-train", type=int, default=None, help="use only this many train images")
