@@ -1,0 +1,163 @@
+"""Evaluate one trained network, unchanged, under many discretizations of its stages."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+import solvers
+
+from ._checkpoint import check_state_dict, load_checkpoint
+from ._config import TrainConfig
+from ._data import EpochBatches, load_data
+from ._trainer import build_model
+
+SWAP_FIELDS = ("solver", "method", "step_size", "rtol", "accuracy", "loss", "nfe", "seconds")
+
+
+def swap_plan(arch: str, step_size: float) -> list[dict[str, Any]]:
+    """The discretizations to try: euler at 1×, 2×, 4×, 8× the training steps, midpoint,
+    rk4, dopri5 at three tolerances, and for the hyperbolic networks the symplectic
+    methods at the training step. Each item: ``label``, ``method`` and solver options."""
+    plan: list[dict[str, Any]] = []
+    if arch in ("hamiltonian", "second_order"):
+        plan.append({"label": "training scheme", "method": None, "step_size": None})
+    for k in (1, 2, 4, 8):
+        plan.append({"label": f"euler x{k}", "method": "euler", "step_size": step_size / k})
+    plan.append({"label": "midpoint", "method": "midpoint", "step_size": step_size})
+    plan.append({"label": "rk4", "method": "rk4", "step_size": step_size})
+    for rtol in (1e-2, 1e-3, 1e-4):
+        plan.append(
+            {"label": f"dopri5 rtol={rtol:g}", "method": "dopri5", "rtol": rtol, "atol": rtol / 10}
+        )
+    if arch in ("hamiltonian", "second_order"):
+        kinds = solvers.methods()
+        for m in sorted(k for k, v in kinds.items() if v == "symplectic"):
+            plan.append({"label": m, "method": m, "step_size": step_size})
+    return plan
+
+
+def load_trained(checkpoint: str | Path, device="cpu"):
+    """``(network, config)`` from a ``best.pt``/``last.pt`` of :func:`experiments.train`;
+    the network is in eval mode with the checkpoint's weights, verified before loading."""
+    state = load_checkpoint(checkpoint)
+    cfg = TrainConfig.from_dict(state["config"])
+    d = state["data"]
+    net = build_model(cfg, d["in_channels"], d["num_classes"])
+    check_state_dict(net, state["model"], str(checkpoint))
+    net.load_state_dict(state["model"])
+    return net.to(device).eval(), cfg
+
+
+@torch.no_grad()
+def evaluate_solver(net, ds, device, batch_size: int = 500) -> dict[str, float]:
+    """Accuracy, cross-entropy, NFE per forward pass (summed over stages, averaged over
+    batches) and seconds for one pass over ``ds``."""
+    sampler = EpochBatches(len(ds), batch_size, seed=0, shuffle=False)
+    correct = n = 0
+    loss = 0.0
+    nfes = []
+    t0 = time.perf_counter()
+    for x, y in DataLoader(ds, batch_sampler=sampler):
+        x, y = x.to(device), y.to(device)
+        logits = net(x)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+        nfes.append(sum(s["nfe"] for s in net.solver_stats()))
+    seconds = time.perf_counter() - t0
+    return {
+        "accuracy": correct / n,
+        "loss": loss / n,
+        "nfe": sum(nfes) / len(nfes),
+        "seconds": seconds,
+    }
+
+
+def solver_swap(
+    checkpoint: str | Path,
+    *,
+    data=None,
+    data_root: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 500,
+    plan: list[dict[str, Any]] | None = None,
+    log=print,
+) -> list[dict[str, Any]]:
+    """Evaluate the network of ``checkpoint`` on its test set under every item of ``plan``
+    (default :func:`swap_plan`). The weights never change; only the stages' solvers do.
+
+    Returns one row per discretization (``SWAP_FIELDS``); a discretization that fails
+    (e.g. too many adaptive steps) gets ``accuracy`` NaN and its error in ``solver``.
+    """
+    net, cfg = load_trained(checkpoint, device)
+    if data is None:
+        if data_root is not None:
+            cfg.data_root = data_root
+        data = load_data(cfg)
+    plan = swap_plan(cfg.arch, cfg.step_size) if plan is None else plan
+    rows = []
+    for item in plan:
+        opts = {k: v for k, v in item.items() if k not in ("label", "method", "step_size")}
+        net.set_solver(item["method"], item.get("step_size"), **opts)
+        try:
+            r = evaluate_solver(net, data.test, device, batch_size)
+        except (solvers.SolverError, solvers.NonFiniteError) as err:
+            log(f"{item['label']}: failed ({err})")
+            r = {"accuracy": float("nan"), "loss": float("nan"), "nfe": float("nan"), "seconds": 0}
+        row = {
+            "solver": item["label"],
+            "method": item["method"] or net.stages[0].method,
+            "step_size": item.get("step_size") or "",
+            "rtol": item.get("rtol", ""),
+            **r,
+        }
+        rows.append(row)
+        log(
+            f"{row['solver']:<22} accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
+            f"NFE {row['nfe']:7.1f}  {row['seconds']:.2f}s"
+        )
+    net.set_solver(None)
+    return rows
+
+
+def write_swap(rows: list[dict[str, Any]], out: Path, title: str) -> None:
+    """``solver_swap.csv`` and ``solver_swap.png`` (accuracy against NFE) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "solver_swap.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SWAP_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in SWAP_FIELDS})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in rows:
+        if r["accuracy"] == r["accuracy"]:
+            ax.scatter(r["nfe"], r["accuracy"], s=30)
+            ax.annotate(
+                r["solver"],
+                (r["nfe"], r["accuracy"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    ax.set(
+        xscale="log",
+        xlabel="function evaluations per forward pass (all stages)",
+        ylabel="test accuracy",
+        title=title,
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "solver_swap.png", dpi=110)
+    plt.close(fig)
