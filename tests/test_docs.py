@@ -1,0 +1,270 @@
+"""The documentation site: strict build, docstrings with shapes, runnable examples, solver table."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import neuralpde
+import solvers
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PACKAGES = (neuralpde, solvers)
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    # One thread: on a shared machine OpenMP threads fighting for cores make a run erratic.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_MKDOCS_2_WARNING": "1"}
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _mkdocs_build(cwd: Path, site: Path) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)], cwd)
+
+
+# --- the site builds, and fails on a broken reference ------------------------------------
+
+
+@pytest.mark.slow
+def test_mkdocs_build_strict(tmp_path):
+    site = tmp_path / "site"
+    res = _mkdocs_build(ROOT, site)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # The API pages really were generated from the docstrings: every public object has
+    # its entry (an anchor named after it), submodules' exports included.
+    for mod in _public_modules():
+        top = mod.__name__.split(".")[0]
+        api = (site / "api" / top / "index.html").read_text()
+        for name in mod.__all__:
+            assert f'id="{mod.__name__}.{name}"' in api, f"{mod.__name__}.{name}"
+    # Snippet lines were expanded, not shown (a formatter once rewrote them to "--8 < --").
+    for html in site.rglob("*.html"):
+        text = html.read_text()
+        assert "--8&lt;--" not in text and "--8 &lt; --" not in text, html
+    # Sphinx roles in docstrings became links, not literal ":func:" text.
+    api = (site / "api" / "solvers" / "index.html").read_text()
+    assert ":func:" not in api and 'href="#solvers.methods"' in api
+    # Every tutorial page made it into the site, with its script inlined.
+    for script in sorted(DOCS.glob("tutorials/[0-9][0-9]_*.py")):
+        if not script.with_suffix(".md").exists():
+            continue  # reported by tests/test_tutorials.py
+        page = site / "tutorials" / script.stem / "index.html"
+        assert page.exists(), page
+        first_code_line = next(
+            line for line in script.read_text().splitlines() if line.startswith("import ")
+        )
+        assert first_code_line.split()[1] in page.read_text(), script.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        ("[a missing object][neuralpde.NoSuchThing]", "neuralpde.NoSuchThing"),
+        ("[a missing page](no-such-page.md)", "no-such-page.md"),
+    ],
+)
+def test_mkdocs_build_fails_on_missing_reference(tmp_path, broken, message):
+    """The strict build is only worth having if a dangling reference fails it."""
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    shutil.copytree(DOCS, tmp_path / "docs")
+    for pkg in ("neuralpde", "solvers"):
+        (tmp_path / pkg).symlink_to(ROOT / pkg, target_is_directory=True)
+    page = tmp_path / "docs" / "concepts.md"
+    page.write_text(page.read_text() + f"\n\nSee {broken}.\n")
+    res = _mkdocs_build(tmp_path, tmp_path / "site")
+    assert res.returncode != 0
+    assert message in res.stdout + res.stderr
+
+
+# --- docstrings ----------------------------------------------------------------------------
+
+# A shape in a docstring: the word, or a parenthesized list starting with a named axis, as
+# in "(batch, c, h, w)", "(n_times, *shape)", "(c,)" or "(c_out, c_in, 3, 3)".
+SHAPE = re.compile(
+    r"\bshape\b|\((?:batch|n_times|n|c|c_in|c_out|channels|\*shape|height|knots)\b\s*[,)]"
+)
+
+
+def _public_modules():
+    """The packages and the public submodules they export (e.g. ``neuralpde.stability``)."""
+    for pkg in PACKAGES:
+        yield pkg
+        for name in pkg.__all__:
+            if inspect.ismodule(getattr(pkg, name)):
+                yield getattr(pkg, name)
+
+
+def _public_objects():
+    for mod in _public_modules():
+        for name in mod.__all__:
+            if not inspect.ismodule(getattr(mod, name)):
+                yield pytest.param(mod, name, id=f"{mod.__name__}.{name}")
+
+
+def _own_methods(cls: type) -> dict[str, object]:
+    """Public functions defined by the class itself (not inherited, not dunder)."""
+    return {
+        name: fn
+        for name, fn in vars(cls).items()
+        if not name.startswith("_") and inspect.isfunction(fn)
+    }
+
+
+def _takes_tensors(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    # Annotations are strings under `from __future__ import annotations`.
+    return any(re.search(r"Tensor|State", str(p.annotation)) for p in params)
+
+
+def test_packages_have_docstrings():
+    modules = list(_public_modules())
+    assert len(modules) > len(PACKAGES) or all(
+        not inspect.ismodule(getattr(p, n)) for p in PACKAGES for n in p.__all__
+    )
+    for mod in modules:
+        assert mod.__doc__ and mod.__doc__.strip(), mod.__name__
+
+
+@pytest.mark.parametrize("pkg, name", _public_objects())
+def test_public_object_has_docstring(pkg, name):
+    obj = getattr(pkg, name)
+    # A class's own __doc__ (None when missing; inspect.getdoc would inherit nn.Module's).
+    doc = obj.__doc__ if inspect.isclass(obj) else inspect.getdoc(obj)
+    assert doc and len(doc.strip()) > 20, f"{pkg.__name__}.{name} has no docstring"
+    assert doc.strip().splitlines()[0].strip(), "the first line says what it is"
+    if inspect.isclass(obj):
+        # forward() and extra_repr() are documented by the class docstring (the contract
+        # of every module); any other public method says what it does.
+        for meth, fn in _own_methods(obj).items():
+            if meth in ("forward", "extra_repr"):
+                continue
+            assert inspect.getdoc(fn), f"{pkg.__name__}.{name}.{meth} has no docstring"
+
+
+@pytest.mark.parametrize("pkg, name", _public_objects())
+def test_docstring_gives_tensor_shapes(pkg, name):
+    """Whatever takes tensors says which shapes (STYLE.md: docstrings with shapes)."""
+    obj = getattr(pkg, name)
+    if inspect.isclass(obj):
+        methods = _own_methods(obj)
+        takes = issubclass(obj, nn.Module) or any(map(_takes_tensors, methods.values()))
+        text = (obj.__doc__ or "") + "".join(inspect.getdoc(f) or "" for f in methods.values())
+    elif callable(obj):
+        takes = _takes_tensors(obj)
+        text = inspect.getdoc(obj) or ""
+    else:
+        takes, text = False, ""
+    if not takes:
+        pytest.skip(f"{name} takes no tensors")
+    assert SHAPE.search(text), f"{pkg.__name__}.{name}: the docstring gives no tensor shape"
+
+
+def test_shape_heuristic_is_not_vacuous():
+    """The shape check must reject prose without shapes and see through to real ones."""
+    assert not SHAPE.search("Integrates the state (see the concepts page) in time.")
+    assert SHAPE.search("y: ``(batch, channels, height, width)``")
+    assert SHAPE.search("``(n_times, *shape)``") and SHAPE.search("``(c_out, c_in, 3, 3)``")
+    assert not SHAPE.search("the pair ``(f_q, f_p)``")
+    assert _takes_tensors(solvers.odeint) and not _takes_tensors(neuralpde.count_parameters)
+
+
+# --- runnable examples of the pages ---------------------------------------------------------
+
+EXAMPLES = sorted((DOCS / "examples").glob("*.py"))
+
+
+def _snippet_targets() -> set[str]:
+    """Every file a page includes with the snippet syntax ``--8<-- "path[:section]"``."""
+    found = set()
+    for page in DOCS.rglob("*.md"):
+        for path in re.findall(r'--8<--\s+"([^":]+)(?::[\w-]+)?"', page.read_text()):
+            found.add(path)
+    return found
+
+
+def test_every_example_is_on_a_page():
+    assert EXAMPLES, "docs/examples is empty"
+    targets = _snippet_targets()
+    for script in EXAMPLES:
+        assert script.relative_to(ROOT).as_posix() in targets, f"{script.name} is on no page"
+    for target in targets:
+        assert (ROOT / target).is_file(), f"a page includes the missing file {target}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", EXAMPLES, ids=[s.name for s in EXAMPLES])
+def test_example_runs(script):
+    res = _run([sys.executable, str(script)], ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+# --- the solver table of "Choosing a solver" -----------------------------------------------
+
+
+def _solver_table() -> dict[str, list[str]]:
+    rows = {}
+    for line in (DOCS / "choosing-a-solver.md").read_text().splitlines():
+        # The methods table: `name` | kind | order | symplectic | reversible | NFE per step.
+        m = re.match(r"\|\s*`(\w+)`\s*\|(.*)\|\s*$", line)
+        cells = [c.strip() for c in m[2].split("|")] if m else []
+        if len(cells) == 5:
+            rows[m[1]] = cells
+    return rows
+
+
+def test_solver_table_lists_every_method_with_its_kind():
+    table = _solver_table()
+    assert set(table) == set(solvers.methods())
+    for name, kind in solvers.methods().items():
+        assert table[name][0] == kind, name
+        reversible = "yes" if kind == "symplectic" else "no"
+        assert table[name][2] == table[name][3] == reversible, name
+
+
+def test_solver_table_orders_match_the_steppers():
+    table = _solver_table()
+    steppers = {cls.name: cls for cls in solvers.Stepper.__subclasses__() if cls.name}
+    for name, cls in steppers.items():
+        if name in table:
+            assert table[name][1].startswith(str(cls.order)), name
+
+
+def test_solver_table_nfe_is_what_odeint_reports():
+    """Fixed-step and symplectic rows give an integer NFE per step: measure it."""
+    table = _solver_table()
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    y0 = torch.ones(3, dtype=torch.float64)
+    checked = 0
+    for name, kind in solvers.methods().items():
+        m = re.fullmatch(r"(\d+)(?: \((\d+) \+ (\d+)\))?", table[name][4])
+        if kind == "adaptive" or m is None:
+            continue
+        if kind == "symplectic":
+            split = (lambda t, p: p, lambda t, q: -q)
+            _, stats = solvers.odeint(
+                split, (y0, y0), t, method=name, step_size=0.25, return_stats=True
+            )
+            assert (stats["nfe_q"] / 4, stats["nfe_p"] / 4) == (int(m[2]), int(m[3])), name
+        else:
+            _, stats = solvers.odeint(
+                lambda t, y: -y, y0, t, method=name, step_size=0.25, return_stats=True
+            )
+        assert stats["steps"] == 4 and stats["nfe"] == 4 * int(m[1]), (name, stats)
+        checked += 1
+    assert checked >= 9  # euler ... rk4 and the four symplectic steppers
