@@ -56,6 +56,8 @@ class _DiffusionRHS(nn.Module):
     """``u' = -Kᵀ (g(|K u|²) K u)`` with ``g`` from the subclass."""
 
     def edge_stopping(self, sq: Tensor) -> Tensor:
+        """The diffusivity ``g(|∇u|²)`` from ``sq = |∇u|²``, shape ``(batch, channels, 1,
+        height, width)``; returns the same shape."""
         raise NotImplementedError
 
     @property

@@ -101,7 +101,9 @@ class ParabolicRHS(_RHS):
 class ResNetRHS(_RHS):
     """``dY/dt = K2(t) relu(N(K1(t) Y))``: the non-symmetric ResNet control.
 
-    Args and shapes as :class:`ParabolicRHS`; ``18c² + 2c`` parameters per step.
+    Args as :class:`ParabolicRHS`; ``18c² + 2c`` parameters per step.
+
+    ``forward(t, y)``: ``t`` 0-d tensor, ``y (batch, c, h, w)`` -> ``(batch, c, h, w)``.
     """
 
     def __init__(self, channels, steps=3, step_size=1.0, interpolation="constant"):

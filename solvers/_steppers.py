@@ -50,7 +50,17 @@ class Stepper:
     evals: tuple[int, int] = (0, 0)
 
     def step(self, func: SplitFunc, t: Tensor, h: float, state: SplitState) -> SplitState:
-        """Advance ``state = (q, p)`` from time ``t`` (0-d tensor) by ``h`` (may be negative)."""
+        """Advance ``state = (q, p)`` from time ``t`` (0-d tensor) by ``h`` (may be negative).
+
+        Args:
+            func: ``(f_q, f_p)`` with ``dq/dt = f_q(t, p)`` and ``dp/dt = f_p(t, q)``.
+            t: 0-d tensor, the start of the step's cell ``[t, t + h]``.
+            h: the step (a Python float); ``h < 0`` must invert the step over that cell.
+            state: ``(q, p)``, two tensors of any shape (``(batch, c, h, w)`` in a network).
+
+        Returns:
+            The new ``(q, p)``, shapes unchanged.
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
