@@ -50,6 +50,10 @@ class PDECNN(nn.Module):
         step_size: the training step ``h``; each stage spans ``T = steps * h``.
         interpolation: θ(t) between steps, ``"constant"`` (the paper) or ``"linear"``.
         method: solver of every stage (default: the paper's scheme for ``arch``).
+        memory: what backward stores, for every stage: ``"autograd"`` (default),
+            ``"reversible"`` (hyperbolic archs: exact gradients in memory independent of
+            ``steps``) or ``"adjoint"`` (Runge–Kutta methods; approximate gradients); see
+            :meth:`Stage.set_solver`.
         solver_options: ``step_size``/``rtol``/``atol``/torchdiffeq options for ``method``.
 
     ``forward(x)``: ``x (batch, in_channels, height, width)`` -> logits
@@ -66,6 +70,7 @@ class PDECNN(nn.Module):
         step_size: float = 1.0,
         interpolation: str = "constant",
         method: str | None = None,
+        memory: str = "autograd",
         **solver_options: Any,
     ):
         super().__init__()
@@ -99,8 +104,8 @@ class PDECNN(nn.Module):
             self.stages.append(stage)
             self.connectors.append(_conv_bn_relu(widths[k], widths[k + 1], 1))
         self.classifier = nn.Linear(widths[-1], num_classes)
-        if method is not None or solver_options:
-            self.set_solver(method, **solver_options)
+        if method is not None or solver_options or memory != "autograd":
+            self.set_solver(method, memory=memory, **solver_options)
 
     @classmethod
     def from_paper(cls, dataset: str, arch: str, **kwargs: Any) -> PDECNN:
@@ -119,6 +124,7 @@ class PDECNN(nn.Module):
         method: str | None = None,
         step_size: float | None = None,
         stage: int | None = None,
+        memory: str = "autograd",
         **options: Any,
     ) -> None:
         """Re-discretize every stage (or stage ``stage``) without touching the weights.
@@ -128,7 +134,10 @@ class PDECNN(nn.Module):
                 paper scheme.
             step_size: for fixed-step and symplectic methods (``None``: the training step).
             stage: index of a single stage to change; ``None`` changes all.
-            options: ``rtol``, ``atol`` and torchdiffeq options.
+            memory: ``"autograd"``, ``"reversible"`` or ``"adjoint"`` (see
+                :meth:`Stage.set_solver`).
+            options: ``rtol``, ``atol`` and torchdiffeq options (``checkpoint_every``
+                with ``memory="reversible"``).
         """
         if stage is None:
             targets = list(self.stages)
@@ -139,7 +148,7 @@ class PDECNN(nn.Module):
                 )
             targets = [self.stages[stage]]
         for s in targets:
-            s.set_solver(method, step_size, **dict(options))
+            s.set_solver(method, step_size, memory, **dict(options))
 
     def solver_stats(self) -> list[dict[str, Any]]:
         """Per stage, ``method``, ``nfe`` and ``steps`` (and ``rejected``) of the last forward."""

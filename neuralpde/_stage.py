@@ -36,13 +36,26 @@ class Stage(nn.Module):
         method: defaults to the paper's scheme for that dynamic: ``"euler"`` (parabolic,
             resnet), ``"symplectic_euler"`` (Hamiltonian), ``"leapfrog"`` (second order).
         step_size: defaults to the training step ``rhs.step_size``.
-        options: ``rtol``, ``atol`` and torchdiffeq options (``max_num_steps``, ...).
+        memory: ``"autograd"`` (default), ``"reversible"`` or ``"adjoint"``; see
+            :meth:`set_solver`.
+        options: ``rtol``, ``atol`` and torchdiffeq options (``max_num_steps``, ...);
+            ``checkpoint_every`` with ``memory="reversible"``.
 
     ``forward(x)``: ``x (batch, channels, h, w)`` -> ``(batch, channels, h, w)``.
+
+    Attributes:
+        check_finite: check the state for NaN/Inf before and after the solve (default
+            ``True``; two host–device syncs per stage). ``False`` makes a fixed-step or
+            symplectic stage free of syncs (for CUDA graphs and sync-free GPU training).
     """
 
     def __init__(
-        self, rhs: _RHS, method: str | None = None, step_size: float | None = None, **options: Any
+        self,
+        rhs: _RHS,
+        method: str | None = None,
+        step_size: float | None = None,
+        memory: str = "autograd",
+        **options: Any,
     ):
         super().__init__()
         if not isinstance(rhs, _RHS):
@@ -52,7 +65,8 @@ class Stage(nn.Module):
         self.rhs = rhs
         self.index: int | None = None
         self.last_stats: dict[str, Any] = {}
-        self.set_solver(method, step_size, **options)
+        self.check_finite = True
+        self.set_solver(method, step_size, memory, **options)
 
     @property
     def default_method(self) -> str:
@@ -60,19 +74,36 @@ class Stage(nn.Module):
         return DEFAULT_METHOD[type(self.rhs).__name__]
 
     def set_solver(
-        self, method: str | None = None, step_size: float | None = None, **options: Any
+        self,
+        method: str | None = None,
+        step_size: float | None = None,
+        memory: str = "autograd",
+        **options: Any,
     ) -> None:
         """Change how this stage is discretized; the weights are untouched.
+
+        Every argument not given is reset to its default.
 
         Args:
             method: a name from :func:`solvers.methods`; ``None`` restores the default.
             step_size: for fixed-step and symplectic methods; ``None`` uses the training
                 step. Must be ``None`` for adaptive methods.
-            options: ``rtol``, ``atol`` (adaptive methods) and torchdiffeq options.
+            memory: what the backward pass stores. ``"autograd"``: every step's
+                activations (memory grows with the number of steps). ``"reversible"``
+                (Hamiltonian and second-order stages with a symplectic method): only the
+                stage's output; each step's input is recomputed by running the stepper
+                backwards, so memory does not grow with depth and the gradient equals
+                autograd's up to round-off. ``"adjoint"`` (Runge–Kutta methods):
+                ``torchdiffeq.odeint_adjoint``, constant memory too, but its gradient
+                solves an adjoint ODE and only approximates the discrete one.
+            options: ``rtol``, ``atol`` (adaptive methods) and torchdiffeq options;
+                ``checkpoint_every=k`` with ``memory="reversible"`` also stores the state
+                every ``k`` steps, which bounds float32 reconstruction drift on long stages.
 
         Raises:
             ValueError: unknown method, or one that cannot integrate this stage (a
-                symplectic method on a parabolic or resnet stage).
+                symplectic method on a parabolic or resnet stage), or a ``memory`` mode this
+                stage or method does not support.
         """
         method = self.default_method if method is None else method
         kinds = solvers.methods()
@@ -98,12 +129,45 @@ class Stage(nn.Module):
             step_size = self.rhs.step_size if step_size is None else float(step_size)
             if not step_size > 0:
                 raise ValueError(f"{self._name()}: step_size must be positive, got {step_size}")
+        self._check_memory(memory, method, kind)
         rtol = options.pop("rtol", DEFAULT_RTOL)
         atol = options.pop("atol", DEFAULT_ATOL)
-        if kind == "symplectic" and options:
+        if "checkpoint_every" in options and memory != "reversible":
+            raise ValueError(
+                f"{self._name()}: checkpoint_every is an option of memory='reversible', "
+                f"not of memory={memory!r}"
+            )
+        if kind == "symplectic" and set(options) - {"checkpoint_every"}:
             raise ValueError(f"{self._name()}: {method!r} takes no options, got {sorted(options)}")
-        self.method, self.kind, self.step_size = method, kind, step_size
+        self.method, self.kind, self.step_size, self.memory = method, kind, step_size, memory
         self.rtol, self.atol, self.options = rtol, atol, options
+
+    def _check_memory(self, memory: str, method: str, kind: str) -> None:
+        modes = ("autograd", "reversible", "adjoint")
+        if memory not in modes:
+            raise ValueError(f"{self._name()}: memory must be one of {modes}, got {memory!r}")
+        dynamic = type(self.rhs).__name__
+        if memory == "reversible" and not self.rhs.split:
+            raise ValueError(
+                f"{self._name()}: memory='reversible' needs a time-reversible stage, but a "
+                f"{dynamic} stage is not one (only the Hamiltonian and second-order stages "
+                "are): its earlier states cannot be recomputed from later ones. Use "
+                "memory='adjoint' (constant memory, approximate gradient) or "
+                "memory='autograd'"
+            )
+        if memory == "reversible" and kind != "symplectic":
+            names = [m for m, k in solvers.methods().items() if k == "symplectic"]
+            raise ValueError(
+                f"{self._name()}: memory='reversible' needs a reversible method, and {method!r} "
+                f"is not one; use a symplectic method ({', '.join(sorted(names))}) or "
+                "memory='adjoint' / memory='autograd'"
+            )
+        if memory == "adjoint" and kind == "symplectic":
+            raise ValueError(
+                f"{self._name()}: memory='adjoint' is torchdiffeq's adjoint for Runge–Kutta "
+                f"methods and does not apply to {method!r}; use memory='reversible' (exact "
+                "gradient, constant memory)"
+            )
 
     def _name(self) -> str:
         return "stage" if self.index is None else f"stage {self.index}"
@@ -125,7 +189,9 @@ class Stage(nn.Module):
                 f"{self._name()}: expected input (batch, {rhs.channels}, height, width), got "
                 f"{tuple(x.shape)}"
             )
-        t = torch.tensor([0.0, rhs.T], dtype=x.dtype, device=x.device)
+        # Host floats, not a device tensor: the solver never reads the grid back (no sync,
+        # and torch.compile sees constants).
+        t = [0.0, rhs.T]
         func = rhs.separable if self.kind == "symplectic" else rhs
         opts = self._solver_options()
         if opts and "jump_t" in opts:
@@ -140,6 +206,8 @@ class Stage(nn.Module):
                 rtol=self.rtol,
                 atol=self.atol,
                 options=opts,
+                memory=self.memory,
+                check_finite=self.check_finite,
                 return_stats=True,
             )
         except solvers.NonFiniteError as err:
@@ -151,4 +219,5 @@ class Stage(nn.Module):
         return rhs.from_state(last)
 
     def extra_repr(self) -> str:
-        return f"method={self.method!r}, step_size={self.step_size}"
+        out = f"method={self.method!r}, step_size={self.step_size}"
+        return out if self.memory == "autograd" else f"{out}, memory={self.memory!r}"
