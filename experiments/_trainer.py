@@ -353,8 +353,11 @@ def train(cfg: TrainConfig, data: DataSplits | None = None, *, resume: bool = Fa
                 loss = ce
                 if cfg.smoothness:
                     loss = loss + cfg.smoothness * time_smoothness(net, cfg.tau)
-            except solvers.NonFiniteError as err:
-                if world > 1:
+            except (solvers.NonFiniteError, ValueError) as err:
+                # The solvers reject a non-finite stage input (NaN images, or NaN from an
+                # earlier layer) with a ValueError, a NaN mid-stage with NonFiniteError.
+                nonfinite = isinstance(err, solvers.NonFiniteError) or "NaN or Inf" in str(err)
+                if world > 1 or not nonfinite:
                     raise
                 what, ce = f"non-finite state in the forward pass ({err})", None
             if what is None:
