@@ -147,9 +147,9 @@ def measure(
 
 def run(
     archs: Sequence[str] = ARCHS,
-    depths: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+    depths: Sequence[int] = (1, 2, 4, 8, 16, 32),
     *,
-    step_size: float = 0.5,
+    step_size: float = 0.1,
     width: int = 8,
     epochs: int = 8,
     eps: float = 0.1,
@@ -238,8 +238,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     )
     p.add_argument("--out", default="runs/stability", help="directory for stability.csv/.png")
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
-    p.add_argument("--depths", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32, 64])
-    p.add_argument("--step-size", type=float, default=0.5, help="h, fixed for every depth")
+    p.add_argument("--depths", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32])
+    p.add_argument("--step-size", type=float, default=0.1, help="h, fixed for every depth")
     p.add_argument("--width", type=int, default=8, help="channels of the first stage (even)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--eps", type=float, default=0.1, help="FGSM size, pixels in [0, 1]")

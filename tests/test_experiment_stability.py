@@ -46,7 +46,7 @@ def test_tiny_run_writes_table_csv_and_plot(tmp_path, capsys):
         table = list(csv.DictReader(f))
     assert len(table) == 8 and tuple(table[0]) == exp.FIELDS
     for r in table:
-        assert float(r["T"]) == pytest.approx(float(r["steps"]) * 0.5)
+        assert float(r["T"]) == pytest.approx(float(r["steps"]) * 0.1)
         for k in ("growth_random_median", "growth_fgsm_median"):
             assert 0 < float(r[k]) <= float(r[k.replace("median", "max")]) < math.inf
         within = float(r["steps_within_limit"])
