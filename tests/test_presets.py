@@ -1,0 +1,59 @@
+"""Parameter counts of the paper presets (Table 1 of Ruthotto & Haber 2020)."""
+
+import pytest
+
+import neuralpde
+
+TABLE1 = {
+    ("stl10", "parabolic"): 618_554,
+    ("stl10", "hamiltonian"): 324_794,
+    ("stl10", "second_order"): 618_554,
+    ("cifar10", "parabolic"): 502_570,
+    ("cifar10", "hamiltonian"): 264_106,
+    ("cifar10", "second_order"): 502_570,
+    ("cifar100", "parabolic"): 652_484,
+    ("cifar100", "hamiltonian"): 362_180,
+    ("cifar100", "second_order"): 652_484,
+}
+
+# The ResNet control is not in the paper; its layer K2 σ(N(K1 Y)) has 18nf² + 2nf numbers per
+# step, so the count is the parabolic one plus 3 · 9 · Σ nf² over the stages.
+RESNET = {"stl10": 1_206_074, "cifar10": 979_498, "cifar100": 1_233_092}
+
+
+@pytest.mark.parametrize("dataset,arch", sorted(TABLE1))
+def test_table1_parameter_counts(dataset, arch):
+    net = neuralpde.PDECNN.from_paper(dataset, arch)
+    assert neuralpde.count_parameters(net) == TABLE1[dataset, arch]
+
+
+@pytest.mark.parametrize("dataset", sorted(RESNET))
+def test_resnet_control_count(dataset):
+    net = neuralpde.PDECNN.from_paper(dataset, "resnet")
+    widths = neuralpde._network.PAPER_PRESETS[dataset]["widths"][:-1]
+    extra = 3 * 9 * sum(w * w for w in widths)
+    assert neuralpde.count_parameters(net) == RESNET[dataset]
+    assert RESNET[dataset] == TABLE1[dataset, "parabolic"] + extra
+
+
+@pytest.mark.parametrize(
+    "arch,per_step",
+    [
+        ("parabolic", lambda nf: 9 * nf**2 + 2 * nf),
+        ("second_order", lambda nf: 9 * nf**2 + 2 * nf),
+        ("hamiltonian", lambda nf: 9 * nf**2 // 2 + 2 * nf),
+        ("resnet", lambda nf: 18 * nf**2 + 2 * nf),
+    ],
+)
+def test_parameters_per_step(arch, per_step):
+    for nf in (4, 8, 16):
+        for steps in (1, 3, 5):
+            stage = neuralpde.PDECNN(arch, 3, 10, (nf, nf), steps=steps).stages[0]
+            assert neuralpde.count_parameters(stage) == steps * per_step(nf)
+
+
+def test_unknown_preset_and_arch():
+    with pytest.raises(ValueError, match="unknown preset 'mnist'"):
+        neuralpde.PDECNN.from_paper("mnist", "parabolic")
+    with pytest.raises(ValueError, match="unknown arch 'elliptic'"):
+        neuralpde.PDECNN.from_paper("cifar10", "elliptic")
