@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._config import DATASETS, ConfigError
+from ._config import DATASETS, ConfigError, _widths
 from ._data import DatasetNotFoundError
 from ._data_size import DATA_SIZE_ARCHS, data_size
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", type=_fractions, default=[0.1, 0.2, 0.4, 0.8])
     p.add_argument("--archs", default=",".join(DATA_SIZE_ARCHS))
     p.add_argument("--epochs", type=int)
+    p.add_argument("--widths", type=_widths, help="stage and final widths (default 16,32,64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/data_size")
     args = p.parse_args(argv)
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": args.dataset,
         "data_root": args.data_root,
         "epochs": args.epochs,
+        "widths": args.widths,
         "seed": args.seed,
     }
     try:
