@@ -77,7 +77,8 @@ def plot_probabilities(images, probs, labels, classes, mean, std, path: Path, n:
     k = probs.shape[1]
     for c in range(n):
         x = images[c] * std + mean
-        x = x.clamp(0, 1) if x.max() <= 1.5 else x / x.max()
+        if x.min() < 0 or x.max() > 1:  # not an image in [0, 1]: stretch for display
+            x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12)
         ax = axes[0, c]
         if x.shape[0] == 1:
             ax.imshow(x[0].numpy(), cmap="gray_r")
