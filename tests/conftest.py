@@ -1,0 +1,17 @@
+"""Test-wide settings.
+
+One intra-op thread: the tensors here are small, where a second OpenMP thread buys nothing,
+and tests that start subprocesses (tutorials, the CLI, two gloo ranks) would otherwise
+oversubscribe the cores; busy-waiting OpenMP threads on an oversubscribed machine make small
+convolutions tens of times slower. Set before torch is imported by any test module, and in
+the environment so that subprocesses inherit it.
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
