@@ -13,6 +13,8 @@ from ._config import resolve_config as resolve_config
 from ._data import DatasetNotFoundError as DatasetNotFoundError
 from ._data import DataSplits as DataSplits
 from ._data import load_data as load_data
+from ._swap import solver_swap as solver_swap
+from ._swap import swap_plan as swap_plan
 from ._trainer import NonFiniteLossError as NonFiniteLossError
 from ._trainer import build_model as build_model
 from ._trainer import evaluate as evaluate
@@ -31,5 +33,7 @@ __all__ = [
     "load_data",
     "resolve_config",
     "save_checkpoint",
+    "solver_swap",
+    "swap_plan",
     "train",
 ]

@@ -23,7 +23,8 @@ class TrainConfig:
 
     ``lr_schedule`` is the piecewise-constant learning rate as ``[[epochs, lr], ...]``
     phases; ``smoothness`` is α1 of the paper's time-smoothness regularizer and
-    ``weight_decay`` its α2. Build one with :func:`resolve_config` to get the recipe's
+    ``weight_decay`` its α2. Each stage has ``steps`` parameter sets over ``T = steps``
+    (h = 1, the paper's); ``solver`` and ``step_size`` say how training integrates it. Build one with :func:`resolve_config` to get the recipe's
     defaults filled in and the options checked.
     """
 
@@ -34,7 +35,7 @@ class TrainConfig:
     preset: str | None = None
     widths: list[int] = field(default_factory=lambda: [16, 32, 64])
     steps: int = 3
-    step_size: float = 1.0
+    step_size: float | None = None
     solver: str | None = None
     memory: str | None = None
     epochs: int = 12
@@ -223,7 +224,8 @@ def _check(cfg: TrainConfig) -> None:
         raise ConfigError(f"--arch must be one of {list(ARCHS)}, got {cfg.arch!r}")
     for name in ("epochs", "batch_size", "steps"):
         _positive(f"--{name.replace('_', '-')}", getattr(cfg, name))
-    _positive("--step-size", cfg.step_size, float)
+    if cfg.step_size is not None:
+        _positive("--step-size", cfg.step_size, float)
     if cfg.widths is not None:
         w = list(cfg.widths)
         if len(w) < 2 or not all(isinstance(x, int) and x > 0 for x in w):
@@ -248,6 +250,11 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.solver is not None:
         if cfg.solver not in kinds:
             raise ConfigError(f"--solver must be one of {sorted(kinds)}, got {cfg.solver!r}")
+        if kinds[cfg.solver] == "adaptive" and cfg.step_size is not None:
+            raise ConfigError(
+                f"--step-size is for fixed-step solvers; --solver {cfg.solver} is adaptive and "
+                "picks its own steps"
+            )
         if kinds[cfg.solver] == "symplectic" and cfg.arch in ("parabolic", "resnet"):
             raise ConfigError(
                 f"--solver {cfg.solver} is symplectic and needs a split (q, p) network; "
@@ -308,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--clip-weights", action=argparse.BooleanOptionalAction, help="clip weights to [-1, 1]")
     a("--augment", action=argparse.BooleanOptionalAction, help="flip + pad + random crop")
     a("--solver", help="training solver of every stage (default: the paper's scheme)")
-    a("--step-size", type=float, help="time step h of the network (T = steps * h)")
+    a("--step-size", type=float, help="training solver's step (default: h = 1, one per step)")
     a("--memory", choices=MEMORY_MODES, help="how gradients are computed through the stages")
     a("--train-fraction", type=float, help="use this fraction of the training split")
     a("--image-size", type=int, help="imagefolder only: resize images to this size (32)")

@@ -154,7 +154,8 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         f"- test accuracy **{report['test_accuracy']:.2%}**, test cross-entropy "
         f"{report['test_loss']:.4f} (best validation epoch {best['epoch']} of {cfg.epochs})",
         f"- {report['params']:,} parameters, widths {report['widths']}, {cfg.steps} steps of "
-        f"h = {cfg.step_size} per stage, solver {cfg.solver or 'the paper scheme'}",
+        f"h = 1 per stage, trained with {cfg.solver or 'the paper scheme'}"
+        f"{'' if cfg.step_size is None else f' at step {cfg.step_size}'}",
         f"- {report['train_images']} training / {report['val_images']} validation / "
         f"{report['test_images']} test images; batch {cfg.batch_size}, lr schedule "
         f"{cfg.lr_schedule}",

@@ -21,13 +21,21 @@ from ._trainer import build_model
 SWAP_FIELDS = ("solver", "method", "step_size", "rtol", "accuracy", "loss", "nfe", "seconds")
 
 
-def swap_plan(arch: str, step_size: float) -> list[dict[str, Any]]:
+def swap_plan(
+    arch: str, step_size: float | None = None, solver: str | None = None
+) -> list[dict[str, Any]]:
     """The discretizations to try: euler at 1×, 2×, 4×, 8× the training steps, midpoint,
     rk4, dopri5 at three tolerances, and for the hyperbolic networks the symplectic
-    methods at the training step. Each item: ``label``, ``method`` and solver options."""
+    methods at the training step. Each item: ``label``, ``method`` and solver options.
+
+    ``step_size`` and ``solver`` are those of training (``None``: h = 1 and the paper's
+    scheme); a "training scheme" row comes first unless it is the "euler x1" row.
+    """
     plan: list[dict[str, Any]] = []
-    if arch in ("hamiltonian", "second_order"):
-        plan.append({"label": "training scheme", "method": None, "step_size": None})
+    paper_euler = arch in ("parabolic", "resnet") and solver in (None, "euler")
+    if not paper_euler:
+        plan.append({"label": "training scheme", "method": solver, "step_size": step_size})
+    step_size = 1.0 if step_size is None else step_size
     for k in (1, 2, 4, 8):
         plan.append({"label": f"euler x{k}", "method": "euler", "step_size": step_size / k})
     plan.append({"label": "midpoint", "method": "midpoint", "step_size": step_size})
@@ -94,18 +102,22 @@ def solver_swap(
     (default :func:`swap_plan`). The weights never change; only the stages' solvers do.
 
     Returns one row per discretization (``SWAP_FIELDS``); a discretization that fails
-    (e.g. too many adaptive steps) gets ``accuracy`` NaN and its error in ``solver``.
+    (e.g. too many adaptive steps) gets ``accuracy`` NaN and its error is logged.
     """
     net, cfg = load_trained(checkpoint, device)
     if data is None:
         if data_root is not None:
             cfg.data_root = data_root
         data = load_data(cfg)
-    plan = swap_plan(cfg.arch, cfg.step_size) if plan is None else plan
+    plan = swap_plan(cfg.arch, cfg.step_size, cfg.solver) if plan is None else plan
     rows = []
     for item in plan:
         opts = {k: v for k, v in item.items() if k not in ("label", "method", "step_size")}
-        net.set_solver(item["method"], item.get("step_size"), **opts)
+        method = item["method"]
+        step = item.get("step_size")
+        if method is not None and solvers.methods()[method] == "adaptive":
+            step = None
+        net.set_solver(method, step, **opts)
         try:
             r = evaluate_solver(net, data.test, device, batch_size)
         except (solvers.SolverError, solvers.NonFiniteError) as err:

@@ -49,6 +49,7 @@ BAD_COMMAND_LINES = [
     (["--batch-size", "-4"], "--batch-size must be a positive int"),
     (["--lr", "0"], "--lr must be a positive float"),
     (["--step-size", "-1"], "--step-size must be a positive float"),
+    (["--solver", "dopri5", "--step-size", "0.5"], "adaptive"),
     (["--train-fraction", "1.5"], "--train-fraction must be in"),
     (["--memory", "reversible"], "not reversible"),
     (["--download"], "nothing to download"),
