@@ -56,7 +56,9 @@ def build_model(cfg: TrainConfig, in_channels: int, num_classes: int) -> neuralp
     else:
         net = neuralpde.PDECNN(cfg.arch, in_channels, num_classes, tuple(cfg.widths), **kw)
     if cfg.solver is not None or cfg.step_size is not None:
-        net.set_solver(cfg.solver, step_size=cfg.step_size)
+        # set_solver resets every option it is not given, the memory mode included.
+        extra = {} if cfg.memory is None else {"memory": cfg.memory}
+        net.set_solver(cfg.solver, step_size=cfg.step_size, **extra)
     return net
 
 

@@ -288,3 +288,18 @@ def test_main_job_reaches_98_percent(tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["test_accuracy"] >= 0.98 and report["test_images"] == 360
+
+
+def test_memory_mode_reaches_every_stage_and_gives_the_same_training(tmp_path):
+    base = {**TINY, "arch": "hamiltonian", "epochs": 1, "train_fraction": 0.1}
+    reports = {}
+    for memory in ("autograd", "reversible"):
+        cfg = resolve_config(**base, memory=memory, solver="symplectic_euler",
+                             out=str(tmp_path / memory))  # fmt: skip
+        assert all(s.memory == memory for s in build_model(cfg, 1, 10).stages)
+        reports[memory] = train(cfg, log=_quiet)
+        last = load_checkpoint(tmp_path / memory / "last.pt")["model"]
+        reports[memory]["weights"] = last
+    # Reversible backpropagation recomputes activations exactly: the same training.
+    a, b = reports["autograd"]["weights"], reports["reversible"]["weights"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point()) < 1e-4
