@@ -1,6 +1,7 @@
 """Training: option validation, outputs, determinism, the paper recipe, NaN handling."""
 
 import csv
+import io
 import json
 import math
 import os
@@ -303,3 +304,24 @@ def test_memory_mode_reaches_every_stage_and_gives_the_same_training(tmp_path):
     # Reversible backpropagation recomputes activations exactly: the same training.
     a, b = reports["autograd"]["weights"], reports["reversible"]["weights"]
     assert max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point()) < 1e-4
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise(tmp_path, monkeypatch):
+    cfg = resolve_config(**{**TINY, "epochs": 1, "train_fraction": 0.1}, out=str(tmp_path))
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stdout", term)
+    lines = []
+    train(cfg, log=lines.append)
+    bar = term.getvalue()
+    # tqdm's bar: the epoch, a count of batches and the running loss and accuracy.
+    assert "epoch 1/1" in bar and "8/8" in bar and "loss=" in bar and "acc=" in bar
+    assert not any(line.startswith("epoch") for line in lines)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    lines = []
+    train(cfg, log=lines.append)
+    assert [line.split()[:2] for line in lines] == [["epoch", "1/1"]]
