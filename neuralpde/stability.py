@@ -438,7 +438,9 @@ def report(
                     }
                 )
         safes = [r.pop("_safe") for r in stage_rows]
-        if h is not None and all(s is not None for s in safes):
+        # No suggestion for adaptive steps, the ResNet control, or a method with no stable
+        # step at all on this dynamic (forward Euler on an oscillation: safe == 0).
+        if h is not None and all(s is not None for s in safes) and min(safes) > 0:
             safe = min(safes)
             if h <= safe:
                 suggestion = h

@@ -171,3 +171,17 @@ def test_report_is_reachable_from_the_package_and_rejects_bad_input():
         stability.report(neuralpde.PDECNN("parabolic", 1, 3, (2, 2)), (8, 8))
     with pytest.raises(TypeError, match="PDECNN"):
         stability.report(torch.nn.Linear(2, 2), (1, 8, 8))
+
+
+def test_methods_change_the_limit_and_euler_cannot_integrate_an_oscillation():
+    s = stage("second_order", steps=1)
+    leapfrog = stability.report(s, (4, 6, 6)).rows[0]
+    s.set_solver("rk4")
+    rk4 = stability.report(s, (4, 6, 6)).rows[0]
+    assert rk4["max_step"] == pytest.approx(leapfrog["max_step"] * math.sqrt(2), rel=1e-6)
+    s.set_solver("euler")
+    euler = stability.report(s, (4, 6, 6)).rows[0]
+    assert euler["max_step"] == 0.0 and euler["ok"] is False and euler["suggested_step"] is None
+    s.set_solver("dopri5")
+    adaptive = stability.report(s, (4, 6, 6)).rows[0]
+    assert adaptive["h"] is None and adaptive["ok"] is None and adaptive["max_step"] is None
