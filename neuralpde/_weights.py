@@ -19,7 +19,7 @@ class TimeWeights(nn.Module):
     interpolated in between and held constant outside ``[0, T]``: θ(t) is continuous, which
     is what adaptive solvers want.
 
-    The lookup uses ``torch.searchsorted`` and tensor indexing only: no host–device sync and
+    The lookup uses ``torch.searchsorted`` and tensor arithmetic only: no host–device sync and
     no Python branch on ``t``, so it runs under adaptive solvers, ``torch.compile`` and CUDA
     graphs.
 
@@ -38,6 +38,17 @@ class TimeWeights(nn.Module):
             raise ValueError(
                 f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}"
             )
+        if not isinstance(params, dict) or not params:
+            raise TypeError(
+                "TimeWeights: params must be a non-empty dict {name: tensor (n, *shape)}, "
+                f"got {params!r}"
+            )
+        for name, value in params.items():
+            if not isinstance(value, torch.Tensor) or value.dim() < 1:
+                raise TypeError(
+                    f"TimeWeights: params[{name!r}] must be a tensor with a leading time axis "
+                    f"(n, *shape), got {type(value).__name__}"
+                )
         sizes = {v.shape[0] for v in params.values()}
         if len(sizes) != 1:
             raise ValueError(f"all parameters need the same number of time knots, got {sizes}")
@@ -57,6 +68,7 @@ class TimeWeights(nn.Module):
         else:
             knots = torch.linspace(0.0, self.T, n, dtype=torch.float64)
         self.register_buffer("knots", knots.to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer("cells", torch.arange(n), persistent=False)
 
     def jump_times(self) -> list[float]:
         """Times where θ(t) is discontinuous (interior cell boundaries; none if linear)."""
@@ -83,7 +95,14 @@ class TimeWeights(nn.Module):
         i = self.index(t)
         params = {name: getattr(self, name) for name in self.names}
         if self.interpolation == "constant":
-            return {name: p.index_select(0, i)[0] for name, p in params.items()}
+            # θ_i as a one-hot row times the stacked sets (exact: 1·θ_i + 0·θ_k). Its
+            # backward is a small dense outer product, where index_select's backward is a
+            # scatter into all n sets that costs as much as a convolution of the stage.
+            hot = self.cells == i
+            return {
+                name: (hot.to(p.dtype) @ p.reshape(self.n, -1)).reshape(p.shape[1:])
+                for name, p in params.items()
+            }
         tt, knots = self._common(t)
         k0, k1 = knots.index_select(0, i), knots.index_select(0, i + 1)
         w = ((tt - k0) / (k1 - k0)).clamp(0.0, 1.0)

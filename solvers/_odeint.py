@@ -10,6 +10,7 @@ import torch
 import torchdiffeq
 from torch import Tensor, nn
 
+from . import _fixed_grid
 from ._errors import NonFiniteError, SolverError
 from ._steppers import STEPPERS, Stepper
 
@@ -50,7 +51,12 @@ def _unknown_method(method: Any) -> ValueError:
     return ValueError(f"unknown method {method!r}; valid methods are: {names}")
 
 
-def _times_on_host(t: Tensor) -> list[float]:
+def _times_on_host(t: Tensor | Sequence[float]) -> list[float]:
+    if isinstance(t, (list, tuple)):
+        # Times known on the host: no device read at all (torch.compile, CUDA sync-free).
+        if len(t) < 2 or not all(isinstance(x, (int, float)) for x in t):
+            raise ValueError(f"t must hold at least 2 times as Python numbers, got {t!r}")
+        t = torch.tensor([float(x) for x in t], dtype=torch.float64)
     if not isinstance(t, Tensor):
         raise TypeError(f"t must be a 1-d tensor of times, got {type(t).__name__}")
     if t.dim() != 1 or t.numel() < 2:
@@ -72,7 +78,7 @@ def _times_on_host(t: Tensor) -> list[float]:
     return ts
 
 
-def _check_state(y0: Any, name: str = "y0") -> None:
+def _check_state(y0: Any, name: str = "y0", check_finite: bool = True) -> None:
     tensors = y0 if isinstance(y0, tuple) else (y0,)
     for i, y in enumerate(tensors):
         if not isinstance(y, Tensor):
@@ -81,14 +87,27 @@ def _check_state(y0: Any, name: str = "y0") -> None:
             )
         if not y.is_floating_point():
             raise TypeError(f"{name} must be floating point, got dtype {y.dtype}")
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(y).all()):
+        if check_finite and not torch.compiler.is_compiling() and not _all_finite(y):
             where = f"{name}[{i}]" if isinstance(y0, tuple) else name
             raise ValueError(f"{where} contains NaN or Inf before the first step")
+
+
+def _all_finite(x: Tensor) -> bool:
+    """Whether every entry of ``x`` is finite (one sync).
+
+    A sum is one cheap reduction, where ``isfinite(x).all()`` makes several passes and a
+    bool tensor as large as ``x`` (on a network stage it cost a third of a training step).
+    The sum is finite whenever every entry is; when it is not, an overflow of finite
+    entries is told apart by the exact test.
+    """
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def _first_bad(sol: Tensor | tuple[Tensor, ...]) -> int | None:
     """Index of the first output time whose state is not finite (one sync), or None."""
     parts = sol if isinstance(sol, tuple) else (sol,)
+    if all(_all_finite(s) for s in parts):
+        return None
     ok = torch.stack([torch.isfinite(s.reshape(s.shape[0], -1)).all(1) for s in parts]).all(0)
     if bool(ok.all()):
         return None
@@ -127,7 +146,9 @@ class _AdaptiveCounter(_Counter):
         self.rejected += 1
 
 
-def _torchdiffeq(func, y0, t, method, step_size, rtol, atol, options, adjoint, check_finite):
+def _torchdiffeq(
+    func, y0, t, method, step_size, rtol, atol, options, adjoint, check_finite, ts=None
+):
     kind = methods()[method]
     options = dict(options or {})
     if kind == "fixed":
@@ -151,6 +172,12 @@ def _torchdiffeq(func, y0, t, method, step_size, rtol, atol, options, adjoint, c
             "adjoint=True needs func to be an nn.Module (its parameters get gradients); "
             "wrap the function in a module"
         )
+    if ts is not None and kind == "fixed" and _fixed_grid.supports(method, options, adjoint):
+        # torchdiffeq's numbers without its per-step syncs and wrappers (see _fixed_grid).
+        sol, stats = _fixed_grid.integrate_fixed(func, y0, t, ts, method, options, rtol, atol)
+        if check_finite and not torch.compiler.is_compiling():
+            _raise_if_nonfinite(sol, t, method)
+        return sol, stats
     if method == "scipy_solver":
         counter = _Counter(func)
     elif kind == "fixed":
@@ -180,14 +207,18 @@ def _torchdiffeq(func, y0, t, method, step_size, rtol, atol, options, adjoint, c
         steps = None if method == "scipy_solver" else counter.steps
         stats = {"nfe": counter.nfe, "steps": steps, "rejected": counter.rejected}
     if check_finite and not torch.compiler.is_compiling():
-        i = _first_bad(sol)
-        if i is not None:
-            tt = float(t[i])
-            raise NonFiniteError(
-                f"{method}: the state became NaN/Inf between t={float(t[i - 1])} and t={tt}",
-                t=tt,
-            )
+        _raise_if_nonfinite(sol, t, method)
     return sol, stats
+
+
+def _raise_if_nonfinite(sol, t: Tensor, method: str) -> None:
+    i = _first_bad(sol)
+    if i is not None:
+        tt = float(t[i])
+        raise NonFiniteError(
+            f"{method}: the state became NaN/Inf between t={float(t[i - 1])} and t={tt}",
+            t=tt,
+        )
 
 
 def _grid(ts: list[float], step_size: float) -> list[tuple[float, float, int]]:
@@ -289,7 +320,11 @@ def odeint(
             methods); or the pair ``(f_q, f_p)`` (symplectic methods).
         y0: initial state, a tensor ``(*shape)``, a tuple of tensors, or ``(q0, p0)``.
         t: ``(n_times,)`` strictly increasing or strictly decreasing output times; ``t[0]``
-            is the time of ``y0``.
+            is the time of ``y0``. A list or tuple of Python floats also works (a tensor of
+            ``y0``'s dtype and device is made from it) and avoids reading ``t`` back from
+            the device: with it, the fixed-step Runge–Kutta and the symplectic methods do no
+            host–device sync (with ``check_finite=False``) and compile under
+            ``torch.compile(fullgraph=True)``.
         method: a name from :func:`methods`.
         step_size: step of fixed-step and symplectic methods (required for them). For the
             symplectic methods each output interval is divided into the fewest equal steps
@@ -311,9 +346,9 @@ def odeint(
             ``func`` must be an ``nn.Module``) is ``torchdiffeq.odeint_adjoint``, which
             solves an adjoint ODE backwards: its gradient only approximates the gradient
             of the discrete solution (to the solver's tolerance or step size).
-        check_finite: after the solve, check every output for NaN/Inf (one sync) and, if one
-            is found, raise :class:`NonFiniteError` naming the first bad step. Skipped
-            while ``torch.compile`` traces.
+        check_finite: check ``y0`` before and every output after the solve for NaN/Inf
+            (a sync each) and, if one is found, raise :class:`NonFiniteError` naming the
+            first bad step. Skipped while ``torch.compile`` traces.
         return_stats: also return a dict with ``nfe`` and ``steps`` (and ``rejected`` for
             adaptive methods) of this call. For the symplectic methods ``nfe`` counts calls
             of ``f_q`` plus calls of ``f_p`` (also given apart as ``nfe_q``, ``nfe_p``).
@@ -334,7 +369,10 @@ def odeint(
         raise _unknown_method(method)
     memory = _check_memory(memory, adjoint, method, kinds[method])
     ts = _times_on_host(t)
-    _check_state(y0)
+    _check_state(y0, check_finite=check_finite)
+    if not isinstance(t, Tensor):
+        first = y0[0] if isinstance(y0, tuple) else y0
+        t = torch.tensor(ts, dtype=first.dtype, device=first.device)
     if kinds[method] != "symplectic":
         if isinstance(func, (tuple, list)):
             raise TypeError(
@@ -342,7 +380,17 @@ def odeint(
                 f"the symplectic methods {sorted(STEPPERS)}"
             )
         sol, stats = _torchdiffeq(
-            func, y0, t, method, step_size, rtol, atol, options, memory == "adjoint", check_finite
+            func,
+            y0,
+            t,
+            method,
+            step_size,
+            rtol,
+            atol,
+            options,
+            memory == "adjoint",
+            check_finite,
+            ts=ts,
         )
         return (sol, stats) if return_stats else sol
 
