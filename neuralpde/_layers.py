@@ -189,6 +189,12 @@ def init_kernel(*shape: int, generator: torch.Generator | None = None) -> Tensor
     return nn.init.trunc_normal_(w, std=sd, a=-2 * sd, b=2 * sd, generator=generator)
 
 
+def check_width(channels: int, who: str) -> None:
+    """Raise a ValueError unless ``channels`` is a positive int."""
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"{who}: channels must be a positive int, got {channels!r}")
+
+
 def _check_input(y: Tensor, channels: int, who: str) -> None:
     if not isinstance(y, Tensor):
         raise TypeError(f"{who}: expected a tensor, got {type(y).__name__}")
@@ -212,6 +218,7 @@ class SymmetricLayer(nn.Module):
 
     def __init__(self, channels: int, eps: float = TV_EPS):
         super().__init__()
+        check_width(channels, type(self).__name__)
         self.channels = channels
         self.eps = eps
         self.weight = nn.Parameter(init_kernel(channels, channels, 3, 3))
@@ -236,6 +243,7 @@ class ResNetLayer(nn.Module):
 
     def __init__(self, channels: int, eps: float = TV_EPS):
         super().__init__()
+        check_width(channels, type(self).__name__)
         self.channels = channels
         self.eps = eps
         self.weight1 = nn.Parameter(init_kernel(channels, channels, 3, 3))

@@ -163,12 +163,37 @@ class PDECNN(nn.Module):
                 f"PDECNN: expected input (batch, {self.in_channels}, height, width), got "
                 f"{tuple(x.shape)}"
             )
+        self._check_input(x)
         x = self.opening(x)
         last = len(self.stages) - 1
         for k, (stage, connector) in enumerate(zip(self.stages, self.connectors)):
             x = connector(stage(x))
             x = x.mean(dim=(2, 3)) if k == last else F.avg_pool2d(x, 2)
         return x
+
+    def _check_input(self, x: Tensor) -> None:
+        param = self.classifier.weight
+        if not x.is_floating_point():
+            raise TypeError(f"PDECNN: input must be floating point, got dtype {x.dtype}")
+        if x.dtype != param.dtype:
+            raise TypeError(
+                f"PDECNN: input dtype {x.dtype} differs from the network's {param.dtype}; "
+                f"call x.to({param.dtype}) or net.to({x.dtype})"
+            )
+        if x.device != param.device:
+            raise ValueError(
+                f"PDECNN: input is on {x.device} but the network is on {param.device}; "
+                f"move one of them with .to(device)"
+            )
+        factor = 2 ** (len(self.stages) - 1)
+        h, w = x.shape[-2:]
+        if h % factor or w % factor:
+            # 2×2 pooling would silently drop the last row/column of odd-sized maps.
+            raise ValueError(
+                f"PDECNN: height and width must be divisible by {factor} "
+                f"(2×2 pooling after each of the first {len(self.stages) - 1} stages), got "
+                f"{h}×{w}; pad or crop the images"
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))

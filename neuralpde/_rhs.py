@@ -7,10 +7,12 @@ return the first-order split system ``(q, p)`` and also expose its separable par
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from ._layers import TV_EPS, init_kernel, resnet_layer, symmetric_layer
+from ._layers import TV_EPS, check_width, init_kernel, resnet_layer, symmetric_layer
 from ._weights import TimeWeights
 
 
@@ -25,8 +27,28 @@ def _symmetric_weights(
 
 
 def _check_width(channels: int, who: str) -> None:
-    if not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"{who}: channels must be a positive int, got {channels!r}")
+    check_width(channels, who)
+
+
+def _check_image(y, channels: int, who: str, name: str = "y") -> None:
+    # Shape checks are plain Python on static shapes: free, and invisible to torch.compile.
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{who}: {name} must be a tensor, got {type(y).__name__}")
+    if y.dim() != 4 or y.shape[1] != channels:
+        raise ValueError(
+            f"{who}: {name} must have shape (batch, {channels}, height, width), "
+            f"got {tuple(y.shape)}"
+        )
+
+
+def _check_pair(state, channels: int, who: str) -> None:
+    if not (isinstance(state, tuple) and len(state) == 2):
+        raise TypeError(
+            f"{who}: the state must be the tuple (q, p); got {type(state).__name__} — "
+            "use to_state(x) to build it from a (batch, channels, height, width) tensor"
+        )
+    _check_image(state[0], channels, who, "q")
+    _check_image(state[1], channels, who, "p")
 
 
 class _RHS(nn.Module):
@@ -38,10 +60,16 @@ class _RHS(nn.Module):
         super().__init__()
         who = type(self).__name__
         _check_width(channels, who)
-        if not isinstance(steps, int) or steps < 1:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"{who}: steps must be a positive int, got {steps!r}")
-        if not float(step_size) > 0:
-            raise ValueError(f"{who}: step_size must be positive, got {step_size!r}")
+        if (
+            not isinstance(step_size, (int, float))
+            or not math.isfinite(step_size)
+            or step_size <= 0
+        ):
+            raise ValueError(
+                f"{who}: step_size must be a positive finite number, got {step_size!r}"
+            )
         self.channels = channels
         self.steps = steps
         self.step_size = float(step_size)
@@ -59,6 +87,7 @@ class _RHS(nn.Module):
 
     def to_state(self, x: Tensor):
         """The ODE's initial state for a stage input ``x: (batch, channels, h, w)``."""
+        _check_image(x, self.channels, type(self).__name__, "x")
         return x
 
     def from_state(self, state) -> Tensor:
@@ -94,6 +123,7 @@ class ParabolicRHS(_RHS):
         self.theta = _symmetric_weights(channels, steps, self.T, interpolation, normalize)
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        _check_image(y, self.channels, type(self).__name__)
         w = self.theta(t)
         return symmetric_layer(y, w["weight"], w.get("scale"), w.get("shift"), self.eps)
 
@@ -124,6 +154,7 @@ class ResNetRHS(_RHS):
         )
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        _check_image(y, self.channels, type(self).__name__)
         w = self.theta(t)
         return resnet_layer(y, w["weight1"], w["weight2"], w["scale"], w["shift"], self.eps)
 
@@ -159,11 +190,13 @@ class HamiltonianRHS(_RHS):
 
     def f_q(self, t: Tensor, p: Tensor) -> Tensor:
         """``dq/dt = F_sym(θ1(t), p)``; ``p (batch, c/2, h, w)``."""
+        _check_image(p, self.channels // 2, "HamiltonianRHS.f_q", "p")
         w = self.theta_q(t)
         return symmetric_layer(p, w["weight"], w["scale"], w["shift"], self.eps)
 
     def f_p(self, t: Tensor, q: Tensor) -> Tensor:
         """``dp/dt = -F_sym(θ2(t), q)``; ``q (batch, c/2, h, w)``."""
+        _check_image(q, self.channels // 2, "HamiltonianRHS.f_p", "q")
         w = self.theta_p(t)
         return -symmetric_layer(q, w["weight"], w["scale"], w["shift"], self.eps)
 
@@ -173,10 +206,12 @@ class HamiltonianRHS(_RHS):
         return (self.f_q, self.f_p)
 
     def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        _check_pair(state, self.channels // 2, "HamiltonianRHS")
         q, p = state
         return self.f_q(t, p), self.f_p(t, q)
 
     def to_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _check_image(x, self.channels, "HamiltonianRHS", "x")
         q, p = x.chunk(2, dim=1)
         return q, p
 
@@ -210,6 +245,7 @@ class SecondOrderRHS(_RHS):
 
     def f_p(self, t: Tensor, q: Tensor) -> Tensor:
         """``dp/dt = F_sym(θ(t), q)``; ``q (batch, c, h, w)``."""
+        _check_image(q, self.channels, "SecondOrderRHS.f_p", "q")
         w = self.theta(t)
         return symmetric_layer(q, w["weight"], w["scale"], w["shift"], self.eps)
 
@@ -219,10 +255,12 @@ class SecondOrderRHS(_RHS):
         return (self.f_q, self.f_p)
 
     def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        _check_pair(state, self.channels, "SecondOrderRHS")
         q, p = state
         return p, self.f_p(t, q)
 
     def to_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _check_image(x, self.channels, "SecondOrderRHS", "x")
         return x, torch.zeros_like(x)
 
     def from_state(self, state) -> Tensor:

@@ -126,6 +126,12 @@ class Stage(nn.Module):
                     "own steps from rtol/atol"
                 )
         else:
+            if step_size is not None and (
+                isinstance(step_size, bool) or not isinstance(step_size, (int, float))
+            ):
+                raise TypeError(
+                    f"{self._name()}: step_size must be a number, got {type(step_size).__name__}"
+                )
             step_size = self.rhs.step_size if step_size is None else float(step_size)
             if not step_size > 0:
                 raise ValueError(f"{self._name()}: step_size must be positive, got {step_size}")
