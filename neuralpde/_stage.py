@@ -136,6 +136,11 @@ class Stage(nn.Module):
             if not step_size > 0:
                 raise ValueError(f"{self._name()}: step_size must be positive, got {step_size}")
         self._check_memory(memory, method, kind)
+        if kind != "adaptive" and ("rtol" in options or "atol" in options):
+            raise ValueError(
+                f"{self._name()}: rtol/atol apply to adaptive methods only; {method!r} is "
+                "fixed-step: refine it with step_size instead"
+            )
         rtol = options.pop("rtol", DEFAULT_RTOL)
         atol = options.pop("atol", DEFAULT_ATOL)
         if "checkpoint_every" in options and memory != "reversible":
