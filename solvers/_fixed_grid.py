@@ -4,8 +4,9 @@ torchdiffeq's own loop compares tensors on every step (``t1 >= t[j]``, ``t == t0
 ``.item()`` to size the grid, and wraps the right-hand side in modules that add work to
 every evaluation (``y.abs()`` to find a dtype, a ``cat`` per call for tuple states). When
 the step grid is known on the host before the first step, all of those decisions can be
-made once in Python. This module builds the grid with torchdiffeq's own grid constructor,
-decides on the host which step produces which output, and then drives torchdiffeq's own
+made once in Python. This module builds torchdiffeq's grid in Python floats (rounded as
+torchdiffeq's tensor arithmetic rounds), decides on the host which step produces which
+output, and then drives torchdiffeq's own
 ``_step_func`` (the Runge–Kutta formulas are torchdiffeq's, untouched) from a plain Python
 loop: no host–device sync and nothing data-dependent, so it runs under
 ``torch.compile(fullgraph=True)``, CUDA graphs and ``torch.cuda.set_sync_debug_mode``.
@@ -16,6 +17,8 @@ and dtype, so the result equals ``torchdiffeq.odeint`` bit for bit.
 
 from __future__ import annotations
 
+import math
+import struct
 from typing import Any
 
 import torch
@@ -77,6 +80,44 @@ class _Eval(nn.Module):
         return -1.0 * f if self.reverse else f
 
 
+def _rounder(dtype: torch.dtype):
+    """Python function rounding a float to ``dtype`` as torch's CPU and CUDA kernels do:
+    the result of an op is computed in float64 (float64) or float32 (the narrower
+    floating types) and rounded once to ``dtype``."""
+
+    def f32(x: float) -> float:
+        return struct.unpack("f", struct.pack("f", x))[0]
+
+    if dtype == torch.float64:
+        return lambda x: x, lambda x: x
+    if dtype == torch.float32:
+        return f32, f32
+    if dtype == torch.float16:
+        return (lambda x: struct.unpack("e", struct.pack("e", f32(x)))[0]), f32
+    if dtype == torch.bfloat16:
+
+        def bf16(x: float) -> float:
+            bits = struct.unpack("I", struct.pack("f", f32(x)))[0]
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            return struct.unpack("f", struct.pack("I", bits))[0]
+
+        return bf16, f32
+    raise TypeError(f"unsupported time dtype {dtype}")
+
+
+def _grid(ts: list[float], step_size: float, dtype: torch.dtype) -> list[float]:
+    """torchdiffeq's grid for ``step_size`` (``FixedGridODESolver``'s constructor), in
+    plain Python floats rounded as its tensor ops in ``dtype`` round: ``ceil`` of
+    ``(t[-1] - t[0]) / h + 1`` points ``k h + t[0]``, the last replaced by ``t[-1]``."""
+    rnd, op_scalar = _rounder(dtype)
+    h = op_scalar(step_size)  # a Python scalar enters a kernel in its compute type
+    start, end = ts[0], ts[-1]
+    n = math.ceil(rnd(rnd(rnd(end - start) / h) + 1.0))
+    grid = [rnd(rnd(rnd(float(k)) * h) + start) for k in range(n)]
+    grid[-1] = end
+    return grid
+
+
 def integrate_fixed(
     func,
     y0: Tensor | tuple[Tensor, ...],
@@ -103,18 +144,13 @@ def integrate_fixed(
         shapes = [y.shape for y in y0]
         y0 = torch.cat([y.reshape(-1) for y in y0])
     reverse = ts[1] < ts[0]
-    # The grid in t's dtype, built on the host by torchdiffeq's own constructor (its
-    # .item() is then free): identical values to the grid torchdiffeq would build.
-    t_host = torch.tensor(ts, dtype=t.dtype)
-    if reverse:
-        t_host = -t_host
-    step_size = options["step_size"]
-    grid_host = FixedGridODESolver._grid_constructor_from_step_size(step_size)(None, None, t_host)
-    grid = grid_host.tolist()
-    t_vals = t_host.tolist()
+    t_vals = [-x for x in ts] if reverse else list(ts)
+    grid = _grid(t_vals, float(options["step_size"]), t.dtype)
     device = y0.device
-    grid_dev = grid_host.to(device)
-    t_dev = t_host.to(device)
+    # Made from Python floats: torch.compile sees constants, CUDA gets a host-to-device copy.
+    grid_dev = torch.tensor(grid, dtype=t.dtype, device=device)
+    t_dev = (-t if reverse else t).to(device)
+    step_size = options["step_size"]
     f = _Eval(func, shapes, reverse)
     solver = SOLVERS[method](
         func=f,

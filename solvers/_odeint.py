@@ -56,17 +56,18 @@ def _times_on_host(t: Tensor | Sequence[float]) -> list[float]:
         # Times known on the host: no device read at all (torch.compile, CUDA sync-free).
         if len(t) < 2 or not all(isinstance(x, (int, float)) for x in t):
             raise ValueError(f"t must hold at least 2 times as Python numbers, got {t!r}")
-        t = torch.tensor([float(x) for x in t], dtype=torch.float64)
-    if not isinstance(t, Tensor):
-        raise TypeError(f"t must be a 1-d tensor of times, got {type(t).__name__}")
-    if t.dim() != 1 or t.numel() < 2:
-        raise ValueError(
-            f"t must be a 1-d tensor with at least 2 times, got shape {tuple(t.shape)}"
-        )
-    if not t.is_floating_point():
-        raise TypeError(f"t must be a floating-point tensor, got dtype {t.dtype}")
-    # One host-device sync, before the first step: the grid is fixed from here on.
-    ts = t.detach().to("cpu", torch.float64).tolist()
+        ts = [float(x) for x in t]
+    else:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"t must be a 1-d tensor of times, got {type(t).__name__}")
+        if t.dim() != 1 or t.numel() < 2:
+            raise ValueError(
+                f"t must be a 1-d tensor with at least 2 times, got shape {tuple(t.shape)}"
+            )
+        if not t.is_floating_point():
+            raise TypeError(f"t must be a floating-point tensor, got dtype {t.dtype}")
+        # One host-device sync, before the first step: the grid is fixed from here on.
+        ts = t.detach().to("cpu", torch.float64).tolist()
     if not all(math.isfinite(x) for x in ts):
         raise ValueError(f"t must be finite, got {ts}")
     diffs = [b - a for a, b in zip(ts[:-1], ts[1:])]

@@ -88,3 +88,27 @@ def test_options_it_does_not_know_go_to_torchdiffeq():
     t = torch.tensor([0.0, 0.35, 1.0])
     ours, theirs, _ = _both("rk4", Y0, t, step_size=0.1, interp="cubic")
     assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_python_grid_equals_torchdiffeq_grid(dtype):
+    # The grid is built in Python floats (so torch.compile sees constants); it must be the
+    # grid torchdiffeq builds with tensor ops, point for point, including the round-off
+    # cases where (end - start) / h lands just above an integer.
+    make = _fixed_grid.FixedGridODESolver._grid_constructor_from_step_size
+    g = torch.Generator().manual_seed(0)
+    cases = [
+        (0.0, 3.0, 1.0),
+        (0.0, 1.0, 0.1),
+        (0.0, 0.3, 0.1),
+        (-0.2, 0.7, 0.03),
+        (1.0, 2.0, 1 / 3),
+    ]
+    for _ in range(200):
+        a, b = sorted(torch.rand(2, generator=g).tolist())
+        cases.append((4 * a - 2, 4 * b - 2 + 1e-3, float(torch.rand(1, generator=g)) * 0.5 + 1e-3))
+    for a, b, h in cases:
+        t = torch.tensor([a, b], dtype=dtype)
+        ts = t.double().tolist()
+        theirs = make(h)(None, None, t).double().tolist()
+        assert _fixed_grid._grid(ts, h, dtype) == theirs, (a, b, h)

@@ -1,0 +1,64 @@
+"""The whole PDECNN compiles with ``fullgraph=True`` (no graph break) for fixed-step methods.
+
+Inductor's code generation is exercised by ``benchmarks/compile.py`` (run at tiny size by
+tests/test_benchmarks.py), which also checks compiled against eager outputs.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import neuralpde
+
+# (arch, method): every fixed-step and symplectic method on a network it applies to.
+CASES = [
+    ("parabolic", "euler"),
+    ("parabolic", "rk4"),
+    ("hamiltonian", "symplectic_euler"),
+    ("hamiltonian", "verlet"),
+    ("hamiltonian", "yoshida4"),
+    ("hamiltonian", "rk4"),
+    ("second_order", "leapfrog"),
+]
+
+
+def _net(arch, method):
+    torch.manual_seed(0)
+    net = neuralpde.PDECNN(arch, 3, 5, widths=(4, 6), steps=2, method=method)
+    return net.double()
+
+
+def _loss_and_grads(net, x, y):
+    loss = F.cross_entropy(net(x), y)
+    return loss, torch.autograd.grad(loss, list(net.parameters()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,method", CASES)
+def test_fullgraph_compiles_and_matches_eager(arch, method):
+    torch._dynamo.reset()
+    net = _net(arch, method)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([1, 3])
+    loss, grads = _loss_and_grads(net, x, y)
+    # aot_eager traces forward and backward (the layer's hand-written backward included)
+    # without inductor's code generation, which would take minutes on two cores.
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    for stage in net.stages:
+        stage.last_stats = {}
+    loss_c, grads_c = _loss_and_grads(compiled, x, y)
+    torch.testing.assert_close(loss_c, loss, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads_c, grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # Solver statistics still reach the stages of a compiled network.
+    stats = net.solver_stats()
+    assert [s["method"] for s in stats] == [method] and stats[0]["steps"] == 2
+
+
+def test_explain_reports_no_graph_break():
+    torch._dynamo.reset()
+    net = _net("hamiltonian", "verlet")
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    explanation = torch._dynamo.explain(net)(x)
+    assert explanation.graph_break_count == 0
+    assert explanation.graph_count == 1
