@@ -67,8 +67,15 @@ class TimeWeights(nn.Module):
             knots = torch.arange(n, dtype=torch.float64) * (self.T / n)
         else:
             knots = torch.linspace(0.0, self.T, n, dtype=torch.float64)
-        self.register_buffer("knots", knots.to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer("knots", knots, persistent=False)
         self.register_buffer("cells", torch.arange(n), persistent=False)
+
+    def _apply(self, fn, *args, **kwargs):
+        # Knot times stay float64 whatever dtype the parameters take: in float32 a knot
+        # such as 2/3·T would move by an ulp and θ(t) near it would change cell.
+        out = super()._apply(fn, *args, **kwargs)
+        self.knots = self.knots.to(torch.float64)
+        return out
 
     def jump_times(self) -> list[float]:
         """Times where θ(t) is discontinuous (interior cell boundaries; none if linear)."""
