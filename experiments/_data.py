@@ -213,6 +213,14 @@ def _torchvision(cfg) -> DataSplits:
         if "not found or corrupted" in str(err):
             raise _missing(name, root, err) from None
         raise
+    except OSError as err:  # a failed download (no internet, refused, disk full)
+        if not cfg.download or isinstance(err, DatasetNotFoundError):
+            raise
+        where = _HOW_TO_GET[name].format(root=root)
+        raise DatasetNotFoundError(
+            f"downloading {name} into {root!r} failed ({err}); fetch it by hand and put it "
+            f"in the expected layout: {where}"
+        ) from None
     perm = _permutation(len(train_base), SPLIT_SEED)
     n_val = round(len(perm) * VAL_FRACTION)
     val, train = perm[:n_val], _subset(perm[n_val:], cfg.train_fraction)

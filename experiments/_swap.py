@@ -72,8 +72,9 @@ def evaluate_solver(net, ds, device, batch_size: int = 500) -> dict[str, float]:
     loss = 0.0
     nfes = []
     t0 = time.perf_counter()
+    dtype = next(net.parameters()).dtype
     for x, y in DataLoader(ds, batch_sampler=sampler):
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, dtype), y.to(device)
         logits = net(x)
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()

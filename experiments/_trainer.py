@@ -107,8 +107,9 @@ def evaluate(
     sampler = EpochBatches(len(ds), batch_size, seed=0, shuffle=False)
     loss_sum, correct, n = 0.0, 0, 0
     probs, labels = [], []
+    dtype = next(model.parameters()).dtype
     for x, y in DataLoader(ds, batch_sampler=sampler):
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, dtype), y.to(device)
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -278,6 +279,7 @@ def train(cfg: TrainConfig, data: DataSplits | None = None, *, resume: bool = Fa
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
     params = [p for p in net.parameters() if p.requires_grad]
+    dtype = params[0].dtype  # torch's default dtype when the network was built
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sampler = EpochBatches(len(data.train), cfg.batch_size, cfg.seed, rank, world)
     loader = _loader(data.train, sampler, cfg, device)
@@ -297,7 +299,9 @@ def train(cfg: TrainConfig, data: DataSplits | None = None, *, resume: bool = Fa
             log(f"resuming {out}/last.pt at epoch {epoch + 1}, batch {batch + 1}")
     elif main:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in ("best.pt", "report.json", "report.md"):
+        # A new run: nothing of an earlier one in the same directory may be resumed or
+        # mistaken for this run's results.
+        for stale in ("last.pt", "best.pt", "metrics.csv", "report.json", "report.md"):
             (out / stale).unlink(missing_ok=True)
     if main:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -346,7 +350,7 @@ def train(cfg: TrainConfig, data: DataSplits | None = None, *, resume: bool = Fa
         t_epoch = time.perf_counter()
         progress.start(epoch + 1, cfg.epochs, nb, batch)
         for b, (x, y) in enumerate(loader, start=batch):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
             saved = [t.clone() for t in bn_buffers] if cfg.nan == "skip" else None
             what = None
             try:
