@@ -264,10 +264,23 @@ def integrate_split(
     for _, h, n in grid:
         for _ in range(n):
             q, p = stepper.step(func, times[i], h, (q, p))
+            if i == 0:
+                _check_step_shapes((q, p), y0, stepper.name)
             i += 1
         qs.append(q)
         ps.append(p)
     return (torch.stack(qs), torch.stack(ps)), i, grid
+
+
+def _check_step_shapes(new, old, method: str) -> None:
+    # Static shapes only: a plain Python comparison, free and invisible to torch.compile.
+    for name, a, b in (("q", new[0], old[0]), ("p", new[1], old[1])):
+        if a.shape != b.shape:
+            f = "f_q" if name == "q" else "f_p"
+            raise ValueError(
+                f"{method}: {f} changed the shape of {name} from {tuple(b.shape)} to "
+                f"{tuple(a.shape)}; f_q(t, p) must return q's shape and f_p(t, q) p's shape"
+            )
 
 
 def _locate_nonfinite(stepper, func, sol, ts, grid, bad) -> NonFiniteError:
@@ -307,6 +320,7 @@ def odeint(
     memory: str | None = None,
     check_finite: bool = True,
     return_stats: bool = False,
+    on_failure: str = "raise",
 ):
     """Solve ``dy/dt = func(t, y)`` and return the solution at every time of ``t``.
 
@@ -353,6 +367,13 @@ def odeint(
         return_stats: also return a dict with ``nfe`` and ``steps`` (and ``rejected`` for
             adaptive methods) of this call. For the symplectic methods ``nfe`` counts calls
             of ``f_q`` plus calls of ``f_p`` (also given apart as ``nfe_q``, ``nfe_p``).
+        on_failure: ``"raise"`` (default) raises :class:`SolverError` or
+            :class:`NonFiniteError`. ``"return"`` integrates one output interval at a time
+            and, when one fails, returns the solution so far with NaN at the later times,
+            and stats with ``status`` (``"ok"``, ``"max_num_steps"``, ``"underflow"`` or
+            ``"nonfinite"``), ``t_reached`` (the last time with a finite solution) and
+            ``message``; stats are then always returned. Adaptive methods restart their
+            step-size control at each output time in this mode.
 
     Returns:
         The solution stacked on a new leading axis, ``(n_times, *shape)`` — a tuple of such
@@ -368,6 +389,21 @@ def odeint(
     kinds = methods()
     if method not in kinds:
         raise _unknown_method(method)
+    _check_arguments(func, rtol, atol, options, on_failure, kinds[method])
+    if on_failure == "return":
+        return _odeint_partial(
+            func,
+            y0,
+            t,
+            method=method,
+            step_size=step_size,
+            rtol=rtol,
+            atol=atol,
+            options=options,
+            adjoint=adjoint,
+            memory=memory,
+            check_finite=check_finite,
+        )
     memory = _check_memory(memory, adjoint, method, kinds[method])
     ts = _times_on_host(t)
     _check_state(y0, check_finite=check_finite)
@@ -427,6 +463,71 @@ def odeint(
     e_q, e_p = stepper.evals
     stats = {"nfe": steps * (e_q + e_p), "steps": steps, "nfe_q": steps * e_q, "nfe_p": steps * e_p}
     return (sol, stats) if return_stats else sol
+
+
+def _check_arguments(func, rtol, atol, options, on_failure, kind) -> None:
+    if on_failure not in ("raise", "return"):
+        raise ValueError(f"on_failure must be 'raise' or 'return', got {on_failure!r}")
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
+    if kind != "symplectic" and not isinstance(func, (tuple, list)) and not callable(func):
+        raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, Tensor):
+            continue  # torchdiffeq accepts per-component tolerance tensors
+        if (
+            isinstance(tol, bool)
+            or not isinstance(tol, (int, float))
+            or not (math.isfinite(tol) and tol > 0)
+        ):
+            raise ValueError(f"{name} must be a positive finite number, got {tol!r}")
+
+
+def _odeint_partial(func, y0, t, **kw):
+    """``on_failure="return"``: one output interval at a time, stopping at the first failure."""
+    ts = _times_on_host(t)
+    if not isinstance(t, Tensor):
+        first = y0[0] if isinstance(y0, tuple) else y0
+        t = torch.tensor(ts, dtype=first.dtype, device=first.device)
+    tuple_state = isinstance(y0, tuple)
+    outs = [[y] for y in y0] if tuple_state else [[y0]]
+    stats: dict[str, Any] = {
+        "nfe": 0,
+        "steps": 0,
+        "status": "ok",
+        "t_reached": ts[0],
+        "message": "",
+    }
+    state = y0
+    for i in range(len(ts) - 1):
+        try:
+            sol, st = odeint(func, state, t[i : i + 2], return_stats=True, **kw)
+        except (SolverError, NonFiniteError) as err:
+            msg = str(err)
+            status = (
+                "nonfinite"
+                if isinstance(err, NonFiniteError)
+                else ("underflow" if "underflow" in msg else "max_num_steps")
+            )
+            stats.update(status=status, message=msg)
+            break
+        for k in ("nfe", "steps"):
+            if st.get(k) is not None and stats[k] is not None:
+                stats[k] += st[k]
+            else:
+                stats[k] = None
+        if "rejected" in st:
+            stats["rejected"] = stats.get("rejected", 0) + st["rejected"]
+        parts = sol if tuple_state else (sol,)
+        for out, part in zip(outs, parts):
+            out.append(part[-1])
+        state = tuple(part[-1] for part in parts) if tuple_state else parts[0][-1]
+        stats["t_reached"] = ts[i + 1]
+    missing = len(ts) - len(outs[0])
+    for out in outs:
+        out.extend(torch.full_like(out[0], float("nan")) for _ in range(missing))
+    stacked = tuple(torch.stack(out) for out in outs)
+    return (stacked if tuple_state else stacked[0]), stats
 
 
 MEMORY_MODES = ("autograd", "reversible", "adjoint")

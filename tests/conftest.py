@@ -15,3 +15,19 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def float64():
+    """Run a test with float64 as the default dtype, restoring the previous one after.
+
+    Test modules opt in with ``pytestmark = pytest.mark.usefixtures("float64")``; setting
+    the default at import time instead would leak into every module collected later.
+    """
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -5,7 +5,7 @@ import torch
 
 import neuralpde
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def conv_norm_squared(weight, c, h, w):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import neuralpde
 from neuralpde._layers import resnet_layer, symmetric_layer
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def small(arch, **kw):

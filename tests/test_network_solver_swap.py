@@ -7,7 +7,7 @@ import torch
 
 import neuralpde
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def stage_of(arch, interpolation="constant"):

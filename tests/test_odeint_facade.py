@@ -6,7 +6,7 @@ import torchdiffeq
 
 import solvers
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 class Decay(torch.nn.Module):
@@ -18,8 +18,8 @@ class Decay(torch.nn.Module):
         return y @ self.a.T + torch.sin(t)
 
 
-Y0 = torch.tensor([[1.0, -1.0], [0.3, 0.2]])
-T = torch.tensor([0.0, 0.7, 1.5])
+Y0 = torch.tensor([[1.0, -1.0], [0.3, 0.2]], dtype=torch.float64)
+T = torch.tensor([0.0, 0.7, 1.5], dtype=torch.float64)
 
 
 @pytest.mark.parametrize(
@@ -195,3 +195,41 @@ def test_solvers_import_without_neuralpde():
 
     code = "import sys, solvers; assert 'neuralpde' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_on_failure_return_gives_partial_solution_and_status():
+    t = torch.tensor([0.0, 1.0, 2.0, 3.0])
+
+    def f_p(t, q):
+        return torch.where(t > 1.5, torch.full_like(q, float("nan")), -q)
+
+    (q, p), st = solvers.odeint(
+        (lambda t, p: p, f_p),
+        (Y0[0], Y0[1]),
+        t,
+        method="verlet",
+        step_size=0.1,
+        on_failure="return",
+    )
+    assert st["status"] == "nonfinite" and st["t_reached"] == 1.0 and "t=1.5" in st["message"]
+    assert torch.isfinite(q[:2]).all() and torch.isnan(q[2:]).all()
+    # The part before the failure equals an ordinary solve.
+    ref = solvers.odeint(
+        (lambda t, p: p, f_p), (Y0[0], Y0[1]), t[:2], method="verlet", step_size=0.1
+    )
+    assert torch.equal(q[1], ref[0][-1])
+
+    y, st = solvers.odeint(
+        lambda t, y: -1e4 * y,
+        Y0,
+        torch.tensor([0.0, 1e-3, 1.0]),
+        method="dopri5",
+        options={"max_num_steps": 30},
+        on_failure="return",
+    )
+    assert st["status"] == "max_num_steps" and "max_num_steps" in st["message"]
+    assert torch.isnan(y[-1]).all() and torch.equal(y[0], Y0)
+
+    y, st = solvers.odeint(Decay(), Y0, T, method="rk4", step_size=0.1, on_failure="return")
+    assert st["status"] == "ok" and st["t_reached"] == 1.5
+    assert torch.allclose(y, solvers.odeint(Decay(), Y0, T, method="rk4", step_size=0.1))

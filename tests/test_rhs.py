@@ -6,7 +6,7 @@ import torch
 import neuralpde
 from neuralpde._layers import TV_EPS
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def dense_conv(weight, c, h, w):

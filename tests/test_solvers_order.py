@@ -7,7 +7,7 @@ import torch
 
 import solvers
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _slope(hs, errs):
@@ -71,8 +71,8 @@ def test_symplectic_order_backwards_in_time(method):
 
 
 # Linear system with a known solution through the matrix exponential.
-A = torch.tensor([[-0.5, 2.0, 0.0], [-2.0, -0.5, 0.3], [0.1, 0.0, -1.0]])
-Y0 = torch.tensor([1.0, 0.5, -0.3])
+A = torch.tensor([[-0.5, 2.0, 0.0], [-2.0, -0.5, 0.3], [0.1, 0.0, -1.0]], dtype=torch.float64)
+Y0 = torch.tensor([1.0, 0.5, -0.3], dtype=torch.float64)
 
 
 def linear(t, y):
