@@ -195,12 +195,16 @@ def check_width(channels: int, who: str) -> None:
         raise ValueError(f"{who}: channels must be a positive int, got {channels!r}")
 
 
-def _check_input(y: Tensor, channels: int, who: str) -> None:
+def check_image(y, channels: int, who: str, name: str = "input") -> None:
+    """Raise unless ``y`` is a tensor ``(batch, channels, height, width)``.
+
+    Plain Python on static shapes: free, and invisible to ``torch.compile``.
+    """
     if not isinstance(y, Tensor):
-        raise TypeError(f"{who}: expected a tensor, got {type(y).__name__}")
+        raise TypeError(f"{who}: {name} must be a tensor, got {type(y).__name__}")
     if y.dim() != 4 or y.shape[1] != channels:
         raise ValueError(
-            f"{who}: expected input of shape (batch, {channels}, height, width), "
+            f"{who}: {name} must have shape (batch, {channels}, height, width), "
             f"got {tuple(y.shape)}"
         )
 
@@ -227,7 +231,7 @@ class SymmetricLayer(nn.Module):
 
     def forward(self, y: Tensor) -> Tensor:
         """``y: (batch, c, h, w)`` -> ``(batch, c, h, w)``."""
-        _check_input(y, self.channels, type(self).__name__)
+        check_image(y, self.channels, type(self).__name__)
         return symmetric_layer(y, self.weight, self.scale, self.shift, self.eps)
 
 
@@ -253,5 +257,5 @@ class ResNetLayer(nn.Module):
 
     def forward(self, y: Tensor) -> Tensor:
         """``y: (batch, c, h, w)`` -> ``(batch, c, h, w)``."""
-        _check_input(y, self.channels, type(self).__name__)
+        check_image(y, self.channels, type(self).__name__)
         return resnet_layer(y, self.weight1, self.weight2, self.scale, self.shift, self.eps)

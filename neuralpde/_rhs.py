@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._layers import TV_EPS, check_width, init_kernel, resnet_layer, symmetric_layer
+from ._layers import TV_EPS, check_image, check_width, init_kernel, resnet_layer, symmetric_layer
 from ._weights import TimeWeights
 
 
@@ -30,25 +30,14 @@ def _check_width(channels: int, who: str) -> None:
     check_width(channels, who)
 
 
-def _check_image(y, channels: int, who: str, name: str = "y") -> None:
-    # Shape checks are plain Python on static shapes: free, and invisible to torch.compile.
-    if not isinstance(y, Tensor):
-        raise TypeError(f"{who}: {name} must be a tensor, got {type(y).__name__}")
-    if y.dim() != 4 or y.shape[1] != channels:
-        raise ValueError(
-            f"{who}: {name} must have shape (batch, {channels}, height, width), "
-            f"got {tuple(y.shape)}"
-        )
-
-
 def _check_pair(state, channels: int, who: str) -> None:
     if not (isinstance(state, tuple) and len(state) == 2):
         raise TypeError(
             f"{who}: the state must be the tuple (q, p); got {type(state).__name__} — "
             "use to_state(x) to build it from a (batch, channels, height, width) tensor"
         )
-    _check_image(state[0], channels, who, "q")
-    _check_image(state[1], channels, who, "p")
+    check_image(state[0], channels, who, "q")
+    check_image(state[1], channels, who, "p")
 
 
 class _RHS(nn.Module):
@@ -87,7 +76,7 @@ class _RHS(nn.Module):
 
     def to_state(self, x: Tensor):
         """The ODE's initial state for a stage input ``x: (batch, channels, h, w)``."""
-        _check_image(x, self.channels, type(self).__name__, "x")
+        check_image(x, self.channels, type(self).__name__, "x")
         return x
 
     def from_state(self, state) -> Tensor:
@@ -123,7 +112,7 @@ class ParabolicRHS(_RHS):
         self.theta = _symmetric_weights(channels, steps, self.T, interpolation, normalize)
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
-        _check_image(y, self.channels, type(self).__name__)
+        check_image(y, self.channels, type(self).__name__, "y")
         w = self.theta(t)
         return symmetric_layer(y, w["weight"], w.get("scale"), w.get("shift"), self.eps)
 
@@ -154,7 +143,7 @@ class ResNetRHS(_RHS):
         )
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
-        _check_image(y, self.channels, type(self).__name__)
+        check_image(y, self.channels, type(self).__name__, "y")
         w = self.theta(t)
         return resnet_layer(y, w["weight1"], w["weight2"], w["scale"], w["shift"], self.eps)
 
@@ -190,13 +179,13 @@ class HamiltonianRHS(_RHS):
 
     def f_q(self, t: Tensor, p: Tensor) -> Tensor:
         """``dq/dt = F_sym(θ1(t), p)``; ``p (batch, c/2, h, w)``."""
-        _check_image(p, self.channels // 2, "HamiltonianRHS.f_q", "p")
+        check_image(p, self.channels // 2, "HamiltonianRHS.f_q", "p")
         w = self.theta_q(t)
         return symmetric_layer(p, w["weight"], w["scale"], w["shift"], self.eps)
 
     def f_p(self, t: Tensor, q: Tensor) -> Tensor:
         """``dp/dt = -F_sym(θ2(t), q)``; ``q (batch, c/2, h, w)``."""
-        _check_image(q, self.channels // 2, "HamiltonianRHS.f_p", "q")
+        check_image(q, self.channels // 2, "HamiltonianRHS.f_p", "q")
         w = self.theta_p(t)
         return -symmetric_layer(q, w["weight"], w["scale"], w["shift"], self.eps)
 
@@ -211,7 +200,7 @@ class HamiltonianRHS(_RHS):
         return self.f_q(t, p), self.f_p(t, q)
 
     def to_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        _check_image(x, self.channels, "HamiltonianRHS", "x")
+        check_image(x, self.channels, "HamiltonianRHS", "x")
         q, p = x.chunk(2, dim=1)
         return q, p
 
@@ -245,7 +234,7 @@ class SecondOrderRHS(_RHS):
 
     def f_p(self, t: Tensor, q: Tensor) -> Tensor:
         """``dp/dt = F_sym(θ(t), q)``; ``q (batch, c, h, w)``."""
-        _check_image(q, self.channels, "SecondOrderRHS.f_p", "q")
+        check_image(q, self.channels, "SecondOrderRHS.f_p", "q")
         w = self.theta(t)
         return symmetric_layer(q, w["weight"], w["scale"], w["shift"], self.eps)
 
@@ -260,7 +249,7 @@ class SecondOrderRHS(_RHS):
         return p, self.f_p(t, q)
 
     def to_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        _check_image(x, self.channels, "SecondOrderRHS", "x")
+        check_image(x, self.channels, "SecondOrderRHS", "x")
         return x, torch.zeros_like(x)
 
     def from_state(self, state) -> Tensor:

@@ -22,7 +22,7 @@ CASES = [
     (
         lambda: neuralpde.SymmetricLayer(3)(torch.randn(2, 4, 5, 5)),
         ValueError,
-        r"\(batch, 3, height, width\), got \(2, 4, 5, 5\)",
+        r"input must have shape \(batch, 3, height, width\), got \(2, 4, 5, 5\)",
     ),
     (
         lambda: neuralpde.ParabolicRHS(3)(torch.tensor(0.0), torch.randn(2, 4, 5, 5)),
