@@ -59,13 +59,14 @@ FIELDS = (
 def load_digits(n_train: int | None = None, seed: int = 0) -> tuple[Tensor, ...]:
     """scikit-learn's digits as ``(x_train, y_train, x_test, y_test)``.
 
-    ``x``: ``(n, 1, 8, 8)`` float32 in ``[0, 1]``; a fixed 75/25 split by ``seed``;
+    ``x``: ``(n, 1, 8, 8)`` in ``[0, 1]`` (torch's default dtype, as the networks); a
+    fixed 75/25 split by ``seed``;
     ``n_train`` keeps only the first training images (for quick runs).
     """
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = torch.tensor(d.images, dtype=torch.get_default_dtype()).unsqueeze(1) / 16.0
     y = torch.tensor(d.target, dtype=torch.long)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     cut = int(0.75 * len(y))

@@ -68,7 +68,7 @@ def power_iteration(
     iters: int = 500,
     tol: float = 1e-6,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """Largest eigenvalues of symmetric positive semi-definite operators by power iteration.
@@ -81,12 +81,14 @@ def power_iteration(
         iters: at most this many applications of ``op``.
         tol: stop when every Rayleigh quotient changes by less than ``tol`` relative.
         seed: seed of the random start (the estimate is deterministic).
-        dtype, device: of the iterate.
+        dtype, device: of the iterate (default: torch's default dtype, the CPU); they must
+            match what ``op`` expects.
 
     Returns:
         ``(n,)`` float64: the Rayleigh quotients ``vᵀAv`` of the last unit iterates, *lower*
         bounds of ``ρ(A)`` that converge to it (:func:`symbol_bound` gives an upper bound).
     """
+    dtype = torch.get_default_dtype() if dtype is None else dtype
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(shape, generator=gen, dtype=dtype).to(device)
     n = shape[0]
