@@ -1,0 +1,32 @@
+"""Every benchmark script runs at tiny size and prints its table (numbers not asserted)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["overhead", "layer", "solvers_overhead", "compile", "adaptive", "gpu"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_runs_at_tiny_size(name):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--tiny"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "machine:" in out.stdout and "command:" in out.stdout
+    if name == "gpu" and "skipped: no CUDA" in out.stdout:
+        return
+    table = [line for line in out.stdout.splitlines() if line.startswith("|")]
+    assert len(table) >= 3, out.stdout
+    assert any("ratio" in h or "speedup" in h or "/" in h for h in table[0].split("|"))
