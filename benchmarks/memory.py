@@ -9,14 +9,15 @@ with ``memory="reversible"``. Reported, all measured in this one run:
   (parameters excluded: they exist without any graph); deterministic, works on the CPU;
 - on a GPU also the peak of ``torch.cuda.max_memory_allocated`` above the memory held
   before the step;
-- the median time of a training step, the two modes run alternately so that the slow
-  phases of a shared machine hit both, and the median of the per-round ratios.
+- the median time of a training step, wall clock and CPU time of this process, the two
+  modes run alternately so that the slow phases of a shared machine hit both, and the
+  median of the per-round ratios (CPU time is the steadier one on a loaded machine).
 
 Targets (issue "Deep hyperbolic networks in constant memory"): at 64 steps the reversible
 mode saves at most 1/10 of autograd's bytes and its bytes do not grow with depth; a
 training step costs at most 1.6x autograd's time.
 
-    python benchmarks/memory.py [--tiny] [--repeats N] [--depths 4 16 64 256]
+    python benchmarks/memory.py [--tiny] [--repeats N] [--depths 4 16 64 256] [--threads N]
 """
 
 from __future__ import annotations
@@ -125,23 +126,29 @@ class Case:
         return torch.cuda.max_memory_allocated() - base
 
 
-def timed(case: Case, repeats: int) -> dict[str, list[float]]:
-    """Seconds per training step of each mode, alternating modes after one warm-up each."""
+def timed(case: Case, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds per training step of each mode, alternating modes."""
     for m in MODES:
         case.set_mode(m)
         case.step()
-    times: dict[str, list[float]] = {m: [] for m in MODES}
+    wall: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu: dict[str, list[float]] = {m: [] for m in MODES}
     for _ in range(repeats):
         for m in MODES:
             case.set_mode(m)
             if case.device == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             case.step()
             if case.device == "cuda":
                 torch.cuda.synchronize()
-            times[m].append(time.perf_counter() - t0)
-    return times
+            wall[m].append(time.perf_counter() - t0)
+            cpu[m].append(time.process_time() - c0)
+    return wall, cpu
+
+
+def ratio(times: dict[str, list[float]]) -> float:
+    return statistics.median(r / a for r, a in zip(times["reversible"], times["autograd"]))
 
 
 def mib(n: int | None) -> str:
@@ -158,9 +165,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     p.add_argument("--size", type=int, default=None, help="image height = width")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--step-size", type=float, default=0.1)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     tiny = {"channels": 4, "size": 6, "batch": 2, "repeats": 1, "depths": [4, 16]}
-    full = {"channels": 16, "size": 16, "batch": 16, "repeats": 5, "depths": [4, 16, 64, 256]}
+    full = {"channels": 16, "size": 16, "batch": 8, "repeats": 5, "depths": [4, 16, 64, 256]}
     for k, v in (tiny if args.tiny else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -179,7 +189,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     print(f"one activation (the stage's state) = {mib(state)} MiB")
     print()
     cols = ["arch", "steps", "autograd MiB", "reversible MiB", "bytes ratio", "autograd/step"]
-    cols += ["autograd s", "reversible s", "time ratio"]
+    cols += ["autograd s", "reversible s", "time ratio", "CPU-time ratio"]
     if device == "cuda":
         cols += ["autograd CUDA peak MiB", "reversible CUDA peak MiB"]
     print("| " + " | ".join(cols) + " |")
@@ -193,18 +203,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                 case.set_mode(m)
                 nbytes[m] = case.bytes_saved()
                 peaks[m] = case.cuda_peak()
-            times = timed(case, args.repeats)
+            wall, cpu = timed(case, args.repeats)
             row = {
                 "arch": arch,
                 "steps": depth,
                 "autograd_bytes": nbytes["autograd"],
                 "reversible_bytes": nbytes["reversible"],
                 "bytes_ratio": nbytes["reversible"] / nbytes["autograd"],
-                "autograd_s": statistics.median(times["autograd"]),
-                "reversible_s": statistics.median(times["reversible"]),
-                "time_ratio": statistics.median(
-                    r / a for r, a in zip(times["reversible"], times["autograd"])
-                ),
+                "autograd_s": statistics.median(wall["autograd"]),
+                "reversible_s": statistics.median(wall["reversible"]),
+                "time_ratio": ratio(wall),
+                "cpu_time_ratio": ratio(cpu),
             }
             rows.append(row)
             cells = [
@@ -217,6 +226,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                 f"{row['autograd_s']:.4f}",
                 f"{row['reversible_s']:.4f}",
                 f"{row['time_ratio']:.2f}",
+                f"{row['cpu_time_ratio']:.2f}",
             ]
             if device == "cuda":
                 cells += [mib(peaks["autograd"]), mib(peaks["reversible"])]
@@ -224,8 +234,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     print()
     print(
         "bytes ratio = reversible / autograd bytes saved for backward; autograd/step = "
-        "autograd's saved bytes per step in activations; time ratio = median over rounds "
-        "of reversible / autograd seconds per training step."
+        "autograd's saved bytes per step in activations; time ratio, CPU-time ratio = "
+        "median over rounds of reversible / autograd wall-clock, CPU seconds per training "
+        "step."
     )
     return rows
 
