@@ -146,7 +146,9 @@ def main() -> None:
         plain = Unrolled(net, _layers.symmetric_layer_reference)
         same = Unrolled(net, _layers.symmetric_layer)
         diff = max(check_same(net, plain, x, y), check_same(net, same, x, y))
-        if diff > 1e-4:
+        # float32 round-off, amplified by 3 stages and BatchNorm (the resnet control is
+        # unconstrained): ~1e-4 relative; a wrong formula gives O(1).
+        if diff > 1e-3:
             raise AssertionError(f"{arch}: hand-written network differs from PDECNN by {diff}")
         t = interleaved(
             {
