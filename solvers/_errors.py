@@ -14,12 +14,13 @@ class NonFiniteError(FloatingPointError):
     """A NaN or Inf appeared in the state during an integration.
 
     Attributes:
-        t: the time of the first step whose result is not finite (a float).
+        t: the time of the first step whose result is not finite (a float); ``None``
+            when the initial state itself is not finite.
         step: the index of that step on the integration grid (``None`` for adaptive methods,
             where only the output time is known).
     """
 
-    def __init__(self, message: str, *, t: float, step: int | None = None):
+    def __init__(self, message: str, *, t: float | None, step: int | None = None):
         super().__init__(message)
         self.t = t
         self.step = step

@@ -90,7 +90,9 @@ def _check_state(y0: Any, name: str = "y0", check_finite: bool = True) -> None:
             raise TypeError(f"{name} must be floating point, got dtype {y.dtype}")
         if check_finite and not torch.compiler.is_compiling() and not _all_finite(y):
             where = f"{name}[{i}]" if isinstance(y0, tuple) else name
-            raise ValueError(f"{where} contains NaN or Inf before the first step")
+            # A numerical fault upstream (the previous layer), not a malformed call: the
+            # same error type as a NaN met during the steps, so callers catch one thing.
+            raise NonFiniteError(f"{where} contains NaN or Inf before the first step", t=None)
 
 
 def _all_finite(x: Tensor) -> bool:

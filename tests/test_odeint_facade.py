@@ -166,7 +166,7 @@ def test_nan_in_torchdiffeq_state_names_the_time():
 
 
 def test_nan_in_initial_state():
-    with pytest.raises(ValueError, match="NaN or Inf before the first step"):
+    with pytest.raises(solvers.NonFiniteError, match="NaN or Inf before the first step"):
         solvers.odeint(Decay(), torch.full((2,), float("nan")), T, method="rk4", step_size=0.1)
 
 

@@ -262,7 +262,7 @@ CASES = [
         lambda: solvers.odeint(
             lambda t, y: -y, torch.full((2,), float("nan")), T01, method="rk4", step_size=0.1
         ),
-        ValueError,
+        solvers.NonFiniteError,
         "NaN or Inf before the first step",
     ),
     (
