@@ -126,14 +126,20 @@ def _reverse_step_kicks(plan, t, h, q, p, gq, gp, params, acc):
             y_ = y.detach().requires_grad_(True)
             F = f(tau, y_)
         x = x - c * F.detach()
-        if F.requires_grad:
+        if F is y_:
+            # An identity kick (the drift q' = p of a second-order system): its
+            # vector-Jacobian product is the cotangent itself, no graph to walk.
+            grads = (c * gx,)
+        elif F.requires_grad:
             grads = torch.autograd.grad(F, (y_, *params), c * gx, allow_unused=True)
-            if grads[0] is not None:
-                if which == 0:
-                    gp = gp + grads[0]
-                else:
-                    gq = gq + grads[0]
-            _accumulate(acc, grads[1:])
+        else:
+            grads = (None,)
+        if grads[0] is not None:
+            if which == 0:
+                gp = gp + grads[0]
+            else:
+                gq = gq + grads[0]
+        _accumulate(acc, grads[1:])
         if which == 0:
             q = x
         else:
