@@ -14,7 +14,8 @@ from . import _fixed_grid
 from ._errors import NonFiniteError, SolverError
 from ._steppers import STEPPERS, Stepper
 
-# torchdiffeq's method names, split by whether the user must give a step size.
+# torchdiffeq's method names, split by whether the user must give a step size. Its
+# "fixed_adams" is left out: a second name for "implicit_adams" (one name per thing).
 FIXED_STEP_METHODS = (
     "euler",
     "midpoint",
@@ -23,7 +24,6 @@ FIXED_STEP_METHODS = (
     "rk4",
     "explicit_adams",
     "implicit_adams",
-    "fixed_adams",
 )
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver")
 
