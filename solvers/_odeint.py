@@ -224,12 +224,20 @@ def _raise_if_nonfinite(sol, t: Tensor, method: str) -> None:
         )
 
 
-def _grid(ts: list[float], step_size: float) -> list[tuple[float, float, int]]:
+def _slack(t: Tensor) -> float:
+    """Relative slack for counting steps: a few ulps of the dtype the times were given in."""
+    return 16 * torch.finfo(t.dtype).eps
+
+
+def _grid(
+    ts: list[float], step_size: float, slack: float = 1e-12
+) -> list[tuple[float, float, int]]:
     """Per output interval: (start, signed step, number of steps); steps divide it exactly."""
     out = []
     for a, b in zip(ts[:-1], ts[1:]):
-        # The relative slack keeps e.g. 3.0 / 1.0 from becoming 4 steps through round-off.
-        n = max(1, math.ceil(abs(b - a) / step_size * (1.0 - 1e-12)))
+        # The slack keeps e.g. 3.0 / 1.0 from becoming 4 steps through round-off, and a
+        # float32 T = 6.4 (6.4000001) from taking 65 steps of 0.1 instead of 64.
+        n = max(1, math.ceil(abs(b - a) / step_size * (1.0 - slack)))
         out.append((a, (b - a) / n, n))
     return out
 
@@ -253,9 +261,10 @@ def integrate_split(
     ts: list[float],
     step_size: float,
     time_dtype: torch.dtype,
+    slack: float = 1e-12,
 ) -> tuple[tuple[Tensor, Tensor], int, list[tuple[float, float, int]]]:
     """Run ``stepper`` over the grid of ``ts``; returns the stacked solution, steps, grid."""
-    grid = _grid(ts, step_size)
+    grid = _grid(ts, step_size, slack)
     device = y0[0].device
     starts = [a + k * h for a, h, n in grid for k in range(n)]
     # Built once: per-step times are views into it, so the loop never syncs.
@@ -451,13 +460,15 @@ def odeint(
         from ._reversible import odeint_reversible
 
         every = _check_checkpoint_every(options.get("checkpoint_every"))
-        grid = _grid(ts, step_size)
+        grid = _grid(ts, step_size, _slack(t))
         starts = [a + k * h for a, h, n in grid for k in range(n)]
         times = torch.tensor(starts, dtype=time_dtype, device=y0[0].device)
         sol = odeint_reversible(stepper, tuple(func), y0, grid, times, options.get("params"), every)
         steps = len(starts)
     else:
-        sol, steps, grid = integrate_split(stepper, tuple(func), y0, ts, step_size, time_dtype)
+        sol, steps, grid = integrate_split(
+            stepper, tuple(func), y0, ts, step_size, time_dtype, _slack(t)
+        )
     if check_finite and not torch.compiler.is_compiling():
         bad = _first_bad(sol)
         if bad is not None:

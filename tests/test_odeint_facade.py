@@ -233,3 +233,25 @@ def test_on_failure_return_gives_partial_solution_and_status():
     y, st = solvers.odeint(Decay(), Y0, T, method="rk4", step_size=0.1, on_failure="return")
     assert st["status"] == "ok" and st["t_reached"] == 1.5
     assert torch.allclose(y, solvers.odeint(Decay(), Y0, T, method="rk4", step_size=0.1))
+
+
+def test_float32_times_do_not_add_a_step():
+    # float32(6.4) is 6.4000001: still 64 steps of 0.1, not 65.
+    _, st = solvers.odeint(
+        (lambda t, p: p, lambda t, q: -q),
+        (Y0[0], Y0[1]),
+        torch.tensor([0.0, 6.4], dtype=torch.float32),
+        method="verlet",
+        step_size=0.1,
+        return_stats=True,
+    )
+    assert st["steps"] == 64
+    _, st = solvers.odeint(
+        (lambda t, p: p, lambda t, q: -q),
+        (Y0[0], Y0[1]),
+        torch.tensor([0.0, 0.1], dtype=torch.float32),
+        method="leapfrog",
+        step_size=0.05,
+        return_stats=True,
+    )
+    assert st["steps"] == 2
