@@ -10,16 +10,6 @@ from experiments import CheckpointError, load_checkpoint, save_checkpoint
 from experiments._checkpoint import check_state_dict
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _float32_default():
-    # Other test modules set float64 as the default dtype at import; these tests compare
-    # float32 runs (subprocesses, the CLI) and must not inherit it.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _payload(seed=0):
     torch.manual_seed(seed)
     net = neuralpde.PDECNN("parabolic", 1, 10, (4, 8))

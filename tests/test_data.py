@@ -20,17 +20,6 @@ from PIL import Image
 from experiments import DatasetNotFoundError, load_data, resolve_config
 from experiments._data import EpochBatches, augment
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _float32_default():
-    # Other test modules set float64 as the default dtype at import; these tests compare
-    # float32 runs (subprocesses, the CLI) and must not inherit it.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
-
-
 N_PER_BATCH = 10
 
 

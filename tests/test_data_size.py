@@ -2,20 +2,7 @@
 
 import csv
 
-import pytest
-import torch
-
 from experiments.data_size import main
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _float32_default():
-    # Other test modules set float64 as the default dtype at import; these tests compare
-    # float32 runs (subprocesses, the CLI) and must not inherit it.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
 
 
 def test_data_size_runs_each_network_on_each_fraction(tmp_path, capsys):

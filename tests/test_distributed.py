@@ -13,21 +13,9 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from experiments import load_checkpoint, resolve_config, train
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _float32_default():
-    # Other test modules set float64 as the default dtype at import; these tests compare
-    # float32 runs (subprocesses, the CLI) and must not inherit it.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
-
 
 N_TRAIN = 256  # a multiple of the global batch: no incomplete batch to drop
 FRACTION = N_TRAIN / 1257

@@ -8,21 +8,9 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from experiments import CheckpointError, load_checkpoint, resolve_config, train
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _float32_default():
-    # Other test modules set float64 as the default dtype at import; these tests compare
-    # float32 runs (subprocesses, the CLI) and must not inherit it.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
-
 
 OPTIONS = {"widths": [8, 16], "epochs": 3, "batch_size": 32, "checkpoint_every": 5, "seed": 11}
 ARGS = ["--widths", "8,16", "--epochs", "3", "--batch-size", "32", "--checkpoint-every", "5",

@@ -26,17 +26,6 @@ from experiments._data import EpochBatches
 from experiments._trainer import time_smoothness
 from experiments.train import config_from_args
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _float32_default():
-    # Other test modules set float64 as the default dtype at import; these tests compare
-    # float32 runs (subprocesses, the CLI) and must not inherit it.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
-
-
 TINY = {"widths": [8, 16], "epochs": 2, "train_fraction": 0.5, "batch_size": 16}
 
 
