@@ -24,32 +24,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
 import sys
 import time
 import weakref
 
 import torch
+from _common import machine
 
 import neuralpde
 
 ARCHS = {"hamiltonian": neuralpde.HamiltonianRHS, "second_order": neuralpde.SecondOrderRHS}
 MODES = ("autograd", "reversible")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    out = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        out += f", GPU {torch.cuda.get_device_name()}"
-    return out
 
 
 class _Saved:

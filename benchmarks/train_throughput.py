@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
 import torch
+from _common import machine
 from torch.utils.data import TensorDataset
 
 from experiments import DataSplits, resolve_config, train
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
 
 
 def _synthetic(n_train: int, size: int = 32, classes: int = 10) -> DataSplits:
@@ -58,7 +47,7 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="a few images only (checks it runs)")
     args = p.parse_args()
     n = 50 if args.tiny else args.images
-    print(f"machine: {_machine()}; device {args.device}")
+    print(f"machine: {machine()}; device {args.device}")
     with tempfile.TemporaryDirectory() as tmp:
         digits = resolve_config(epochs=1 if args.tiny else 3, device=args.device, out=f"{tmp}/d")
         d = _run(digits)
