@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 import solvers
 
 from ._checkpoint import check_state_dict, load_checkpoint
 from ._config import TrainConfig
-from ._data import EpochBatches, load_data
-from ._trainer import build_model
+from ._data import load_data
+from ._trainer import build_model, evaluate
 
 SWAP_FIELDS = ("solver", "method", "step_size", "rtol", "accuracy", "loss", "nfe", "seconds")
 
@@ -67,26 +65,10 @@ def load_trained(checkpoint: str | Path, device="cpu"):
 def evaluate_solver(net, ds, device, batch_size: int = 500) -> dict[str, float]:
     """Accuracy, cross-entropy, NFE per forward pass (summed over stages, averaged over
     batches) and seconds for one pass over ``ds``."""
-    sampler = EpochBatches(len(ds), batch_size, seed=0, shuffle=False)
-    correct = n = 0
-    loss = 0.0
-    nfes = []
     t0 = time.perf_counter()
-    dtype = next(net.parameters()).dtype
-    for x, y in DataLoader(ds, batch_sampler=sampler):
-        x, y = x.to(device, dtype), y.to(device)
-        logits = net(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
-        nfes.append(sum(s["nfe"] for s in net.solver_stats()))
+    r = evaluate(net, ds, device, batch_size, nfe=True)
     seconds = time.perf_counter() - t0
-    return {
-        "accuracy": correct / n,
-        "loss": loss / n,
-        "nfe": sum(nfes) / len(nfes),
-        "seconds": seconds,
-    }
+    return {"accuracy": r["accuracy"], "loss": r["loss"], "nfe": r["nfe"], "seconds": seconds}
 
 
 def solver_swap(

@@ -96,17 +96,25 @@ def _loader(ds, sampler, cfg: TrainConfig, device) -> DataLoader:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, ds, device, batch_size: int = 500, *, outputs: bool = False
+    model: nn.Module,
+    ds,
+    device,
+    batch_size: int = 500,
+    *,
+    outputs: bool = False,
+    nfe: bool = False,
 ) -> dict[str, Any]:
     """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``ds``.
 
-    With ``outputs=True`` also ``probs (n, classes)`` and ``labels (n,)`` on the CPU.
+    With ``outputs=True`` also ``probs (n, classes)`` and ``labels (n,)`` on the CPU; with
+    ``nfe=True`` also ``nfe``, the evaluations per forward pass summed over the stages
+    (``model.solver_stats()``) and averaged over batches.
     """
     was = model.training
     model.eval()
     sampler = EpochBatches(len(ds), batch_size, seed=0, shuffle=False)
     loss_sum, correct, n = 0.0, 0, 0
-    probs, labels = [], []
+    probs, labels, nfes = [], [], []
     dtype = next(model.parameters()).dtype
     for x, y in DataLoader(ds, batch_sampler=sampler):
         x, y = x.to(device, dtype), y.to(device)
@@ -117,8 +125,12 @@ def evaluate(
         if outputs:
             probs.append(logits.softmax(1).cpu())
             labels.append(y.cpu())
+        if nfe:
+            nfes.append(sum(s["nfe"] for s in model.solver_stats()))
     model.train(was)
     out: dict[str, Any] = {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
+    if nfe:
+        out["nfe"] = sum(nfes) / len(nfes)
     if outputs:
         out["probs"], out["labels"] = torch.cat(probs), torch.cat(labels)
     return out
