@@ -220,14 +220,14 @@ class Stage(nn.Module):
                 memory=self.memory,
                 check_finite=self.check_finite,
                 return_stats=True,
+                final_only=True,
             )
         except solvers.NonFiniteError as err:
             raise solvers.NonFiniteError(f"{self._name()}: {err}", t=err.t, step=err.step) from err
         except solvers.SolverError as err:
             raise solvers.SolverError(f"{self._name()}: {err}") from err
         self.last_stats = {"method": self.method, **stats}
-        last = tuple(s[-1] for s in sol) if isinstance(sol, tuple) else sol[-1]
-        return rhs.from_state(last)
+        return rhs.from_state(sol)
 
     def extra_repr(self) -> str:
         out = f"method={self.method!r}, step_size={self.step_size}"

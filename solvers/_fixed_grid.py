@@ -127,6 +127,7 @@ def integrate_fixed(
     options: dict[str, Any],
     rtol,
     atol,
+    final_only: bool = False,
 ) -> tuple[Tensor | tuple[Tensor, ...], dict[str, int]]:
     """``torchdiffeq.odeint(func, y0, t, method=method, options=options)`` without syncs.
 
@@ -134,10 +135,11 @@ def integrate_fixed(
         func, y0, t, method, options, rtol, atol: as for ``torchdiffeq.odeint`` (``options``
             holds ``step_size`` and optionally ``perturb`` / ``interp="linear"``).
         ts: ``t`` as Python floats (read once by the caller).
+        final_only: return only the state at ``t[-1]`` (the grid ends exactly there).
 
     Returns:
-        the solution ``(len(t), *y0.shape)`` (a tuple for a tuple state) and
-        ``{"nfe", "steps"}``.
+        the solution ``(len(t), *y0.shape)`` (``y0.shape`` with ``final_only``; a tuple
+        for a tuple state) and ``{"nfe", "steps"}``.
     """
     shapes = None
     if isinstance(y0, tuple):
@@ -161,7 +163,8 @@ def integrate_fixed(
         perturb=options.get("perturb", False),
     )
     out = [y0]
-    j = 1
+    # With final_only no output is recorded: the last grid point is t[-1] itself.
+    j = len(t_vals) if final_only else 1
     y = y0
     for i in range(len(grid) - 1):
         t0, t1 = grid_dev[i], grid_dev[i + 1]
@@ -177,7 +180,10 @@ def integrate_fixed(
                 out.append(y + slope * (y1 - y))
             j += 1
         y = y1
+    stats = {"nfe": f.nfe, "steps": len(grid) - 1}
+    if final_only:
+        return (y if shapes is None else _flat_to_shape(y, (), shapes)), stats
     sol = torch.stack(out)
     if shapes is not None:
         sol = _flat_to_shape(sol, (len(t_vals),), shapes)
-    return sol, {"nfe": f.nfe, "steps": len(grid) - 1}
+    return sol, stats

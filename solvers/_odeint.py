@@ -106,11 +106,16 @@ def _all_finite(x: Tensor) -> bool:
     return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
-def _first_bad(sol: Tensor | tuple[Tensor, ...]) -> int | None:
-    """Index of the first output time whose state is not finite (one sync), or None."""
+def _first_bad(sol: Tensor | tuple[Tensor, ...], final_only: bool = False) -> int | None:
+    """Index of the first output time whose state is not finite (one sync), or None.
+
+    With ``final_only`` ``sol`` is the last state alone, and a bad one gives index -1.
+    """
     parts = sol if isinstance(sol, tuple) else (sol,)
     if all(_all_finite(s) for s in parts):
         return None
+    if final_only:
+        return -1
     ok = torch.stack([torch.isfinite(s.reshape(s.shape[0], -1)).all(1) for s in parts]).all(0)
     if bool(ok.all()):
         return None
@@ -149,8 +154,12 @@ class _AdaptiveCounter(_Counter):
         self.rejected += 1
 
 
+def _last(sol):
+    return tuple(s[-1] for s in sol) if isinstance(sol, tuple) else sol[-1]
+
+
 def _torchdiffeq(
-    func, y0, t, method, step_size, rtol, atol, options, adjoint, check_finite, ts=None
+    func, y0, t, method, step_size, rtol, atol, options, adjoint, check_finite, ts, final_only
 ):
     kind = methods()[method]
     options = dict(options or {})
@@ -175,11 +184,13 @@ def _torchdiffeq(
             "adjoint=True needs func to be an nn.Module (its parameters get gradients); "
             "wrap the function in a module"
         )
-    if ts is not None and kind == "fixed" and _fixed_grid.supports(method, options, adjoint):
+    if kind == "fixed" and _fixed_grid.supports(method, options, adjoint):
         # torchdiffeq's numbers without its per-step syncs and wrappers (see _fixed_grid).
-        sol, stats = _fixed_grid.integrate_fixed(func, y0, t, ts, method, options, rtol, atol)
+        sol, stats = _fixed_grid.integrate_fixed(
+            func, y0, t, ts, method, options, rtol, atol, final_only
+        )
         if check_finite and not torch.compiler.is_compiling():
-            _raise_if_nonfinite(sol, t, method)
+            _raise_if_nonfinite(sol, t, method, final_only)
         return sol, stats
     if method == "scipy_solver":
         counter = _Counter(func)
@@ -209,18 +220,21 @@ def _torchdiffeq(
         # scipy reports no steps to torchdiffeq's callbacks: None rather than a wrong 0.
         steps = None if method == "scipy_solver" else counter.steps
         stats = {"nfe": counter.nfe, "steps": steps, "rejected": counter.rejected}
+    if final_only:
+        sol = _last(sol)
     if check_finite and not torch.compiler.is_compiling():
-        _raise_if_nonfinite(sol, t, method)
+        _raise_if_nonfinite(sol, t, method, final_only)
     return sol, stats
 
 
-def _raise_if_nonfinite(sol, t: Tensor, method: str) -> None:
-    i = _first_bad(sol)
+def _raise_if_nonfinite(sol, t: Tensor, method: str, final_only: bool = False) -> None:
+    i = _first_bad(sol, final_only)
     if i is not None:
+        # With only the final state at hand the bad interval is all of [t[0], t[-1]].
+        start = float(t[0]) if final_only else float(t[i - 1])
         tt = float(t[i])
         raise NonFiniteError(
-            f"{method}: the state became NaN/Inf between t={float(t[i - 1])} and t={tt}",
-            t=tt,
+            f"{method}: the state became NaN/Inf between t={start} and t={tt}", t=tt
         )
 
 
@@ -262,8 +276,10 @@ def integrate_split(
     step_size: float,
     time_dtype: torch.dtype,
     slack: float = 1e-12,
+    final_only: bool = False,
 ) -> tuple[tuple[Tensor, Tensor], int, list[tuple[float, float, int]]]:
-    """Run ``stepper`` over the grid of ``ts``; returns the stacked solution, steps, grid."""
+    """Run ``stepper`` over the grid of ``ts``; returns the stacked solution (the final
+    state alone with ``final_only``), the number of steps and the grid."""
     grid = _grid(ts, step_size, slack)
     device = y0[0].device
     starts = [a + k * h for a, h, n in grid for k in range(n)]
@@ -278,8 +294,11 @@ def integrate_split(
             if i == 0:
                 _check_step_shapes((q, p), y0, stepper.name)
             i += 1
-        qs.append(q)
-        ps.append(p)
+        if not final_only:
+            qs.append(q)
+            ps.append(p)
+    if final_only:
+        return (q, p), i, grid
     return (torch.stack(qs), torch.stack(ps)), i, grid
 
 
@@ -294,26 +313,30 @@ def _check_step_shapes(new, old, method: str) -> None:
             )
 
 
-def _locate_nonfinite(stepper, func, sol, ts, grid, bad) -> NonFiniteError:
-    """Re-run the interval that went bad, step by step, to name the first bad step."""
-    q, p = sol[0][bad - 1], sol[1][bad - 1]
-    a, h, n = grid[bad - 1]
-    first = sum(g[2] for g in grid[: bad - 1])
+def _locate_nonfinite(stepper, func, start, ts, grid, bad) -> NonFiniteError:
+    """Re-run from ``start`` (the state at ``ts[bad - 1]``; ``bad = -1``: at ``ts[0]``),
+    step by step, to name the first bad step."""
+    q, p = start
+    intervals = range(len(grid)) if bad == -1 else [bad - 1]
+    first = sum(g[2] for g in grid[: intervals[0]])
     with torch.no_grad():
-        for k in range(n):
-            t = a + k * h
-            tt = torch.tensor(t, dtype=q.dtype, device=q.device)
-            q, p = stepper.step(func, tt, h, (q, p))
-            if not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(p).all())):
-                return NonFiniteError(
-                    f"{stepper.name}: the state became NaN/Inf in step {first + k} "
-                    f"(t={t:g} to t={t + h:g})",
-                    t=t,
-                    step=first + k,
-                )
+        for j in intervals:
+            a, h, n = grid[j]
+            for k in range(n):
+                t = a + k * h
+                tt = torch.tensor(t, dtype=q.dtype, device=q.device)
+                q, p = stepper.step(func, tt, h, (q, p))
+                if not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(p).all())):
+                    return NonFiniteError(
+                        f"{stepper.name}: the state became NaN/Inf in step {first + k} "
+                        f"(t={t:g} to t={t + h:g})",
+                        t=t,
+                        step=first + k,
+                    )
+            first += n
+    lo = ts[0] if bad == -1 else ts[bad - 1]
     return NonFiniteError(
-        f"{stepper.name}: the state became NaN/Inf between t={ts[bad - 1]:g} and t={ts[bad]:g}",
-        t=ts[bad - 1],
+        f"{stepper.name}: the state became NaN/Inf between t={lo:g} and t={ts[bad]:g}", t=lo
     )
 
 
@@ -332,6 +355,7 @@ def odeint(
     check_finite: bool = True,
     return_stats: bool = False,
     on_failure: str = "raise",
+    final_only: bool = False,
 ):
     """Solve ``dy/dt = func(t, y)`` and return the solution at every time of ``t``.
 
@@ -385,10 +409,17 @@ def odeint(
             ``"nonfinite"``), ``t_reached`` (the last time with a finite solution) and
             ``message``; stats are then always returned. Adaptive methods restart their
             step-size control at each output time in this mode.
+        final_only: return only the state at ``t[-1]``, ``(*shape)``, instead of the
+            stacked solution. The fixed-step and symplectic methods then never build the
+            ``(n_times, *shape)`` tensor: no copy of every output state and no scatter of
+            the gradient back out of it (a network stage needs only its end state).
+            With it, a NaN/Inf is reported for the whole span ``[t[0], t[-1]]`` (the
+            symplectic methods still name the step).
 
     Returns:
         The solution stacked on a new leading axis, ``(n_times, *shape)`` — a tuple of such
-        tensors for a tuple state — and, with ``return_stats=True``, the stats dict.
+        tensors for a tuple state — or with ``final_only`` the state at ``t[-1]``; and,
+        with ``return_stats=True``, the stats dict.
 
     Raises:
         ValueError: unknown method, missing/invalid ``step_size``, non-monotone ``t``, a
@@ -414,6 +445,7 @@ def odeint(
             adjoint=adjoint,
             memory=memory,
             check_finite=check_finite,
+            final_only=final_only,
         )
     memory = _check_memory(memory, adjoint, method, kinds[method])
     ts = _times_on_host(t)
@@ -438,7 +470,8 @@ def odeint(
             options,
             memory == "adjoint",
             check_finite,
-            ts=ts,
+            ts,
+            final_only,
         )
         return (sol, stats) if return_stats else sol
 
@@ -464,15 +497,18 @@ def odeint(
         starts = [a + k * h for a, h, n in grid for k in range(n)]
         times = torch.tensor(starts, dtype=time_dtype, device=y0[0].device)
         sol = odeint_reversible(stepper, tuple(func), y0, grid, times, options.get("params"), every)
+        if final_only:
+            sol = _last(sol)
         steps = len(starts)
     else:
         sol, steps, grid = integrate_split(
-            stepper, tuple(func), y0, ts, step_size, time_dtype, _slack(t)
+            stepper, tuple(func), y0, ts, step_size, time_dtype, _slack(t), final_only
         )
     if check_finite and not torch.compiler.is_compiling():
-        bad = _first_bad(sol)
+        bad = _first_bad(sol, final_only)
         if bad is not None:
-            raise _locate_nonfinite(stepper, tuple(func), sol, ts, grid, bad)
+            start = y0 if final_only else (sol[0][bad - 1], sol[1][bad - 1])
+            raise _locate_nonfinite(stepper, tuple(func), start, ts, grid, bad)
     e_q, e_p = stepper.evals
     stats = {"nfe": steps * (e_q + e_p), "steps": steps, "nfe_q": steps * e_q, "nfe_p": steps * e_p}
     return (sol, stats) if return_stats else sol
@@ -496,7 +532,7 @@ def _check_arguments(func, rtol, atol, options, on_failure, kind) -> None:
             raise ValueError(f"{name} must be a positive finite number, got {tol!r}")
 
 
-def _odeint_partial(func, y0, t, **kw):
+def _odeint_partial(func, y0, t, final_only=False, **kw):
     """``on_failure="return"``: one output interval at a time, stopping at the first failure."""
     ts = _times_on_host(t)
     if not isinstance(t, Tensor):
@@ -539,6 +575,9 @@ def _odeint_partial(func, y0, t, **kw):
     missing = len(ts) - len(outs[0])
     for out in outs:
         out.extend(torch.full_like(out[0], float("nan")) for _ in range(missing))
+    if final_only:
+        last = tuple(out[-1] for out in outs)
+        return (last if tuple_state else last[0]), stats
     stacked = tuple(torch.stack(out) for out in outs)
     return (stacked if tuple_state else stacked[0]), stats
 
