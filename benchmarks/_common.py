@@ -2,14 +2,24 @@
 
 Timings on a shared machine are noisy: every comparison here runs its candidates
 alternately (A, B, A, B, ...) so slow phases hit both, and reports medians.
+
+glibc's allocator is a second source of noise on CPU. By default it serves allocations
+above a threshold it keeps adjusting with fresh ``mmap``s and returns freed memory at the
+top of the heap to the kernel, so whether a multi-MiB activation costs a page fault per
+4 KiB depends on the order of earlier allocations: two runs of the *same* function
+differed by up to 1.5x. :func:`setup` pins the allocator (no ``mmap``, no trimming), as
+jemalloc or tcmalloc would, unless ``--system-malloc`` is given; the header says which.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import datetime
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -23,7 +33,38 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="tiny sizes (CI: checks that it runs)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per candidate")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's allocator as it is (default: pin it, see benchmarks/_common.py)",
+    )
     return p
+
+
+_ALLOCATOR = "system default"
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` and, unless ``--system-malloc``, pin glibc's allocator."""
+    global _ALLOCATOR
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.system_malloc:
+        _ALLOCATOR = steady_allocator()
+
+
+def steady_allocator() -> str:
+    """Make glibc serve every block from its heap and never give memory back, so that
+    timings do not depend on which earlier allocation left which hole (``mallopt``)."""
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or name is None:
+        return "system default (not glibc)"
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return "system default (not glibc)"
+    m_trim_threshold, m_mmap_max = -1, -4
+    ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+    return "glibc, pinned (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)" if ok else "system default"
 
 
 def machine() -> str:
@@ -38,7 +79,7 @@ def machine() -> str:
         pass
     out = (
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads, allocator: {_ALLOCATOR}"
     )
     if torch.cuda.is_available():
         out += f", GPU {torch.cuda.get_device_name()}"
@@ -64,14 +105,22 @@ def interleaved(
     warmup: int = 1,
     device: str = "cpu",
 ) -> dict[str, list[float]]:
-    """Seconds per call of each candidate, run in turn ``repeats`` times after warm-up."""
+    """Seconds per call of each candidate, run in turn ``repeats`` times after warm-up.
+
+    The order within a round is shuffled (fixed seed): a candidate that always ran right
+    after the one that left the heap or the caches in some state would carry that state's
+    cost in every round.
+    """
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     sync(device)
     times: dict[str, list[float]] = {k: [] for k in candidates}
+    order = list(candidates.items())
+    rng = random.Random(0)
     for _ in range(repeats):
-        for name, fn in candidates.items():
+        rng.shuffle(order)
+        for name, fn in order:
             sync(device)
             t0 = time.perf_counter()
             fn()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from _common import header, interleaved, median, parser, table
+from _common import header, interleaved, median, parser, setup, table
 
 import neuralpde
 
@@ -52,8 +52,7 @@ def train(net, x, y, epochs: int) -> None:
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup(args)
     repeats = args.repeats or (2 if args.tiny else 7)
     header(__doc__.splitlines()[0])
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import header, interleaved, median, paired_ratio, parser, table
+from _common import header, interleaved, median, paired_ratio, parser, setup, table
 
 import neuralpde
 
@@ -32,8 +32,7 @@ def main() -> None:
     )
     args = p.parse_args()
     backend = args.backend or ("aot_eager" if args.tiny else "inductor")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup(args)
     archs = args.archs or (["parabolic"] if args.tiny else list(ARCHS))
     batch, size, repeats = (2, 8, 2) if args.tiny else (32, 32, 5)
     repeats = args.repeats or repeats

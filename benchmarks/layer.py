@@ -12,7 +12,7 @@ activation); time is forward + backward, median of interleaved rounds.
 from __future__ import annotations
 
 import torch
-from _common import header, interleaved, median, paired_ratio, parser, table
+from _common import header, interleaved, median, paired_ratio, parser, setup, table
 
 from neuralpde._layers import init_kernel, symmetric_layer, symmetric_layer_reference
 
@@ -32,8 +32,7 @@ def saved_activations(fn, *args) -> float:
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup(args)
     batch, c, size, repeats = (2, 8, 8, 3) if args.tiny else (32, 32, 32, 15)
     repeats = args.repeats or repeats
     header(__doc__.splitlines()[0])

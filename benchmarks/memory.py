@@ -30,7 +30,7 @@ import time
 import weakref
 
 import torch
-from _common import machine
+from _common import machine, setup
 
 import neuralpde
 
@@ -152,9 +152,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--step-size", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--system-malloc", action="store_true", help="leave glibc's allocator unpinned"
+    )
     args = p.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    setup(args)
     tiny = {"channels": 4, "size": 6, "batch": 2, "repeats": 1, "depths": [4, 16]}
     full = {"channels": 16, "size": 16, "batch": 8, "repeats": 5, "depths": [4, 16, 64, 256]}
     for k, v in (tiny if args.tiny else full).items():

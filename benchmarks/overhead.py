@@ -9,7 +9,9 @@ per step and the median of per-round ratios library / hand-written (target <= 1.
 
 The hand-written layer is plain autograd (``symmetric_layer_reference``); the column
 "ratio, same layer" swaps in the library's layer function so that it isolates the
-framework (stages, solvers, θ(t) lookup) from the layer's own backward.
+framework (stages, solvers, θ(t) lookup) from the layer's own backward. "control" times
+a second copy of the hand-written network against the first: the same arithmetic, so
+its distance from 1 is this run's noise floor.
 
     python benchmarks/overhead.py [--tiny] [--repeats N] [--threads N] [--archs ...]
 """
@@ -20,7 +22,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from _common import header, interleaved, median, paired_ratio, parser, table
+from _common import header, interleaved, median, paired_ratio, parser, setup, table
 from torch import nn
 
 import neuralpde
@@ -125,8 +127,7 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--archs", nargs="*", default=list(ARCHS))
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup(args)
     torch.manual_seed(0)
     if args.tiny:
         kw = {"in_channels": 3, "num_classes": 10, "widths": (8, 8, 8)}
@@ -155,6 +156,7 @@ def main() -> None:
                 "lib": make_step(net, x, y),
                 "plain": make_step(plain, x, y),
                 "same": make_step(same, x, y),
+                "control": make_step(copy.deepcopy(plain), x, y),
             },
             repeats,
         )
@@ -166,6 +168,7 @@ def main() -> None:
                 "ratio": paired_ratio(t["lib"], t["plain"]),
                 "ratio, same layer": paired_ratio(t["lib"], t["same"]),
                 "ratio of minima": min(t["lib"]) / min(t["plain"]),
+                "control": paired_ratio(t["control"], t["plain"]),
                 "max rel diff": diff,
             }
         )

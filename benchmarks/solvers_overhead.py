@@ -4,7 +4,8 @@ The state is a pair ``(q, p)`` of ``(64, 32, 32, 32)`` tensors and the right-han
 harmonic oscillator (``dq/dt = p``, ``dp/dt = -q``): as cheap as a right-hand side gets,
 so whatever the solver adds shows. Both run the same kick–drift–kick formulas; the ratio
 is the median of per-round ratios (target <= 1.05), with the finite check on (the default,
-one reduction over the output) and off.
+one reduction over the output) and off, and with ``final_only=True`` (no stacked output).
+"plain again" times the plain loop a second time: its ratio is this run's noise floor.
 
     python benchmarks/solvers_overhead.py [--tiny] [--repeats N] [--threads N]
 """
@@ -12,7 +13,7 @@ one reduction over the output) and off.
 from __future__ import annotations
 
 import torch
-from _common import header, interleaved, median, paired_ratio, parser, table
+from _common import header, interleaved, median, paired_ratio, parser, setup, table
 
 import solvers
 
@@ -35,8 +36,7 @@ def plain_verlet(q, p, h, n):
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup(args)
     shape, steps, repeats = ((2, 4, 8, 8), 10, 3) if args.tiny else ((64, 32, 32, 32), 20, 15)
     repeats = args.repeats or repeats
     header(__doc__.splitlines()[0])
@@ -45,20 +45,29 @@ def main() -> None:
     h = 0.05
     t = [0.0, steps * h]
 
-    def ours(check):
+    def ours(check, final_only=False):
         return lambda: solvers.odeint(
-            (f_q, f_p), (q0, p0), t, method="verlet", step_size=h, check_finite=check
+            (f_q, f_p),
+            (q0, p0),
+            t,
+            method="verlet",
+            step_size=h,
+            check_finite=check,
+            final_only=final_only,
         )
 
     q, p = ours(True)()
     q_ref, p_ref = plain_verlet(q0, p0, h, steps)
     if not (torch.equal(q[-1], q_ref) and torch.equal(p[-1], p_ref)):
         raise AssertionError("solvers.odeint's Verlet differs from the plain loop")
+    del q, p, q_ref, p_ref
     times = interleaved(
         {
             "ours": ours(True),
             "ours, no check": ours(False),
+            "ours, final_only": ours(True, final_only=True),
             "plain": lambda: plain_verlet(q0, p0, h, steps),
+            "plain again": lambda: plain_verlet(q0, p0, h, steps),
         },
         repeats,
     )
