@@ -255,3 +255,102 @@ def test_float32_times_do_not_add_a_step():
         return_stats=True,
     )
     assert st["steps"] == 2
+
+
+def _pair():
+    return (lambda t, p: p, lambda t, q: -q * (1 + 0.1 * t)), (Y0, 0.5 * Y0)
+
+
+@pytest.mark.parametrize(
+    "method,kw,state",
+    [
+        ("euler", {"step_size": 0.1}, "single"),
+        ("rk4", {"step_size": 0.3}, "tuple"),  # 0.3 does not divide 0.7: interpolated outputs
+        ("explicit_adams", {"step_size": 0.1}, "single"),
+        ("dopri5", {"rtol": 1e-6, "atol": 1e-8}, "single"),
+        ("verlet", {"step_size": 0.1}, "split"),
+        ("leapfrog", {"step_size": 0.1, "memory": "reversible"}, "split"),
+    ],
+)
+@pytest.mark.parametrize("on_failure", ["raise", "return"])
+def test_final_only_is_the_last_output_bit_for_bit(method, kw, state, on_failure):
+    if state == "single":
+        func, y0 = Decay(), Y0
+    elif state == "tuple":
+        f = Decay()
+        func, y0 = (lambda t, y: (f(t, y[0]), -y[1])), (Y0, 2 * Y0)
+    else:
+        func, y0 = _pair()
+    full = solvers.odeint(func, y0, T, method=method, on_failure=on_failure, **kw)
+    last = solvers.odeint(func, y0, T, method=method, on_failure=on_failure, final_only=True, **kw)
+    if on_failure == "return":
+        (full, _), (last, stats) = full, last
+        assert stats["status"] == "ok"
+    if isinstance(full, tuple):
+        assert isinstance(last, tuple) and len(last) == len(full)
+        for a, b in zip(full, last):
+            assert b.shape == a.shape[1:] and torch.equal(a[-1], b)
+    else:
+        assert last.shape == full.shape[1:] and torch.equal(full[-1], last)
+
+
+def test_final_only_gradients_equal_the_stacked_ones():
+    f = Decay()
+    y0 = Y0.clone().requires_grad_()
+    g_full = torch.autograd.grad(
+        solvers.odeint(f, y0, T, method="rk4", step_size=0.1)[-1].square().sum(), (y0, f.a)
+    )
+    g_last = torch.autograd.grad(
+        solvers.odeint(f, y0, T, method="rk4", step_size=0.1, final_only=True).square().sum(),
+        (y0, f.a),
+    )
+    for a, b in zip(g_full, g_last):
+        assert torch.equal(a, b)
+
+
+def test_final_only_builds_no_stacked_output():
+    """The reason for final_only: no copy of the states and no scatter of the gradient."""
+    f = Decay()
+    y0 = Y0.clone().requires_grad_()
+    funcs, pair = _pair()
+    pair = tuple(x.clone().requires_grad_() for x in pair)
+    outs = [
+        solvers.odeint(f, y0, T, method="euler", step_size=0.1, final_only=True),
+        *solvers.odeint(funcs, pair, T, method="verlet", step_size=0.1, final_only=True),
+    ]
+    stacked = solvers.odeint(f, y0, T, method="euler", step_size=0.1)[-1]
+    assert {"StackBackward0", "SelectBackward0"} <= _graph_ops(stacked)  # the control
+    for out in outs:
+        assert not {"StackBackward0", "SelectBackward0"} & _graph_ops(out)
+
+
+def _graph_ops(x):
+    seen, todo, names = set(), [x.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        todo.extend(next_fn for next_fn, _ in fn.next_functions)
+    return names
+
+
+def test_final_only_nonfinite_is_still_located():
+    def f_p(t, q):
+        return torch.where(t > 0.5, torch.full_like(q, float("nan")), -q)
+
+    with pytest.raises(solvers.NonFiniteError, match="step 5") as err:
+        solvers.odeint(
+            (lambda t, p: p, f_p), (Y0, Y0), T, method="verlet", step_size=0.1, final_only=True
+        )
+    assert err.value.step == 5
+    with pytest.raises(solvers.NonFiniteError, match="between t=0.0 and t=1.5"):
+        solvers.odeint(
+            lambda t, y: torch.where(t > 0.8, torch.full_like(y, float("inf")), -y),
+            Y0,
+            T,
+            method="euler",
+            step_size=0.1,
+            final_only=True,
+        )
