@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--step-size", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument(
-        "--system-malloc", action="store_true", help="leave glibc's allocator unpinned"
-    )
+    p.add_argument("--system-malloc", action="store_true", help="leave glibc's allocator unpinned")
     args = p.parse_args(argv)
     setup(args)
     tiny = {"channels": 4, "size": 6, "batch": 2, "repeats": 1, "depths": [4, 16]}

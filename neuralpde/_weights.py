@@ -68,7 +68,8 @@ class TimeWeights(nn.Module):
         else:
             knots = torch.linspace(0.0, self.T, n, dtype=torch.float64)
         self.register_buffer("knots", knots, persistent=False)
-        self.register_buffer("cells", torch.arange(n), persistent=False)
+        # A (1, n) row, so that the one-hot lookup below is a plain mm (no unsqueeze/squeeze).
+        self.register_buffer("cells", torch.arange(n).reshape(1, n), persistent=False)
 
     def _apply(self, fn, *args, **kwargs):
         # Knot times stay float64 whatever dtype the parameters take: in float32 a knot
@@ -107,7 +108,7 @@ class TimeWeights(nn.Module):
             # scatter into all n sets that costs as much as a convolution of the stage.
             hot = self.cells == i
             return {
-                name: (hot.to(p.dtype) @ p.reshape(self.n, -1)).reshape(p.shape[1:])
+                name: torch.mm(hot.to(p.dtype), p.reshape(self.n, -1)).reshape(p.shape[1:])
                 for name, p in params.items()
             }
         tt, knots = self._common(t)

@@ -22,7 +22,7 @@ import struct
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 try:
     from torchdiffeq._impl.misc import Perturb, _flat_to_shape, _nextafter
@@ -51,18 +51,18 @@ def supports(method: str, options: dict[str, Any], adjoint: bool) -> bool:
     )
 
 
-class _Eval(nn.Module):
+class _Eval:
     """``func`` as torchdiffeq's wrappers present it: reversed time, tuple flattening and
-    ``perturb``; counts evaluations."""
+    ``perturb``; counts evaluations. A plain class: one is made per solve, and building an
+    ``nn.Module`` costs more than a small stage's arithmetic."""
 
     def __init__(self, func, shapes, reverse: bool):
-        super().__init__()
         self.func = func
         self.shapes = shapes
         self.reverse = reverse
         self.nfe = 0
 
-    def forward(self, t: Tensor, y: Tensor, *, perturb=None) -> Tensor:
+    def __call__(self, t: Tensor, y: Tensor, *, perturb=None) -> Tensor:
         self.nfe += 1
         # The real dtype of y without reading y (torchdiffeq computes y.abs() for it).
         t = t.to(y.real.dtype if y.is_complex() else y.dtype)
