@@ -496,9 +496,9 @@ def odeint(
         grid = _grid(ts, step_size, _slack(t))
         starts = [a + k * h for a, h, n in grid for k in range(n)]
         times = torch.tensor(starts, dtype=time_dtype, device=y0[0].device)
-        sol = odeint_reversible(stepper, tuple(func), y0, grid, times, options.get("params"), every)
-        if final_only:
-            sol = _last(sol)
+        sol = odeint_reversible(
+            stepper, tuple(func), y0, grid, times, options.get("params"), every, final_only
+        )
         steps = len(starts)
     else:
         sol, steps, grid = integrate_split(

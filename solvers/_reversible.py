@@ -90,8 +90,9 @@ def gather_params(func: Sequence[Callable]) -> tuple[Tensor, ...]:
 class _Plan:
     """Everything the backward pass needs that is not a tensor to save."""
 
-    def __init__(self, stepper, func, grid, times, checkpoint_every):
+    def __init__(self, stepper, func, grid, times, checkpoint_every, final_only=False):
         self.stepper = stepper
+        self.final_only = final_only
         self.func = func
         self.grid = grid
         self.times = times
@@ -179,9 +180,11 @@ class _ReversibleSolve(torch.autograd.Function):
                     if k is not None and i % k == 0:
                         stored += [q, p]
                         marks.append(i)
-                qs.append(q)
-                ps.append(p)
-            sol_q, sol_p = torch.stack(qs), torch.stack(ps)
+                if not plan.final_only:
+                    qs.append(q)
+                    ps.append(p)
+            # The final state is returned as it is (it is also saved below): no copy.
+            sol_q, sol_p = (q, p) if plan.final_only else (torch.stack(qs), torch.stack(ps))
         if k is None or not marks or marks[-1] != i:
             stored += [q, p]
             marks.append(i)
@@ -208,6 +211,8 @@ class _ReversibleSolve(torch.autograd.Function):
         checkpoints = {m: (saved[2 * j], saved[2 * j + 1]) for j, m in enumerate(ctx.marks)}
         reverse = _reverse_step_generic if plan.kicks is None else _reverse_step_kicks
         q, p = checkpoints[ctx.steps]
+        if plan.final_only:
+            g_sol_q, g_sol_p = g_sol_q.unsqueeze(0), g_sol_p.unsqueeze(0)
         gq, gp = g_sol_q[-1], g_sol_p[-1]
         acc: list[Tensor | None] = [None] * len(params)
         i = ctx.steps
@@ -218,8 +223,9 @@ class _ReversibleSolve(torch.autograd.Function):
                 q, p, gq, gp = reverse(plan, plan.times[i], h, q, p, gq, gp, params, acc)
                 if i in checkpoints:
                     q, p = checkpoints[i]
-            gq = gq + g_sol_q[k]
-            gp = gp + g_sol_p[k]
+            if not plan.final_only:  # gradients reaching the earlier output times
+                gq = gq + g_sol_q[k]
+                gp = gp + g_sol_p[k]
         return (None, None, gq, gp, *acc)
 
 
@@ -231,6 +237,7 @@ def odeint_reversible(
     times: Tensor,
     params: Sequence[Tensor] | None = None,
     checkpoint_every: int | None = None,
+    final_only: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Integrate ``y0 = (q0, p0)`` over ``grid`` storing no per-step activations.
 
@@ -244,6 +251,7 @@ def odeint_reversible(
             the module(s) ``func`` belongs to (:func:`gather_params`).
         checkpoint_every: also store the state every this many steps (``None``: only the
             final state).
+        final_only: return the final ``(q, p)`` alone, each ``(*shape)``.
 
     Returns:
         ``(q, p)`` stacked at the output times, each ``(n_times, *shape)``.
@@ -252,5 +260,5 @@ def odeint_reversible(
     for w in params:
         if not isinstance(w, Tensor):
             raise TypeError(f"params must be tensors, got {type(w).__name__}")
-    plan = _Plan(stepper, tuple(func), grid, times, checkpoint_every)
+    plan = _Plan(stepper, tuple(func), grid, times, checkpoint_every, final_only)
     return _ReversibleSolve.apply(plan, len(params), y0[0], y0[1], *params)

@@ -21,6 +21,9 @@ t = torch.tensor([0.0, 1.0, 2.0, 3.0])
 sol, stats = solvers.odeint(rhs, y, t, method="euler", step_size=1.0, return_stats=True)
 print(sol.shape)  # (len(t), batch, channels, height, width) = (4, 4, 8, 16, 16)
 print(stats)  # {'nfe': 3, 'steps': 3}
+# Only the end state, without building the (len(t), ...) solution: what a stage asks for.
+end = solvers.odeint(rhs, y, t, method="euler", step_size=1.0, final_only=True)
+assert torch.equal(end, sol[-1])  # (batch, channels, height, width)
 # --8<-- [end:odeint]
 
 # --8<-- [start:stage]
