@@ -33,6 +33,7 @@ def symmetric_layer(
     scale: Tensor | None,
     shift: Tensor | None,
     eps: float = TV_EPS,
+    negate: bool = False,
 ) -> Tensor:
     """``F_sym(θ, Y) = -Kᵀ relu(N(K Y))`` with K a 3×3 convolution and Kᵀ its transpose.
 
@@ -49,15 +50,16 @@ def symmetric_layer(
             drops the normalization (``F = -Kᵀ relu(K Y)``, a negative gradient of the
             convex ``½‖relu(K Y)‖²``).
         eps: ε of the total-variation normalization.
+        negate: return ``-F_sym = Kᵀ relu(N(K Y))`` (the Hamiltonian network's ``dp/dt``),
+            bit for bit ``-symmetric_layer(...)`` but without a pass over the activation
+            for the sign, forward or backward.
 
     Returns:
         ``(batch, c, height, width)``.
     """
     if (scale is None) != (shift is None):
         raise ValueError("symmetric_layer: give both scale and shift, or neither")
-    if scale is None:
-        return _SymmetricLayerFn.apply(y, weight, None, None, eps)
-    return _SymmetricLayerFn.apply(y, weight, scale, shift, eps)
+    return _SymmetricLayerFn.apply(y, weight, scale, shift, eps, negate)
 
 
 def symmetric_layer_reference(
@@ -91,7 +93,7 @@ class _SymmetricLayerFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y, weight, scale, shift, eps):
+    def forward(ctx, y, weight, scale, shift, eps, negate=False):
         z = F.conv2d(y, weight, padding=1)
         if scale is None:
             u, rnorm, a = z, None, z
@@ -101,10 +103,10 @@ class _SymmetricLayerFn(torch.autograd.Function):
             a = u * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
         r = torch.relu(a)
         ctx.save_for_backward(y, weight, scale, shift, u, rnorm)
-        ctx.eps = eps
-        # The minus sign goes on the (small) kernel, not on the activation; negation is
-        # exact, so this is bitwise the reference's -Kᵀ r.
-        return F.conv_transpose2d(r, -weight, padding=1)
+        ctx.eps, ctx.negate = eps, negate
+        # The sign goes on the (small) kernel, not on the activation; negation is exact,
+        # so this is bitwise the reference's -Kᵀ r (or its negative).
+        return F.conv_transpose2d(r, weight if negate else -weight, padding=1)
 
     @staticmethod
     def backward(ctx, g):
@@ -119,9 +121,10 @@ class _SymmetricLayerFn(torch.autograd.Function):
         else:
             a = u * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
         r = torch.relu(a)
-        # out = (-K)ᵀ r: the gradients with respect to r and to the kernel -K.
+        # out = (∓K)ᵀ r: the gradients with respect to r and to the kernel ∓K.
+        kernel_t = weight if ctx.negate else -weight
         dr, dw_t, _ = conv_bwd(
-            g, r, -weight, None, _STRIDE, _PAD, _DIL, True, _NO_OUT_PAD, 1, [True, True, False]
+            g, r, kernel_t, None, _STRIDE, _PAD, _DIL, True, _NO_OUT_PAD, 1, [True, True, False]
         )
         da = torch.ops.aten.threshold_backward(dr, a, 0)
         d_scale = d_shift = None
@@ -148,8 +151,11 @@ class _SymmetricLayerFn(torch.autograd.Function):
             1,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
         )
-        dw = dw_k - dw_t if ctx.needs_input_grad[1] else None
-        return dy, dw, d_scale, d_shift, None
+        if ctx.needs_input_grad[1]:
+            dw = dw_k + dw_t if ctx.negate else dw_k - dw_t
+        else:
+            dw = None
+        return dy, dw, d_scale, d_shift, None, None
 
 
 def _reference_vjp(ctx, g, y, weight, scale, shift):
@@ -157,9 +163,10 @@ def _reference_vjp(ctx, g, y, weight, scale, shift):
     need = [t is not None and n for t, n in zip(inputs, ctx.needs_input_grad)]
     with torch.enable_grad():
         out = symmetric_layer_reference(y, weight, scale, shift, ctx.eps)
+        out = -out if ctx.negate else out
         wanted = [t for t, n in zip(inputs, need) if n]
         grads = iter(torch.autograd.grad(out, wanted, g, create_graph=True))
-    return (*(next(grads) if n else None for n in need), None)
+    return (*(next(grads) if n else None for n in need), None, None)
 
 
 def resnet_layer(

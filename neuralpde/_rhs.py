@@ -187,7 +187,7 @@ class HamiltonianRHS(_RHS):
         """``dp/dt = -F_sym(θ2(t), q)``; ``q (batch, c/2, h, w)``."""
         check_image(q, self.channels // 2, "HamiltonianRHS.f_p", "q")
         w = self.theta_p(t)
-        return -symmetric_layer(q, w["weight"], w["scale"], w["shift"], self.eps)
+        return symmetric_layer(q, w["weight"], w["scale"], w["shift"], self.eps, negate=True)
 
     @property
     def separable(self):

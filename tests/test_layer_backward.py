@@ -92,3 +92,32 @@ def test_scale_and_shift_together():
 
 def test_function_is_private_autograd_function():
     assert issubclass(_SymmetricLayerFn, torch.autograd.Function)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_negate_is_bitwise_minus_the_layer(normalize, dtype):
+    """negate=True (the Hamiltonian's dp/dt) puts the sign on the kernel: forward and every
+    gradient equal those of -symmetric_layer(...) bit for bit, with no pass for the sign."""
+    y, w, s, b = (
+        None if a is None else a.detach().to(dtype).requires_grad_()
+        for a in _inputs(normalize, c=4, seed=5)
+    )
+    tensors = [a for a in (y, w, s, b) if a is not None]
+    g = torch.randn(2, 4, 5, 4, dtype=dtype, generator=torch.Generator().manual_seed(6))
+    out = symmetric_layer(y, w, s, b, negate=True)
+    ref = -symmetric_layer(y, w, s, b)
+    assert torch.equal(out, ref)
+    assert type(out.grad_fn).__name__ != "NegBackward0"
+    for a, e in zip(torch.autograd.grad(out, tensors, g), torch.autograd.grad(ref, tensors, g)):
+        assert torch.equal(a, e)
+
+
+def test_negate_gradcheck_and_double_backward():
+    args = [a for a in _inputs(True, batch=1, seed=7) if a is not None]
+
+    def f(y, w, s, b):
+        return symmetric_layer(y, w, s, b, 1e-4, negate=True)
+
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradgradcheck(f, args, eps=1e-6, atol=1e-6, fast_mode=True)
