@@ -6,9 +6,9 @@ alternately (A, B, A, B, ...) so slow phases hit both, and reports medians.
 glibc's allocator is a second source of noise on CPU. By default it serves allocations
 above a threshold it keeps adjusting with fresh ``mmap``s and returns freed memory at the
 top of the heap to the kernel, so whether a multi-MiB activation costs a page fault per
-4 KiB depends on the order of earlier allocations: two runs of the *same* function
-differed by up to 1.5x. :func:`setup` pins the allocator (no ``mmap``, no trimming), as
-jemalloc or tcmalloc would, unless ``--system-malloc`` is given; the header says which.
+4 KiB depends on the order of earlier allocations: two loops of the same operations
+differed by up to 1.5x, by a different amount in every process. :func:`setup` pins the allocator (no ``mmap``, no trimming)
+unless ``--system-malloc`` is given; the header says which.
 """
 
 from __future__ import annotations
