@@ -31,3 +31,21 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def graph_ops():
+    """``graph_ops(x)``: the names of every autograd node behind tensor ``x``."""
+
+    def walk(x):
+        seen, todo, names = set(), [x.grad_fn], set()
+        while todo:
+            fn = todo.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            names.add(type(fn).__name__)
+            todo.extend(f for f, _ in fn.next_functions)
+        return names
+
+    return walk

@@ -308,7 +308,7 @@ def test_final_only_gradients_equal_the_stacked_ones():
         assert torch.equal(a, b)
 
 
-def test_final_only_builds_no_stacked_output():
+def test_final_only_builds_no_stacked_output(graph_ops):
     """The reason for final_only: no copy of the states and no scatter of the gradient."""
     f = Decay()
     y0 = Y0.clone().requires_grad_()
@@ -319,21 +319,9 @@ def test_final_only_builds_no_stacked_output():
         *solvers.odeint(funcs, pair, T, method="verlet", step_size=0.1, final_only=True),
     ]
     stacked = solvers.odeint(f, y0, T, method="euler", step_size=0.1)[-1]
-    assert {"StackBackward0", "SelectBackward0"} <= _graph_ops(stacked)  # the control
+    assert {"StackBackward0", "SelectBackward0"} <= graph_ops(stacked)  # the control
     for out in outs:
-        assert not {"StackBackward0", "SelectBackward0"} & _graph_ops(out)
-
-
-def _graph_ops(x):
-    seen, todo, names = set(), [x.grad_fn], set()
-    while todo:
-        fn = todo.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        names.add(type(fn).__name__)
-        todo.extend(next_fn for next_fn, _ in fn.next_functions)
-    return names
+        assert not {"StackBackward0", "SelectBackward0"} & graph_ops(out)
 
 
 def test_final_only_nonfinite_is_still_located():
