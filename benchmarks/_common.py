@@ -7,8 +7,9 @@ glibc's allocator is a second source of noise on CPU. By default it serves alloc
 above a threshold it keeps adjusting with fresh ``mmap``s and returns freed memory at the
 top of the heap to the kernel, so whether a multi-MiB activation costs a page fault per
 4 KiB depends on the order of earlier allocations: two loops of the same operations
-differed by up to 1.5x, by a different amount in every process. :func:`setup` pins the allocator (no ``mmap``, no trimming)
-unless ``--system-malloc`` is given; the header says which.
+differed by up to 1.5x, by a different amount in every process. :func:`setup` pins the
+allocator (no ``mmap``, no trimming) unless ``--system-malloc`` is given; the header
+says which.
 """
 
 from __future__ import annotations

@@ -212,8 +212,9 @@ class _ReversibleSolve(torch.autograd.Function):
         reverse = _reverse_step_generic if plan.kicks is None else _reverse_step_kicks
         q, p = checkpoints[ctx.steps]
         if plan.final_only:
-            g_sol_q, g_sol_p = g_sol_q.unsqueeze(0), g_sol_p.unsqueeze(0)
-        gq, gp = g_sol_q[-1], g_sol_p[-1]
+            gq, gp = g_sol_q, g_sol_p
+        else:
+            gq, gp = g_sol_q[-1], g_sol_p[-1]
         acc: list[Tensor | None] = [None] * len(params)
         i = ctx.steps
         for k in reversed(range(len(plan.grid))):
