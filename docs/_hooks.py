@@ -1,14 +1,23 @@
-"""MkDocs hook: turn Sphinx roles left in docstrings into links of the API reference.
+"""MkDocs hooks: Sphinx roles in docstrings become API links; TeX becomes MathML.
 
 The docstrings are Google style but cross-reference with Sphinx roles
 (``:func:`methods` ``, ``:class:`Stage` ``), which Markdown renders literally as
 ``:func:<code>methods</code>``. Names that are public in ``neuralpde`` or ``solvers`` become
 (optional) autorefs links; anything else keeps its code span and loses the role.
+
+Formulas (``\\( ... \\)`` inline, ``\\[ ... \\]`` display, marked by pymdownx.arithmatex)
+are converted to MathML by latex2mathml while the site is built. Browsers render MathML
+natively, so the site shows its mathematics offline, with no script and no CDN. A formula
+latex2mathml cannot convert fails the build, naming the page and the formula.
 """
 
 from __future__ import annotations
 
+import html
 import re
+
+from latex2mathml.converter import convert
+from mkdocs.exceptions import PluginError
 
 import neuralpde
 import solvers
@@ -41,5 +50,49 @@ def _replace(match: re.Match) -> str:
     return f'<autoref identifier="{ident}" optional><code>{name}</code></autoref>'
 
 
-def on_page_content(html: str, **kwargs) -> str:
-    return _ROLE.sub(_replace, html)
+# arithmatex's generic output: the TeX, HTML-escaped, inside a span (inline) or a div (display).
+_INLINE = re.compile(r'<span class="arithmatex">\\\((.*?)\\\)</span>', re.S)
+_DISPLAY = re.compile(r'<div class="arithmatex">\\\[(.*?)\\\]</div>', re.S)
+# A heading's formula reaches the table of contents as escaped text, without the span.
+_TOC_INLINE = re.compile(r"\\\((.*?)\\\)", re.S)
+# latex2mathml passes a command it does not know through as text (<mi>\foo</mi>).
+_UNKNOWN = re.compile(r">[^<]*\\[A-Za-z]+")
+# A minus or plus right after another operator: "[-1, 1]", "= -K", "\le -b".
+_SIGN = re.compile(r"<mo(?: [^>]*)?>([^<]*)</mo><mo>(&#x02212;|&#x0002B;)</mo>")
+_CLOSING = set(")]}|\u2016\u27e9")
+
+
+def _sign(match: re.Match) -> str:
+    # TeX makes a binary sign after an opening delimiter, a relation or punctuation a sign
+    # of what follows (The TeXbook, ch. 18, rule 5); MathML Core would space it as an infix
+    # operator ("[ − 1, 1]") unless it is marked prefix. After a closing delimiter it stays
+    # binary: "(a) - b".
+    if html.unescape(match[1]) in _CLOSING:
+        return match[0]
+    head = match[0][: -len(match[2]) - len("<mo></mo>")]
+    return f'{head}<mo form="prefix">{match[2]}</mo>'
+
+
+def _mathml(tex: str, display: str, where: str) -> str:
+    tex = html.unescape(tex).strip()
+    try:
+        out = convert(tex, display=display)
+    except Exception as err:
+        raise PluginError(f"{where}: latex2mathml cannot convert \\({tex}\\): {err!r}") from err
+    if _UNKNOWN.search(out):
+        raise PluginError(f"{where}: \\({tex}\\) uses a TeX command latex2mathml does not know")
+    return _SIGN.sub(_sign, out.replace(' xmlns="http://www.w3.org/1998/Math/MathML"', ""))
+
+
+def _toc_to_mathml(items, where: str) -> None:
+    for item in items:
+        item.title = _TOC_INLINE.sub(lambda m: _mathml(m[1], "inline", where), item.title)
+        _toc_to_mathml(item.children, where)
+
+
+def on_page_content(content: str, page, **kwargs) -> str:
+    where = page.file.src_uri
+    content = _DISPLAY.sub(lambda m: _mathml(m[1], "block", where), content)
+    content = _INLINE.sub(lambda m: _mathml(m[1], "inline", where), content)
+    _toc_to_mathml(page.toc, where)
+    return _ROLE.sub(_replace, content)

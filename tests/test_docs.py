@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 import neuralpde
@@ -38,11 +39,17 @@ def _mkdocs_build(cwd: Path, site: Path) -> subprocess.CompletedProcess:
 # --- the site builds, and fails on a broken reference ------------------------------------
 
 
-@pytest.mark.slow
-def test_mkdocs_build_strict(tmp_path):
-    site = tmp_path / "site"
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site, built once with ``mkdocs build --strict`` for every test that reads it."""
+    site = tmp_path_factory.mktemp("docs") / "site"
     res = _mkdocs_build(ROOT, site)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return site
+
+
+@pytest.mark.slow
+def test_mkdocs_build_strict(site):
     # The API pages really were generated from the docstrings: every public object has
     # its entry (an anchor named after it), submodules' exports included.
     for mod in _public_modules():
@@ -67,6 +74,73 @@ def test_mkdocs_build_strict(tmp_path):
         text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text()))
         last = [line.strip() for line in script.read_text().splitlines() if line.strip()][-1]
         assert last in text, f"{script.name} is not inlined in its page"
+
+
+# What a reader sees as text: code may show TeX on purpose (a tutorial's source), and
+# scripts and styles are not text, so all of them are cut out first.
+_NOT_TEXT = re.compile(r"<(pre|code|script|style)\b.*?</\1>", re.S)
+# Delimiters of arithmatex (\( \) \[ \] $$) and any TeX command (\theta, \frac ...).
+_RAW_TEX = re.compile(r"\\[()\[\]]|\$\$|\\[A-Za-z]+")
+
+
+def _reader_text(page: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", " ", _NOT_TEXT.sub(" ", page)))
+
+
+@pytest.mark.slow
+def test_formulas_are_mathml_without_the_network(site):
+    """Every formula is MathML in the page itself: no raw TeX, no script to fetch."""
+    for built in sorted(site.rglob("*.html")):
+        page = built.read_text()
+        raw = _RAW_TEX.findall(_reader_text(page))
+        assert not raw, f"{built.relative_to(site)} shows raw TeX: {raw[:5]}"
+        assert 'class="arithmatex"' not in page and "mathjax" not in page.lower(), built
+    # Each formula of a page's source became one MathML element of its article, inline or
+    # block as written (headings' formulas also reach the table of contents, outside it).
+    checked = 0
+    for source in sorted(DOCS.rglob("*.md")):
+        text = source.read_text()
+        inline, block = text.count("\\("), text.count("\\[")
+        if not inline + block:
+            continue
+        rel = source.relative_to(DOCS).with_suffix("")
+        built = site / ("index.html" if rel.name == "index" else rel / "index.html")
+        if rel.name == "index" and rel.parent != Path("."):
+            built = site / rel.parent / "index.html"
+        article = re.search(r"<article\b.*?</article>", built.read_text(), re.S)[0]
+        assert article.count('<math display="inline"') == inline, source.name
+        assert article.count('<math display="block"') == block, source.name
+        checked += 1
+    assert checked >= 5
+
+
+def _nav_files(entries) -> list[str]:
+    """Every page of an mkdocs ``nav`` (nested lists of ``{title: page}`` or ``page``)."""
+    found = []
+    for entry in entries:
+        value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+        found += _nav_files(value) if isinstance(value, list) else [value]
+    return found
+
+
+def _nav() -> list:
+    return yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+
+
+def test_navigation_lists_each_page_once():
+    files = _nav_files(_nav())
+    assert len(files) == len(set(files)), sorted(f for f in files if files.count(f) > 1)
+    assert set(files) == {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
+
+
+@pytest.mark.slow
+def test_built_navigation_has_no_duplicate_entries(site):
+    page = (site / "index.html").read_text()
+    primary = page[page.index("md-sidebar--primary") : page.index("md-sidebar--secondary")]
+    # Links to pages; the current page's own headings ("#install") are not pages.
+    links = re.findall(r'<a href="([^"#]*)" class="md-nav__link', primary)
+    assert len(links) == len(set(links)), sorted(x for x in links if links.count(x) > 1)
+    assert len(links) == len(_nav_files(_nav()))  # the home page's link is "."
 
 
 @pytest.mark.slow
