@@ -208,26 +208,22 @@ class Stage(nn.Module):
         if opts and "jump_t" in opts:
             opts["jump_t"] = opts["jump_t"].to(device=x.device, dtype=x.dtype)
         try:
-            sol, stats = solvers.odeint(
-                func,
-                rhs.to_state(x),
-                t,
-                method=self.method,
+            solver = solvers.Solver(
+                self.method,
                 step_size=self.step_size,
                 rtol=self.rtol,
                 atol=self.atol,
-                options=opts,
                 memory=self.memory,
+                options=opts or {},
                 check_finite=self.check_finite,
-                return_stats=True,
-                final_only=True,
             )
+            sol = solvers.solve(func, rhs.to_state(x), t, solver, save="final")
         except solvers.NonFiniteError as err:
             raise solvers.NonFiniteError(f"{self._name()}: {err}", t=err.t, step=err.step) from err
         except solvers.SolverError as err:
-            raise solvers.SolverError(f"{self._name()}: {err}") from err
-        self.last_stats = {"method": self.method, **stats}
-        return rhs.from_state(sol)
+            raise solvers.SolverError(f"{self._name()}: {err}", status=err.status) from err
+        self.last_stats = {"method": self.method, **sol.stats.as_dict()}
+        return rhs.from_state(sol.y_final)
 
     def extra_repr(self) -> str:
         out = f"method={self.method!r}, step_size={self.step_size}"

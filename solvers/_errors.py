@@ -7,7 +7,14 @@ class SolverError(RuntimeError):
     """An integration could not be completed (too many steps, step-size underflow).
 
     The message says what happened and which option changes it.
+
+    Attributes:
+        status: ``"max_num_steps"`` or ``"underflow"`` (as in :attr:`Solution.status`).
     """
+
+    def __init__(self, message: str, *, status: str = "max_num_steps"):
+        super().__init__(message)
+        self.status = status
 
 
 class NonFiniteError(FloatingPointError):

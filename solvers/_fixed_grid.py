@@ -4,7 +4,7 @@ torchdiffeq's own loop compares tensors on every step (``t1 >= t[j]``, ``t == t0
 ``.item()`` to size the grid, and wraps the right-hand side in modules that add work to
 every evaluation (``y.abs()`` to find a dtype, a ``cat`` per call for tuple states). When
 the step grid is known on the host before the first step, all of those decisions can be
-made once in Python. This module builds torchdiffeq's grid in Python floats (rounded as
+made once in Python. This module takes the grid in Python floats (``_grid.grid``, rounded as
 torchdiffeq's tensor arithmetic rounds), decides on the host which step produces which
 output, and then drives torchdiffeq's own
 ``_step_func`` (the Runge–Kutta formulas are torchdiffeq's, untouched) from a plain Python
@@ -17,12 +17,13 @@ and dtype, so the result equals ``torchdiffeq.odeint`` bit for bit.
 
 from __future__ import annotations
 
-import math
-import struct
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ._grid import grid as _grid
+from ._state import check_derivative
 
 try:
     from torchdiffeq._impl.misc import Perturb, _flat_to_shape, _nextafter
@@ -35,19 +36,24 @@ except ImportError:  # a torchdiffeq whose internals moved: odeint falls back to
 # left to torchdiffeq's loop).
 FAST_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")
 # Options this driver understands; anything else goes to torchdiffeq unchanged.
-_OPTIONS = {"step_size", "perturb", "interp"}
+_OPTIONS = {"perturb", "interp"}
 
 
-def supports(method: str, options: dict[str, Any], adjoint: bool) -> bool:
-    """Whether :func:`integrate_fixed` reproduces ``torchdiffeq.odeint`` for this call."""
+def supports(func, t: Tensor, method: str, options: dict[str, Any], adjoint: bool) -> bool:
+    """Whether :func:`integrate_fixed` reproduces ``torchdiffeq.odeint`` for this call.
+
+    Not when ``t`` requires grad (the host grid carries no gradient to ``t``) or ``func``
+    has a ``callback_step`` (torchdiffeq's loop calls it with its own wrapped arguments).
+    """
     return (
         SOLVERS is not None
         and not adjoint
         and method in FAST_METHODS
         and issubclass(SOLVERS[method], FixedGridODESolver)
-        and "step_size" in options
         and set(options) <= _OPTIONS
         and options.get("interp", "linear") == "linear"
+        and not t.requires_grad
+        and not hasattr(func, "callback_step")
     )
 
 
@@ -56,10 +62,12 @@ class _Eval:
     ``perturb``; counts evaluations. A plain class: one is made per solve, and building an
     ``nn.Module`` costs more than a small stage's arithmetic."""
 
-    def __init__(self, func, shapes, reverse: bool):
+    def __init__(self, func, shapes, reverse: bool, method: str, y0):
         self.func = func
         self.shapes = shapes
         self.reverse = reverse
+        self.method = method
+        self.y0 = y0
         self.nfe = 0
 
     def __call__(self, t: Tensor, y: Tensor, *, perturb=None) -> Tensor:
@@ -74,48 +82,14 @@ class _Eval:
             t = -t
         if self.shapes is None:
             f = self.func(t, y)
+            if self.nfe == 1:
+                check_derivative(f, self.y0, self.method)
         else:
             f = self.func(t, _flat_to_shape(y, (), self.shapes))
+            if self.nfe == 1:
+                check_derivative(f, self.y0, self.method)
             f = torch.cat([f_.reshape(-1) for f_ in f])
         return -1.0 * f if self.reverse else f
-
-
-def _rounder(dtype: torch.dtype):
-    """Python function rounding a float to ``dtype`` as torch's CPU and CUDA kernels do:
-    the result of an op is computed in float64 (float64) or float32 (the narrower
-    floating types) and rounded once to ``dtype``."""
-
-    def f32(x: float) -> float:
-        return struct.unpack("f", struct.pack("f", x))[0]
-
-    if dtype == torch.float64:
-        return lambda x: x, lambda x: x
-    if dtype == torch.float32:
-        return f32, f32
-    if dtype == torch.float16:
-        return (lambda x: struct.unpack("e", struct.pack("e", f32(x)))[0]), f32
-    if dtype == torch.bfloat16:
-
-        def bf16(x: float) -> float:
-            bits = struct.unpack("I", struct.pack("f", f32(x)))[0]
-            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-            return struct.unpack("f", struct.pack("I", bits))[0]
-
-        return bf16, f32
-    raise TypeError(f"unsupported time dtype {dtype}")
-
-
-def _grid(ts: list[float], step_size: float, dtype: torch.dtype) -> list[float]:
-    """torchdiffeq's grid for ``step_size`` (``FixedGridODESolver``'s constructor), in
-    plain Python floats rounded as its tensor ops in ``dtype`` round: ``ceil`` of
-    ``(t[-1] - t[0]) / h + 1`` points ``k h + t[0]``, the last replaced by ``t[-1]``."""
-    rnd, op_scalar = _rounder(dtype)
-    h = op_scalar(step_size)  # a Python scalar enters a kernel in its compute type
-    start, end = ts[0], ts[-1]
-    n = math.ceil(rnd(rnd(rnd(end - start) / h) + 1.0))
-    grid = [rnd(rnd(rnd(float(k)) * h) + start) for k in range(n)]
-    grid[-1] = end
-    return grid
 
 
 def integrate_fixed(
@@ -124,41 +98,43 @@ def integrate_fixed(
     t: Tensor,
     ts: list[float],
     method: str,
+    step_size: float | None,
     options: dict[str, Any],
-    rtol,
-    atol,
     final_only: bool = False,
-) -> tuple[Tensor | tuple[Tensor, ...], dict[str, int]]:
-    """``torchdiffeq.odeint(func, y0, t, method=method, options=options)`` without syncs.
+) -> tuple[Tensor | tuple[Tensor, ...], int, int]:
+    """``torchdiffeq.odeint(func, y0, t, method=method, options=...)`` without syncs.
 
     Args:
-        func, y0, t, method, options, rtol, atol: as for ``torchdiffeq.odeint`` (``options``
-            holds ``step_size`` and optionally ``perturb`` / ``interp="linear"``).
+        func, y0, t, method: as for ``torchdiffeq.odeint``.
         ts: ``t`` as Python floats (read once by the caller).
+        step_size: the step (``None``: step on the output times).
+        options: ``perturb`` and ``interp="linear"`` at most.
         final_only: return only the state at ``t[-1]`` (the grid ends exactly there).
 
     Returns:
         the solution ``(len(t), *y0.shape)`` (``y0.shape`` with ``final_only``; a tuple
-        for a tuple state) and ``{"nfe", "steps"}``.
+        for a tuple state) in ``y0``'s dtype, the number of evaluations and of steps.
     """
+    state0 = y0
     shapes = None
     if isinstance(y0, tuple):
         shapes = [y.shape for y in y0]
         y0 = torch.cat([y.reshape(-1) for y in y0])
-    reverse = ts[1] < ts[0]
+    reverse = len(ts) > 1 and ts[1] < ts[0]
+    points = _grid(ts, step_size, t.dtype)
+    if reverse:  # torchdiffeq steps in negated time
+        points = [-x for x in points]
     t_vals = [-x for x in ts] if reverse else list(ts)
-    grid = _grid(t_vals, float(options["step_size"]), t.dtype)
     device = y0.device
     # Made from Python floats: torch.compile sees constants, CUDA gets a host-to-device copy.
-    grid_dev = torch.tensor(grid, dtype=t.dtype, device=device)
+    grid_dev = torch.tensor(points, dtype=t.dtype, device=device)
     t_dev = (-t if reverse else t).to(device)
-    step_size = options["step_size"]
-    f = _Eval(func, shapes, reverse)
+    f = _Eval(func, shapes, reverse, method, state0)
     solver = SOLVERS[method](
         func=f,
         y0=y0,
-        rtol=rtol,
-        atol=atol,
+        rtol=None,  # unused by a fixed-grid step, required by the constructor
+        atol=None,
         step_size=step_size,
         perturb=options.get("perturb", False),
     )
@@ -166,24 +142,27 @@ def integrate_fixed(
     # With final_only no output is recorded: the last grid point is t[-1] itself.
     j = len(t_vals) if final_only else 1
     y = y0
-    for i in range(len(grid) - 1):
+    for i in range(len(points) - 1):
         t0, t1 = grid_dev[i], grid_dev[i + 1]
         dy, _ = solver._step_func(f, t0, t1 - t0, t1, y)
         y1 = y + dy
-        while j < len(t_vals) and grid[i + 1] >= t_vals[j]:
-            if t_vals[j] == grid[i]:
+        while j < len(t_vals) and points[i + 1] >= t_vals[j]:
+            if t_vals[j] == points[i]:
                 out.append(y)
-            elif t_vals[j] == grid[i + 1]:
+            elif t_vals[j] == points[i + 1]:
                 out.append(y1)
             else:
                 slope = (t_dev[j] - t0) / (t1 - t0)
                 out.append(y + slope * (y1 - y))
             j += 1
         y = y1
-    stats = {"nfe": f.nfe, "steps": len(grid) - 1}
+    steps = len(points) - 1
+    # torchdiffeq writes every output into a buffer of y0's dtype: a 0-d float32 state
+    # with float64 times computes in float64 and comes back float32.
     if final_only:
-        return (y if shapes is None else _flat_to_shape(y, (), shapes)), stats
-    sol = torch.stack(out)
+        y = y.to(y0.dtype)
+        return (y if shapes is None else _flat_to_shape(y, (), shapes)), f.nfe, steps
+    sol = torch.stack([o.to(y0.dtype) for o in out])
     if shapes is not None:
         sol = _flat_to_shape(sol, (len(t_vals),), shapes)
-    return sol, stats
+    return sol, f.nfe, steps

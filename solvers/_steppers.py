@@ -1,45 +1,56 @@
-"""Symplectic, reversible one-step methods for separable split systems.
+"""Symplectic one-step methods for separable split systems, described by splitting tableaux.
 
-A split system is ``dq/dt = f_q(t, p)``, ``dp/dt = f_p(t, q)`` with state ``(q, p)``.
+A split system is ``dq/dt = f_q(t, p)``, ``dp/dt = f_p(t, q)`` with state ``(q, p)``. Each
+half on its own is solved exactly by one Euler update: a *drift* ``q <- q + a h f_q(τ, p)``
+(p fixed) or a *kick* ``p <- p + a h f_p(τ, q)`` (q fixed). A splitting method is a fixed
+sequence of drifts and kicks; it is symplectic because each of them is the exact flow of a
+Hamiltonian, and its order comes from the coefficients (Hairer, Lubich & Wanner, *Geometric
+Numerical Integration*, 2nd ed., Sect. II.5 and III.5). A :class:`SplittingStepper` is that
+sequence written down once — its *splitting tableau* — from which the step, its inverse
+and the reversible backward pass (``_reversible``) are all generated.
 
-Every stepper here evaluates the right-hand side only at times strictly inside the
-step's cell ``[t, t + h]``. A piecewise-constant, right-open θ(t) (θ_j on [t_j, t_{j+1}))
-therefore always yields θ_j for the step j, in either direction of time; a stepper that
-evaluated at ``t + h`` would silently use θ_{j+1} (see SPEC: "Which weights a step uses").
-Time is frozen at the cell's midpoint inside a Verlet step: that is Strang splitting of
-``dt/dt = 1`` around the frozen-time Verlet map, so symmetry and order 2 survive for
-time-dependent right-hand sides.
+Time. Each substep evaluates at ``τ = t + c h`` with a node ``c`` strictly inside (0, 1):
+a piecewise-constant, right-open θ(t) (θ_j on [t_j, t_{j+1})) then always yields θ_j for
+step j, in either direction of time (an evaluation at ``t + h`` would use θ_{j+1}; see SPEC,
+"Which weights a step uses"). Freezing time at a symmetric node is Strang splitting of
+``dt/dt = 1`` around the frozen-time map, so symmetry and order survive for time-dependent
+right-hand sides.
 
-A step with ``h < 0`` applies the adjoint method, which is the exact inverse of the
-forward step over the same cell; integrating forward and then backward over the same
-grid returns to the start up to round-off for every stepper.
+Direction. A step with ``h < 0`` from ``t`` applies the *adjoint* method: the tableau read
+backwards, with the nodes mirrored (``c -> 1 - c``). That is the exact inverse of the forward
+step over the same cell, so integrating forward and then backward over the same grid
+returns to the start up to round-off, for every splitting stepper.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
+from ._methods import register_stepper
+
 SplitFunc = tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]
 SplitState = tuple[Tensor, Tensor]
+# One substep as the drivers use it: (0 = drift of q by f_q(τ, p), 1 = kick of p by
+# f_p(τ, q), τ, coefficient a * h).
+Substep = tuple[int, Tensor, float]
 
-# Yoshida (1990), "Construction of higher order symplectic integrators", Phys. Lett. A 150.
-_CBRT2 = 2.0 ** (1.0 / 3.0)
-_W1 = 1.0 / (2.0 - _CBRT2)
-_W0 = -_CBRT2 / (2.0 - _CBRT2)
+_HALVES = {"drift": 0, "kick": 1}
 
 
 class Stepper:
     """A one-step method for a split state ``(q, p)``.
 
+    The general contract; a splitting method is best written as a
+    :class:`SplittingStepper`, which generates ``step`` and its inverse from its tableau.
+
     Attributes:
         name: the registered method name.
         order: the global order of convergence.
         symplectic: whether the map preserves the symplectic form.
-        symmetric: whether ``step(t + h, -h, step(t, h, y)) == y`` holds with the *same*
-            formula (true for all registered steppers through their adjoint, see module doc);
-            symmetric methods in the classical sense are ``verlet`` and ``yoshida4``.
+        symmetric: whether the method equals its adjoint (``verlet``, ``yoshida4``).
         evals: evaluations of ``(f_q, f_p)`` per step.
     """
 
@@ -64,133 +75,160 @@ class Stepper:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(order={self.order})"
+        return f"{type(self).__name__}(name={self.name!r}, order={self.order})"
 
 
-def _q_then_p(func: SplitFunc, tau: Tensor, h: float, q: Tensor, p: Tensor) -> SplitState:
-    f_q, f_p = func
-    q = q + h * f_q(tau, p)
-    p = p + h * f_p(tau, q)
-    return q, p
+class SplittingStepper(Stepper):
+    """A symplectic splitting method given by its splitting tableau.
 
-
-def _p_then_q(func: SplitFunc, tau: Tensor, h: float, q: Tensor, p: Tensor) -> SplitState:
-    f_q, f_p = func
-    p = p + h * f_p(tau, q)
-    q = q + h * f_q(tau, p)
-    return q, p
-
-
-class SymplecticEuler(Stepper):
-    """Symplectic Euler, q first: ``q += h f_q(p)``, then ``p += h f_p(q_new)``.
-
-    The Hamiltonian network of Ruthotto & Haber (2020), eq. (14). Order 1, symplectic;
-    its inverse is the p-first variant run with ``-h``, which is what ``h < 0`` does.
-    Reference: Hairer, Lubich, Wanner, *Geometric Numerical Integration*, Thm. VI.3.3.
-    """
-
-    name = "symplectic_euler"
-    order = 1
-    evals = (1, 1)
-
-    def step(self, func, t, h, state):
-        tau = t + 0.5 * h
-        if h >= 0:
-            return _q_then_p(func, tau, h, *state)
-        return _p_then_q(func, tau, h, *state)
-
-
-class Leapfrog(Stepper):
-    """The leapfrog of Ruthotto & Haber (2020), eq. (17), in staggered one-step form.
-
-    ``p += h f_p(q)``, then ``q += h f_q(p_new)``. For ``y'' = f(t, y)`` with ``q = y``,
-    ``p = v`` this is ``y_{j+1} = 2 y_j - y_{j-1} + h^2 f(t_j, y_j)`` with
-    ``y_{-1} = y_0 - h v_0`` (the paper's ``Y_{-1} = Y_0`` when ``v_0 = 0``), and ``p`` holds
-    the backward difference ``(y_j - y_{j-1}) / h``. The two-step recursion is second order,
-    but that starting value is only first-order accurate, so the global error is O(h):
-    order 1. Symplectic and exactly reversible (``h < 0`` applies the inverse).
-    """
-
-    name = "leapfrog"
-    order = 1
-    evals = (1, 1)
-
-    def step(self, func, t, h, state):
-        tau = t + 0.5 * h
-        if h >= 0:
-            return _p_then_q(func, tau, h, *state)
-        return _q_then_p(func, tau, h, *state)
-
-
-def _verlet(func: SplitFunc, t: Tensor, h: float, q: Tensor, p: Tensor) -> SplitState:
-    f_q, f_p = func
-    tau = t + 0.5 * h
-    p = p + (0.5 * h) * f_p(tau, q)
-    q = q + h * f_q(tau, p)
-    p = p + (0.5 * h) * f_p(tau, q)
-    return q, p
-
-
-class Verlet(Stepper):
-    """Störmer–Verlet (kick–drift–kick) with time frozen at the cell midpoint.
-
-    Order 2, symplectic, symmetric: the step with ``-h`` from ``t + h`` is its exact inverse.
-    Reference: Hairer, Lubich, Wanner, *Geometric Numerical Integration*, Sect. I.3.1.
-    """
-
-    name = "verlet"
-    order = 2
-    symmetric = True
-    evals = (1, 2)
-
-    def step(self, func, t, h, state):
-        return _verlet(func, t, h, *state)
-
-
-class Yoshida4(Stepper):
-    """Yoshida's fourth-order triple jump: Verlet steps of ``w1 h, w0 h, w1 h``.
-
-    ``w1 = 1 / (2 - 2^{1/3})``, ``w0 = 1 - 2 w1`` (negative). Order 4, symplectic,
-    symmetric. Reference: H. Yoshida, Phys. Lett. A 150 (1990) 262–268.
-    """
-
-    name = "yoshida4"
-    order = 4
-    symmetric = True
-    evals = (3, 6)
-
-    def step(self, func, t, h, state):
-        q, p = state
-        q, p = _verlet(func, t, _W1 * h, q, p)
-        q, p = _verlet(func, t + _W1 * h, _W0 * h, q, p)
-        q, p = _verlet(func, t + (_W1 + _W0) * h, _W1 * h, q, p)
-        return q, p
-
-
-STEPPERS: dict[str, Stepper] = {}
-
-
-def register_stepper(stepper: Stepper) -> Stepper:
-    """Register a :class:`Stepper` instance under ``stepper.name`` for ``solvers.odeint``.
+    The tableau is the sequence of substeps of one step of size ``h`` from ``t``, each
+    ``(kind, a, c)``: ``kind`` is ``"drift"`` (``q += a h f_q(t + c h, p)``) or ``"kick"``
+    (``p += a h f_p(t + c h, q)``). The drift coefficients sum to 1, so do the kick
+    coefficients (consistency), and every node ``c`` lies strictly inside (0, 1). From the
+    tableau come ``step`` (``h < 0`` applies the adjoint method, the exact inverse of the
+    step over the same cell), :meth:`inverse`, ``evals``, ``symmetric`` and, in
+    ``memory="reversible"``, the backward pass.
 
     Args:
-        stepper: an instance with ``name``, ``order``, ``evals`` and ``step``.
-
-    Returns:
-        the same stepper, so the call can be used as a one-liner after the class.
+        name: the method name it is registered under.
+        order: the global order of convergence (read by the order tests).
+        tableau: the substeps ``(kind, a, c)`` in the order they are applied.
+        reference: where the method is published.
 
     Raises:
-        ValueError: if the name is empty or already taken.
+        ValueError: an unknown substep kind, a node outside (0, 1), non-finite coefficients,
+            or drift/kick coefficients that do not each sum to 1.
+
+    Reference: Hairer, Lubich & Wanner, *Geometric Numerical Integration*, Sect. II.5
+    (composition and splitting methods).
     """
-    if not stepper.name:
-        raise ValueError("register_stepper: the stepper has no `name`; set a class attribute")
-    if stepper.name in STEPPERS:
-        raise ValueError(
-            f"register_stepper: a stepper named {stepper.name!r} is already registered"
+
+    def __init__(
+        self,
+        name: str,
+        order: int,
+        tableau: Sequence[tuple[str, float, float]],
+        reference: str = "",
+    ):
+        rows = []
+        for row in tableau:
+            if len(row) != 3 or row[0] not in _HALVES:
+                raise ValueError(
+                    f"{name}: a tableau row is (kind, a, c) with kind 'drift' or 'kick', "
+                    f"got {row!r}"
+                )
+            kind, a, c = row[0], float(row[1]), float(row[2])
+            if not (math.isfinite(a) and 0.0 < c < 1.0):
+                raise ValueError(
+                    f"{name}: row {row!r} needs a finite coefficient a and a node c strictly "
+                    "inside (0, 1) (an evaluation at the cell's end would use the next cell's "
+                    "weights)"
+                )
+            rows.append((kind, a, c))
+        for kind in _HALVES:
+            total = sum(a for k, a, _ in rows if k == kind)
+            if abs(total - 1.0) > 1e-12:
+                raise ValueError(
+                    f"{name}: the {kind} coefficients sum to {total}, not 1; the method would "
+                    "not be consistent"
+                )
+        self.name = name
+        self.order = int(order)
+        self.tableau: tuple[tuple[str, float, float], ...] = tuple(rows)
+        self.reference = reference
+        self.symplectic = True
+        self.evals = (
+            sum(k == "drift" for k, _, _ in rows),
+            sum(k == "kick" for k, _, _ in rows),
         )
-    STEPPERS[stepper.name] = stepper
-    return stepper
+        adjoint = [(k, a, 1.0 - c) for k, a, c in reversed(rows)]
+        self.symmetric = all(
+            k1 == k2 and abs(a1 - a2) < 1e-12 and abs(c1 - c2) < 1e-12
+            for (k1, a1, c1), (k2, a2, c2) in zip(rows, adjoint)
+        )
+
+    def substeps(self, t: Tensor, h: float) -> list[Substep]:
+        """The substeps ``(half, τ, a h)`` of the step of ``h`` from ``t`` (half 0: drift)."""
+        if h >= 0:
+            return [(_HALVES[k], t + c * h, a * h) for k, a, c in self.tableau]
+        # The adjoint method: the forward step over the cell [t + h, t], undone.
+        return [(_HALVES[k], t + (1.0 - c) * h, a * h) for k, a, c in reversed(self.tableau)]
+
+    def step(self, func: SplitFunc, t: Tensor, h: float, state: SplitState) -> SplitState:
+        """Advance ``(q, p)`` from ``t`` by ``h``; see :meth:`Stepper.step`."""
+        f_q, f_p = func
+        q, p = state
+        for half, tau, coef in self.substeps(t, h):
+            if half == 0:
+                q = q + coef * f_q(tau, p)
+            else:
+                p = p + coef * f_p(tau, q)
+        return q, p
+
+    def inverse(self, func: SplitFunc, t: Tensor, h: float, state: SplitState) -> SplitState:
+        """The state ``y`` with ``step(func, t, h, y) == state``, to round-off.
+
+        Every substep is undone with the same evaluation time: ``x <- x - a h f(τ, y)``.
+        """
+        f_q, f_p = func
+        q, p = state
+        for half, tau, coef in reversed(self.substeps(t, h)):
+            if half == 0:
+                q = q - coef * f_q(tau, p)
+            else:
+                p = p - coef * f_p(tau, q)
+        return q, p
+
+    def __repr__(self) -> str:
+        return f"SplittingStepper(name={self.name!r}, order={self.order}, tableau={self.tableau})"
 
 
-for _cls in (SymplecticEuler, Leapfrog, Verlet, Yoshida4):
-    register_stepper(_cls())
+# Yoshida (1990), "Construction of higher order symplectic integrators", Phys. Lett. A 150.
+_CBRT2 = 2.0 ** (1.0 / 3.0)
+_W1 = 1.0 / (2.0 - _CBRT2)
+_W0 = -_CBRT2 / (2.0 - _CBRT2)
+
+
+def _verlet_rows(w: float, start: float) -> list[tuple[str, float, float]]:
+    """Kick–drift–kick of relative size ``w`` starting at relative time ``start``."""
+    mid = start + 0.5 * w
+    return [("kick", 0.5 * w, mid), ("drift", w, mid), ("kick", 0.5 * w, mid)]
+
+
+# The built-in methods: every number below is the whole description of a method.
+register_stepper(
+    SplittingStepper(
+        "symplectic_euler",
+        order=1,
+        tableau=[("drift", 1.0, 0.5), ("kick", 1.0, 0.5)],
+        reference="Ruthotto & Haber (2020), eq. (14); Hairer, Lubich & Wanner, Thm. VI.3.3",
+    )
+)
+register_stepper(
+    SplittingStepper(
+        # The paper's leapfrog, eq. (17), in staggered one-step form: with q = y, p = v it is
+        # y_{j+1} = 2 y_j - y_{j-1} + h^2 f(t_j, y_j) with y_{-1} = y_0 - h v_0. The two-step
+        # recursion is second order but that start is first-order accurate: order 1.
+        "leapfrog",
+        order=1,
+        tableau=[("kick", 1.0, 0.5), ("drift", 1.0, 0.5)],
+        reference="Ruthotto & Haber (2020), eq. (17)",
+    )
+)
+register_stepper(
+    SplittingStepper(
+        "verlet",
+        order=2,
+        tableau=_verlet_rows(1.0, 0.0),
+        reference="Störmer–Verlet; Hairer, Lubich & Wanner, Sect. I.3.1",
+    )
+)
+register_stepper(
+    SplittingStepper(
+        # The triple jump: Verlet steps of w1 h, w0 h, w1 h (w0 < 0).
+        "yoshida4",
+        order=4,
+        tableau=_verlet_rows(_W1, 0.0) + _verlet_rows(_W0, _W1) + _verlet_rows(_W1, _W1 + _W0),
+        reference="H. Yoshida, Phys. Lett. A 150 (1990) 262-268",
+    )
+)

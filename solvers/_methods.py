@@ -1,0 +1,84 @@
+"""The method names every entry point accepts, and what kind each one is."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._steppers import Stepper
+
+# torchdiffeq's method names, split by whether they control their own step. Its
+# "fixed_adams" is left out: a second name for "implicit_adams" (one name per thing).
+FIXED_STEP_METHODS = (
+    "euler",
+    "midpoint",
+    "heun2",
+    "heun3",
+    "rk4",
+    "explicit_adams",
+    "implicit_adams",
+)
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver")
+TORCHDIFFEQ_METHODS = FIXED_STEP_METHODS + ADAPTIVE_METHODS
+
+
+def methods() -> dict[str, str]:
+    """All method names the solvers accept, mapped to their kind.
+
+    Returns:
+        ``{name: kind}`` with kind one of ``"fixed"`` (torchdiffeq, fixed step),
+        ``"adaptive"`` (torchdiffeq, error-controlled) and ``"symplectic"`` (a registered
+        :class:`Stepper`, on a split state ``(q, p)``).
+    """
+    out = {m: "fixed" for m in FIXED_STEP_METHODS}
+    out.update({m: "adaptive" for m in ADAPTIVE_METHODS})
+    out.update({m: "symplectic" for m in STEPPERS})
+    return out
+
+
+def kind_of(method: object) -> str:
+    """The kind of ``method`` (see :func:`methods`), or a ValueError listing the names."""
+    kinds = methods()
+    if not isinstance(method, str) or method not in kinds:
+        raise ValueError(
+            f"unknown method {method!r}; valid methods are: {', '.join(sorted(kinds))}"
+        )
+    return kinds[method]
+
+
+STEPPERS: dict[str, Stepper] = {}
+
+
+def register_stepper(stepper: Stepper) -> Stepper:
+    """Register a stepper instance under ``stepper.name`` for every solver entry point.
+
+    A :class:`SplittingStepper` gets reversible memory and its inverse from its tableau; a
+    plain :class:`Stepper` must invert itself when ``step`` is called with ``-h``.
+
+    Args:
+        stepper: a :class:`Stepper` instance with ``name``, ``order``, ``evals`` and ``step``.
+
+    Returns:
+        the same stepper, so the call can be used as a one-liner.
+
+    Raises:
+        TypeError: if ``stepper`` is not a :class:`Stepper` instance.
+        ValueError: if the name is empty, taken by a stepper or a torchdiffeq method.
+    """
+    from ._steppers import Stepper
+
+    if not isinstance(stepper, Stepper):
+        raise TypeError(
+            f"register_stepper takes a Stepper instance, got {type(stepper).__name__}; "
+            "instantiate the class (register_stepper(MyStepper()))"
+        )
+    if not stepper.name:
+        raise ValueError("register_stepper: the stepper has no `name`; set one")
+    if stepper.name in STEPPERS or stepper.name in TORCHDIFFEQ_METHODS:
+        raise ValueError(f"register_stepper: a method named {stepper.name!r} already exists")
+    STEPPERS[stepper.name] = stepper
+    return stepper
+
+
+# The built-in steppers register themselves on import.
+from . import _steppers  # noqa: E402, F401

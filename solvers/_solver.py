@@ -1,0 +1,310 @@
+"""The solver as one immutable value, and the solution a solve returns."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._methods import STEPPERS, kind_of
+
+MEMORY_MODES = ("autograd", "reversible", "adjoint")
+# Options of the symplectic steppers (memory="reversible" only); the torchdiffeq methods
+# take torchdiffeq's options, passed through unchanged.
+_SPLIT_OPTIONS = ("checkpoint_every",)
+# The settings of the backward solve of memory="adjoint": torchdiffeq.odeint_adjoint's
+# adjoint_rtol / adjoint_atol / adjoint_method / adjoint_options.
+_BACKWARD_KEYS = ("rtol", "atol", "method", "options")
+# torchdiffeq's own default is 2**31 - 1 steps, which looks like a hang to a user whose
+# right-hand side has gone stiff or non-finite; `solve` stops earlier (odeint does not).
+DEFAULT_MAX_NUM_STEPS = 10_000
+
+
+def _check_tolerance(name: str, tol: Any) -> None:
+    if isinstance(tol, Tensor):
+        # Per-component tolerances, as torchdiffeq accepts them: the same rule per entry.
+        if not tol.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {tol.dtype}")
+        if tol.requires_grad:
+            raise ValueError(f"{name} must not require grad (detach it)")
+        if not bool(torch.isfinite(tol).all()) or not bool((tol > 0).all()):
+            raise ValueError(f"{name} must be positive and finite in every entry, got {tol}")
+        return
+    if (
+        isinstance(tol, bool)
+        or not isinstance(tol, (int, float))
+        or not (math.isfinite(tol) and tol > 0)
+    ):
+        raise ValueError(f"{name} must be a positive finite number, got {tol!r}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Solver:
+    """How to integrate: method, step size, tolerances, memory mode and options, validated once.
+
+    An immutable value: :meth:`replace` returns a new, revalidated one. Settings a method
+    cannot take are an error, never silently dropped or reset: ``replace`` keeps every
+    setting it is not given, so ``Solver("rk4", step_size=0.1).replace(method="dopri5")``
+    raises (dopri5 chooses its own steps) and ``replace(method="dopri5", step_size=None)``
+    is the change that works.
+
+    Args:
+        method: a name from :func:`solvers.methods` (default ``"dopri5"``, torchdiffeq's).
+        step_size: step of the fixed-step and symplectic methods, a positive float; ``None``
+            steps from output time to output time (torchdiffeq's behaviour). Adaptive
+            methods take none (``options={"first_step": h}`` sets their first step).
+        rtol, atol: tolerances of the adaptive methods: positive finite numbers, or
+            per-component tensors of the state's shape.
+        memory: how the backward pass gets its states: ``"autograd"`` (store every step),
+            ``"reversible"`` (symplectic methods: recompute each step's input by inverting
+            the step; exact gradient, memory independent of the number of steps) or
+            ``"adjoint"`` (torchdiffeq methods: ``torchdiffeq.odeint_adjoint``; gradient
+            approximate to the solver's accuracy).
+        options: torchdiffeq's options of the method (``perturb``, ``jump_t``,
+            ``max_num_steps``, ``first_step``, ...; adaptive methods stop after
+            ``max_num_steps=10_000`` steps unless told otherwise), or, for a symplectic
+            method with ``memory="reversible"``, ``checkpoint_every`` (store the state every
+            this many steps, bounding float32 reconstruction drift). The step size is
+            ``step_size``, never an option.
+        backward: ``memory="adjoint"`` only: settings of the adjoint solve, a mapping with
+            keys among ``rtol``, ``atol``, ``method``, ``options`` (torchdiffeq's
+            ``adjoint_*`` arguments); missing keys take torchdiffeq's defaults.
+        check_finite: check the initial state and the solution for NaN/Inf (a sync each)
+            and raise :class:`NonFiniteError` naming where it appeared.
+
+    Raises:
+        ValueError: an unknown method or memory mode, a step size the method cannot take
+            or an invalid one, tolerances that are not positive and finite, options the
+            method does not take, a memory mode the method does not support.
+        TypeError: options or backward not a mapping, check_finite not a bool.
+    """
+
+    method: str = "dopri5"
+    step_size: float | None = None
+    rtol: float | Tensor = 1e-7
+    atol: float | Tensor = 1e-9
+    memory: str = "autograd"
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    backward: Mapping[str, Any] | None = None
+    check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        kind = kind_of(self.method)
+        set_ = object.__setattr__
+        if self.step_size is not None:
+            if isinstance(self.step_size, (bool, Tensor)) or not isinstance(
+                self.step_size, (int, float)
+            ):
+                raise TypeError(
+                    f"step_size must be a Python float (the grid is fixed before stepping), "
+                    f"got {type(self.step_size).__name__}"
+                )
+            if not (math.isfinite(self.step_size) and self.step_size > 0):
+                raise ValueError(
+                    f"step_size must be a positive finite number, got {self.step_size}"
+                )
+            set_(self, "step_size", float(self.step_size))
+            if kind == "adaptive":
+                raise ValueError(
+                    f"step_size={self.step_size} is for fixed-step methods and {self.method!r} "
+                    "chooses its own steps from rtol/atol; pass step_size=None with it "
+                    "(options={'first_step': h} sets the first step)"
+                )
+        _check_tolerance("rtol", self.rtol)
+        _check_tolerance("atol", self.atol)
+        if self.memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {MEMORY_MODES}, got {self.memory!r}")
+        if self.memory == "reversible" and kind != "symplectic":
+            raise ValueError(
+                f"memory='reversible' needs a reversible method, and {self.method!r} is not "
+                f"one; use a symplectic method ({', '.join(sorted(STEPPERS))}) on a split "
+                "state, or memory='adjoint' / memory='autograd' for this method"
+            )
+        if self.memory == "adjoint" and kind == "symplectic":
+            raise ValueError(
+                f"memory='adjoint' is torchdiffeq's adjoint and does not apply to "
+                f"{self.method!r}; use memory='reversible' for exact gradients in constant memory"
+            )
+        if not isinstance(self.options, Mapping):
+            raise TypeError(f"options must be a dict, got {type(self.options).__name__}")
+        options = dict(self.options)
+        if "step_size" in options:
+            raise ValueError(
+                "pass the step size as Solver(step_size=...), not in options "
+                "(solvers.odeint takes torchdiffeq's options={'step_size': h})"
+            )
+        if kind == "symplectic":
+            allowed = _SPLIT_OPTIONS if self.memory == "reversible" else ()
+            extra = sorted(set(options) - set(allowed))
+            if extra:
+                hint = "" if allowed else " (memory='reversible' takes checkpoint_every)"
+                raise ValueError(f"method {self.method!r} takes no options {extra}{hint}")
+            every = options.get("checkpoint_every")
+            if every is not None and (
+                isinstance(every, bool) or not isinstance(every, int) or every < 1
+            ):
+                raise ValueError(f"checkpoint_every must be a positive int or None, got {every!r}")
+        elif kind == "fixed" and "grid_constructor" in options and self.step_size is not None:
+            raise ValueError("give either step_size or options['grid_constructor'], not both")
+        set_(self, "options", MappingProxyType(options))
+        if self.backward is not None:
+            if self.memory != "adjoint":
+                raise ValueError(
+                    f"backward= sets the adjoint solve and needs memory='adjoint', got "
+                    f"memory={self.memory!r}"
+                )
+            if not isinstance(self.backward, Mapping):
+                raise TypeError(f"backward must be a dict, got {type(self.backward).__name__}")
+            extra = sorted(set(self.backward) - set(_BACKWARD_KEYS))
+            if extra:
+                raise ValueError(f"backward takes keys {_BACKWARD_KEYS}, got {extra}")
+            back = dict(self.backward)
+            if "method" in back and kind_of(back["method"]) == "symplectic":
+                raise ValueError(f"backward method {back['method']!r} must be a torchdiffeq method")
+            for name in ("rtol", "atol"):
+                if name in back:
+                    _check_tolerance(f"backward {name}", back[name])
+            set_(self, "backward", MappingProxyType(back))
+        if not isinstance(self.check_finite, bool):
+            raise TypeError(f"check_finite must be a bool, got {self.check_finite!r}")
+
+    @property
+    def kind(self) -> str:
+        """``"fixed"``, ``"adaptive"`` or ``"symplectic"`` (see :func:`solvers.methods`)."""
+        return kind_of(self.method)
+
+    def replace(self, **changes: Any) -> Solver:
+        """A copy with ``changes`` applied and validated again; other settings are kept.
+
+        Raises:
+            TypeError: a name that is not a field of :class:`Solver`.
+            ValueError: the new combination is invalid (the message names the setting).
+        """
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - fields)
+        if unknown:
+            raise TypeError(f"Solver has no settings {unknown}; its settings are {sorted(fields)}")
+        try:
+            return dataclasses.replace(self, **changes)
+        except (ValueError, TypeError) as err:
+            kept = {k: getattr(self, k) for k in ("step_size", "memory") if k not in changes}
+            raise type(err)(f"Solver.replace({_kw(changes)}) keeps {_kw(kept)}: {err}") from err
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Solver):
+            return NotImplemented
+        return all(
+            _same(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # options may hold tensors
+
+    def __repr__(self) -> str:
+        parts = [f"{self.method!r}"]
+        for f in dataclasses.fields(self)[1:]:
+            value = getattr(self, f.name)
+            if f.name in ("options", "backward") and not value:
+                continue
+            if f.name not in ("options", "backward") and _same(value, f.default):
+                continue
+            shown = dict(value) if isinstance(value, MappingProxyType) else value
+            parts.append(f"{f.name}={shown!r}")
+        return f"Solver({', '.join(parts)})"
+
+
+def _kw(d: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in d.items())
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return (
+            isinstance(a, Tensor)
+            and isinstance(b, Tensor)
+            and a.shape == b.shape
+            and bool((a == b).all())
+        )
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """What a solve cost.
+
+    Attributes:
+        nfe: evaluations of the right-hand side (for a split state: of ``f_q`` plus ``f_p``).
+        steps: steps taken (accepted steps for adaptive methods; ``None`` for
+            ``scipy_solver``, which does not report them).
+        rejected: rejected steps of an adaptive method (``None`` for the others).
+        nfe_q, nfe_p: evaluations of ``f_q`` and ``f_p`` apart (split states only, else None).
+    """
+
+    nfe: int
+    steps: int | None
+    rejected: int | None = None
+    nfe_q: int | None = None
+    nfe_p: int | None = None
+
+    def as_dict(self) -> dict[str, int]:
+        """The statistics that apply to this solve, as a dict (``None`` entries left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def __add__(self, other: Stats) -> Stats:
+        def add(a, b):
+            return None if a is None or b is None else a + b
+
+        return Stats(
+            self.nfe + other.nfe,
+            add(self.steps, other.steps),
+            add(self.rejected, other.rejected),
+            add(self.nfe_q, other.nfe_q),
+            add(self.nfe_p, other.nfe_p),
+        )
+
+
+STATUSES = ("ok", "max_num_steps", "underflow", "nonfinite")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Solution:
+    """The result of :func:`solvers.solve`.
+
+    Attributes:
+        ts: ``(n_times,)`` the requested output times.
+        y_final: the state at ``ts[-1]``, ``(*shape)`` (a tuple for a tuple state); after a
+            failure with ``throw=False``, NaN like the later rows of ``ys``.
+        stats: the :class:`Stats` of the solve.
+        status: ``"ok"``, or why the solve stopped: ``"max_num_steps"``, ``"underflow"``
+            (adaptive step size), ``"nonfinite"`` (NaN/Inf in the state).
+        t_reached: the last output time with a valid state (``ts[-1]`` when ``"ok"``).
+        message: what went wrong (empty when ``"ok"``).
+    """
+
+    ts: Tensor
+    y_final: Any
+    stats: Stats
+    status: str = "ok"
+    t_reached: float | None = None
+    message: str = ""
+    saved: Any = dataclasses.field(default=None, repr=False)
+
+    @property
+    def ys(self) -> Any:
+        """``(n_times, *shape)``: the states at every output time (a tuple for a tuple state).
+
+        Raises:
+            ValueError: the solve was asked for the final state only (``save="final"``).
+        """
+        if self.saved is None:
+            raise ValueError(
+                "this solution holds the final state only (solve(..., save='final')); use "
+                "y_final, or solve with save='all' for every output time"
+            )
+        return self.saved

@@ -1,0 +1,166 @@
+"""The torchdiffeq methods: counting, the sync-free fixed-grid path, errors named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torchdiffeq
+from torch import Tensor, nn
+
+from . import _fixed_grid
+from ._errors import SolverError
+from ._grid import grid_constructor
+from ._solver import DEFAULT_MAX_NUM_STEPS, Solver, Stats
+from ._state import check_derivative
+
+try:
+    from torchdiffeq._impl.misc import _all_adjoint_callback_names, _all_callback_names
+    from torchdiffeq._impl.odeint import SOLVERS
+except ImportError:  # a torchdiffeq whose internals moved: count nothing but evaluations
+    _all_callback_names, _all_adjoint_callback_names, SOLVERS = [], [], None
+
+# Which statistic a callback of torchdiffeq's counts.
+_COUNTS = {
+    "callback_step": "steps",
+    "callback_accept_step": "steps",
+    "callback_reject_step": "rejected",
+}
+
+
+class _Counter(nn.Module):
+    """``func`` with its evaluations and steps counted; the user's callbacks still called.
+
+    The first evaluation's result is checked against the state (shape, dtype, structure).
+    """
+
+    def __init__(self, func, y0, method: str):
+        super().__init__()
+        self.func = func
+        self.y0 = y0
+        self.method = method
+        self.nfe = 0
+        self.steps = 0
+        self.rejected = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        out = self.func(t, y)
+        if self.nfe == 1:
+            check_derivative(out, self.y0, self.method)
+        return out
+
+
+def _callback(name: str, counts: str | None):
+    def callback(self, *args):
+        if counts is not None:
+            setattr(self, counts, getattr(self, counts) + 1)
+        user = getattr(self.func, name, None)
+        if user is not None:
+            return user(*args)
+        return None
+
+    callback.__name__ = name
+    return callback
+
+
+_CLASSES: dict[tuple, type] = {}
+
+
+def _counter(func, y0, method: str) -> _Counter:
+    """A counter whose callbacks are the method's own (counting) plus the user's.
+
+    Exactly the callbacks torchdiffeq would find on ``func``, plus the counting ones the
+    method supports: it then calls, and warns about, the same ones as for ``func`` itself.
+    """
+    valid = SOLVERS[method].valid_callbacks() if SOLVERS is not None else set()
+    names = tuple(n for n in _all_callback_names if n in valid and n in _COUNTS or hasattr(func, n))
+    names += tuple(n for n in _all_adjoint_callback_names if hasattr(func, n))
+    key = (names, tuple(n in valid for n in names))
+    if key not in _CLASSES:
+        body = {n: _callback(n, _COUNTS.get(n) if n in valid else None) for n in names}
+        _CLASSES[key] = type("_CountingFunc", (_Counter,), body)
+    return _CLASSES[key](func, y0, method)
+
+
+def integrate(
+    func, y0: Any, t: Tensor, ts: list[float], solver: Solver, params, final_only: bool
+) -> tuple[Any, Stats]:
+    """Solve with a torchdiffeq method; the solution stacked (or final) and its stats."""
+    method, kind = solver.method, solver.kind
+    options = dict(solver.options)
+    adjoint = solver.memory == "adjoint"
+    if kind == "fixed" and _fixed_grid.supports(func, t, method, options, adjoint):
+        # torchdiffeq's numbers without its per-step syncs and wrappers (see _fixed_grid).
+        sol, nfe, steps = _fixed_grid.integrate_fixed(
+            func, y0, t, ts, method, solver.step_size, options, final_only
+        )
+        return sol, Stats(nfe=nfe, steps=steps)
+    if kind == "fixed" and solver.step_size is not None:
+        # The one grid (see _grid), built from t so that t's gradient flows.
+        options["grid_constructor"] = grid_constructor(solver.step_size)
+    if kind == "adaptive" and method != "scipy_solver":
+        options.setdefault("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+    counter = _counter(func, y0, method)
+    kw: dict[str, Any] = {}
+    if adjoint:
+        if params is None and not isinstance(func, nn.Module):
+            raise TypeError(
+                "memory='adjoint' differentiates the parameters of func, which is not an "
+                "nn.Module: wrap it in a module, or pass the tensors as params="
+            )
+        if params is not None:
+            kw["adjoint_params"] = tuple(params)
+        for key, value in (solver.backward or {}).items():
+            kw[f"adjoint_{key}"] = dict(value) if key == "options" else value
+    solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
+    try:
+        sol = solve(
+            counter, y0, t, rtol=solver.rtol, atol=solver.atol, method=method, options=options, **kw
+        )
+    except (AssertionError, RuntimeError) as err:
+        raise _named(err, method, options) from err
+    if kind == "fixed" or method == "scipy_solver":
+        # scipy reports no steps to torchdiffeq's callbacks: None rather than a wrong 0.
+        steps = None if method == "scipy_solver" else counter.steps
+        stats = Stats(nfe=counter.nfe, steps=steps)
+    else:
+        stats = Stats(nfe=counter.nfe, steps=counter.steps, rejected=counter.rejected)
+    if final_only:
+        sol = tuple(s[-1] for s in sol) if isinstance(sol, tuple) else sol[-1]
+    return sol, stats
+
+
+def _named(err: Exception, method: str, options: dict[str, Any]) -> Exception:
+    msg = str(err)
+    if "underflow in dt" in msg:
+        return SolverError(
+            f"{method}: the step size underflowed ({msg}); the right-hand side is probably "
+            "stiff or not finite. Loosen rtol/atol, or use a fixed-step method",
+            status="underflow",
+        )
+    if "max_num_steps exceeded" in msg:
+        return SolverError(
+            f"{method}: more than {options.get('max_num_steps')} steps were needed ({msg}); "
+            "raise options={'max_num_steps': N}, loosen rtol/atol, or use a fixed-step method",
+            status="max_num_steps",
+        )
+    return err
+
+
+def odeint_event(func, y0, t, rtol, atol, method, options, event_fn, adjoint_kw):
+    """torchdiffeq's event handling, unchanged: ``(event_t, solution)``."""
+    if adjoint_kw is None:
+        return torchdiffeq.odeint(
+            func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn
+        )
+    return torchdiffeq.odeint_adjoint(
+        func,
+        y0,
+        t,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        event_fn=event_fn,
+        **adjoint_kw,
+    )
