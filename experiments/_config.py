@@ -23,7 +23,8 @@ class TrainConfig:
 
     ``lr_schedule`` is the piecewise-constant learning rate as ``[[epochs, lr], ...]``
     phases; ``smoothness`` is α1 of the paper's time-smoothness regularizer and
-    ``weight_decay`` its α2. Each stage has ``steps`` parameter sets over ``T = steps``
+    ``weight_decay`` its α2; ``recipe`` names the paper data set whose recipe
+    ``preset="paper"`` uses; ``bn_eps`` is the BatchNorm ε. Each stage has ``steps`` parameter sets over ``T = steps``
     (h = 1, the paper's); ``solver`` and ``step_size`` say how training integrates it. Build one with :func:`resolve_config` to get the recipe's
     defaults filled in and the options checked.
     """
@@ -33,6 +34,7 @@ class TrainConfig:
     data_root: str = "data"
     download: bool = False
     preset: str | None = None
+    recipe: str | None = None
     widths: list[int] = field(default_factory=lambda: [16, 32, 64])
     steps: int = 3
     step_size: float | None = None
@@ -47,6 +49,7 @@ class TrainConfig:
     tau: float = 1e-3
     clip_weights: bool = False
     augment: bool = False
+    bn_eps: float = 1e-5
     train_fraction: float = 1.0
     image_size: int | None = None
     seed: int = 0
@@ -91,8 +94,13 @@ PAPER_RECIPES: dict[str, dict[str, Any]] = {
     },
     "stl10": {"smoothness": 4e-4, "weight_decay": 1e-4, "lr_schedule": _PAPER_SCHEDULE},
 }
+# BatchNorm ε = 1e-4 is the authors' (SPEC.md, "The whole network"); PyTorch's is 1e-5.
+PAPER_BN_EPS = 1e-4
+# The image size of each recipe's data set (an image folder is resized to it).
+RECIPE_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "stl10": 96}
 for _r in PAPER_RECIPES.values():
     _r.update(batch_size=125, momentum=0.9, augment=True, clip_weights=True, steps=3)
+    _r["bn_eps"] = PAPER_BN_EPS
     _r["epochs"] = int(sum(p[0] for p in _r["lr_schedule"]))
 
 # The quick recipe (no --preset): small widths, a 12-epoch schedule with two decays. On
@@ -157,8 +165,9 @@ def resolve_config(base: TrainConfig | None = None, **given: Any) -> TrainConfig
     """A checked :class:`TrainConfig` from explicitly ``given`` options (``None`` = unset).
 
     Options not given come from ``base`` when resuming, else from the recipe: the paper's
-    for ``preset="paper"``, the quick one otherwise. ``epochs`` and ``lr`` given with a
-    recipe stretch and scale its schedule.
+    for ``preset="paper"`` (of data set ``recipe``: by default ``dataset`` itself; an
+    image folder must name one), the quick one otherwise. ``epochs`` and ``lr`` given
+    with a recipe stretch and scale its schedule; a given ``lr_schedule`` replaces it.
 
     Raises:
         ConfigError: an invalid value or two options that contradict each other, with
@@ -187,18 +196,40 @@ def resolve_config(base: TrainConfig | None = None, **given: Any) -> TrainConfig
     preset = given.get("preset")
     if preset is not None and preset != "paper":
         raise ConfigError(f"--preset must be 'paper', got {preset!r}")
+    recipe_name = given.get("recipe")
+    if recipe_name is not None and recipe_name not in PAPER_DATASETS:
+        raise ConfigError(f"--recipe must be one of {list(PAPER_DATASETS)}, got {recipe_name!r}")
+    if recipe_name is not None and preset != "paper":
+        raise ConfigError(
+            f"--recipe {recipe_name} names which of the paper's recipes --preset paper uses; "
+            "add --preset paper (or drop --recipe for the quick recipe)"
+        )
     if preset == "paper":
-        if dataset not in PAPER_DATASETS:
+        if dataset in PAPER_DATASETS and recipe_name not in (None, dataset):
             raise ConfigError(
-                f"--preset paper is the recipe of the paper's data sets {list(PAPER_DATASETS)}; "
-                f"--dataset {dataset} has none (drop --preset to use the quick recipe)"
+                f"--recipe {recipe_name} contradicts --dataset {dataset}, whose recipe is "
+                f"its own; drop --recipe"
             )
+        if dataset == "imagefolder" and recipe_name is None:
+            raise ConfigError(
+                "--preset paper on an image folder needs --recipe, the paper data set whose "
+                f"recipe and network to use: one of {list(PAPER_DATASETS)} (e.g. --recipe "
+                "cifar10 for CIFAR-10 images in class folders)"
+            )
+        if dataset not in PAPER_DATASETS and dataset != "imagefolder":
+            raise ConfigError(
+                f"--preset paper is the recipe of the paper's data sets {list(PAPER_DATASETS)} "
+                f"(or of an image folder holding one, with --recipe); --dataset {dataset} has "
+                "none (drop --preset to use the quick recipe)"
+            )
+        recipe_name = recipe_name or dataset
+        given["recipe"] = recipe_name
         if "widths" in given:
             raise ConfigError(
                 "--widths contradicts --preset paper, whose widths are the paper's Table 1 "
                 "(PDECNN.from_paper); drop one of them"
             )
-        recipe = dict(PAPER_RECIPES[dataset], widths=None)
+        recipe = dict(PAPER_RECIPES[recipe_name], widths=None)
     else:
         recipe = dict(QUICK_RECIPE, augment=dataset != "digits")
     cfg = TrainConfig(dataset=dataset, preset=preset, out=f"runs/{dataset}-parabolic")
@@ -211,10 +242,16 @@ def resolve_config(base: TrainConfig | None = None, **given: Any) -> TrainConfig
     _positive("--epochs", given.get("epochs"))
     _positive("--lr", given.get("lr"), float)
     epochs = given.get("epochs", cfg.epochs)
-    cfg.lr_schedule = scale_schedule(recipe["lr_schedule"], epochs, given.get("lr"))
+    if "lr_schedule" in given:
+        if "lr" in given:
+            raise ConfigError("lr and lr_schedule contradict each other; give one of them")
+        cfg.lr_schedule = [[int(n), float(rate)] for n, rate in given["lr_schedule"]]
+        epochs = given.get("epochs", int(sum(n for n, _ in cfg.lr_schedule)))
+    else:
+        cfg.lr_schedule = scale_schedule(recipe["lr_schedule"], epochs, given.get("lr"))
     cfg.epochs = epochs
     if cfg.dataset == "imagefolder" and cfg.image_size is None:
-        cfg.image_size = 32
+        cfg.image_size = RECIPE_IMAGE_SIZE.get(cfg.recipe, 32)
     _check(cfg)
     return cfg
 
@@ -222,6 +259,8 @@ def resolve_config(base: TrainConfig | None = None, **given: Any) -> TrainConfig
 def _check(cfg: TrainConfig) -> None:
     if cfg.arch not in ARCHS:
         raise ConfigError(f"--arch must be one of {list(ARCHS)}, got {cfg.arch!r}")
+    if not isinstance(cfg.bn_eps, (int, float)) or not cfg.bn_eps > 0:
+        raise ConfigError(f"bn_eps must be a positive float, got {cfg.bn_eps!r}")
     for name in ("epochs", "batch_size", "steps"):
         _positive(f"--{name.replace('_', '-')}", getattr(cfg, name))
     if cfg.step_size is not None:
@@ -305,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data-root", help="where data sets live (default: data)")
     a("--download", action="store_true", default=None, help="download a missing data set")
     a("--preset", choices=("paper",), help="the paper's recipe for the data set (SPEC.md)")
+    a("--recipe", choices=PAPER_DATASETS, help="with --preset paper: whose recipe (imagefolder)")
     a("--widths", type=_widths, help="stage widths plus the final width, e.g. 16,32,64")
     a("--steps", type=int, help="time steps (parameter sets) per stage (default 3)")
     a("--epochs", type=int, help="epochs; a recipe's lr schedule is stretched to fit")

@@ -98,6 +98,106 @@ def plot_probabilities(images, probs, labels, classes, mean, std, path: Path, n:
     plt.close(fig)
 
 
+def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Validation accuracy per epoch of several networks in one plot (the paper's Fig. 4).
+
+    ``curves`` maps a network's name to its ``metrics.csv`` rows.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for name, rows in curves.items():
+        ep = [r["epoch"] for r in rows]
+        ax.plot(ep, [100 * r["val_accuracy"] for r in rows], "o-", ms=3, label=name)
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion_grid(results: dict[str, tuple], classes: list[str], path: Path) -> None:
+    """Test confusion matrices of several networks side by side (the paper's Fig. 3).
+
+    ``results`` maps a network's name to ``(labels (n,), predictions (n,))``; entries are
+    percentages of each true class (rows sum to 100).
+    """
+    plt = _plt()
+    k, m = len(classes), len(results)
+    cols = min(m, 2)
+    rows_ = (m + cols - 1) // cols
+    fig, axes = plt.subplots(rows_, cols, figsize=(5.0 * cols, 4.6 * rows_), squeeze=False)
+    for ax, (name, (labels, preds)) in zip(axes.flat, results.items()):
+        cm = confusion_matrix(labels, preds, k).double()
+        pct = 100 * cm / cm.sum(1, keepdim=True).clamp_min(1)
+        ax.imshow(pct.numpy(), cmap="Blues", vmin=0, vmax=100)
+        ax.set_xticks(range(k), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), classes, fontsize=7)
+        acc = (labels == preds).double().mean().item()
+        ax.set(xlabel="predicted", ylabel="true", title=f"{name} ({acc:.1%})")
+        if k <= 20:
+            for i in range(k):
+                for j in range(k):
+                    v = pct[i, j].item()
+                    if v >= 0.5:
+                        color = "white" if v > 50 else "black"
+                        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6, color=color)
+    for ax in list(axes.flat)[m:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_probability_grid(images, probs, labels, kinds, classes, path: Path) -> None:
+    """Test images with every network's class probabilities (the paper's Fig. 1).
+
+    Args:
+        images: ``(n, channels, height, width)`` in [0, 1] (clipped for display).
+        probs: network name -> ``(n, classes)`` probabilities.
+        labels: the ``n`` true classes.
+        kinds: the ``n`` reasons each image was chosen (shown in its title).
+        classes: class names.
+    """
+    plt = _plt()
+    n, k = len(labels), len(classes)
+    names = list(probs)
+    fig, axes = plt.subplots(
+        1 + len(names), n, figsize=(1.9 * n, 1.9 + 1.6 * len(names)), squeeze=False
+    )
+    for c in range(n):
+        x = images[c].clamp(0, 1)
+        ax = axes[0, c]
+        ax.imshow(x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy(), cmap="gray")
+        ax.set_title(f"{kinds[c]}\ntrue: {classes[labels[c]]}", fontsize=8)
+        ax.axis("off")
+        for r, name in enumerate(names, 1):
+            ax = axes[r, c]
+            p = probs[name][c]
+            pred = int(p.argmax())
+            colors = [
+                "tab:green" if j == labels[c] else "tab:red" if j == pred else "tab:gray"
+                for j in range(k)
+            ]
+            ax.barh(range(k), p.numpy(), color=colors)
+            ax.set_yticks(range(k), classes if c == 0 and k <= 20 else [""] * k, fontsize=6)
+            ax.invert_yaxis()
+            ax.set_xlim(0, 1)
+            ax.tick_params(axis="x", labelsize=6)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def recipe_name(cfg) -> str:
+    """Which recipe a config trains with, in words (``report.json``'s ``recipe``)."""
+    if cfg.preset == "paper":
+        return f"paper {cfg.recipe or cfg.dataset}"
+    return "quick, with the options of config.json"
+
+
 def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_seconds, world):
     """Write report.json, report.md and the figures; return the report dict."""
     preds = test["probs"].argmax(1)
@@ -111,6 +211,8 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         "arch": cfg.arch,
         "dataset": cfg.dataset,
         "preset": cfg.preset,
+        "recipe": recipe_name(cfg),
+        "bn_eps": cfg.bn_eps,
         "widths": list(net.widths),
         "epochs": cfg.epochs,
         "best_epoch": best["epoch"],
@@ -131,6 +233,8 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         "seed": cfg.seed,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    # The best weights' test probabilities, for figures that compare runs (Table 1).
+    torch.save({"probs": test["probs"].float(), "labels": test["labels"]}, out / "predictions.pt")
 
     plot_curves(rows, out / "curves.png")
     plot_confusion(cm, data.classes, out / "confusion.png")
@@ -153,6 +257,9 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         "",
         f"- test accuracy **{report['test_accuracy']:.2%}**, test cross-entropy "
         f"{report['test_loss']:.4f} (best validation epoch {best['epoch']} of {cfg.epochs})",
+        f"- recipe: {report['recipe']}; BatchNorm ε {cfg.bn_eps:g}, α1 {cfg.smoothness:g}, "
+        f"α2 {cfg.weight_decay:g}, augmentation {'on' if cfg.augment else 'off'}, weight "
+        f"clipping {'on' if cfg.clip_weights else 'off'}",
         f"- {report['params']:,} parameters, widths {report['widths']}, {cfg.steps} steps of "
         f"h = 1 per stage, trained with {cfg.solver or 'the paper scheme'}"
         f"{'' if cfg.step_size is None else f' at step {cfg.step_size}'}",

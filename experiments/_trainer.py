@@ -48,11 +48,11 @@ class NonFiniteLossError(FloatingPointError):
 
 def build_model(cfg: TrainConfig, in_channels: int, num_classes: int) -> neuralpde.PDECNN:
     """The network a config describes (the paper's Table 1 network under ``preset="paper"``)."""
-    kw: dict[str, Any] = {"steps": cfg.steps}
+    kw: dict[str, Any] = {"steps": cfg.steps, "bn_eps": cfg.bn_eps}
     if cfg.memory is not None:
         kw["memory"] = cfg.memory
     if cfg.preset == "paper":
-        net = neuralpde.PDECNN.from_paper(cfg.dataset, cfg.arch, **kw)
+        net = neuralpde.PDECNN.from_paper(cfg.recipe or cfg.dataset, cfg.arch, **kw)
     else:
         net = neuralpde.PDECNN(cfg.arch, in_channels, num_classes, tuple(cfg.widths), **kw)
     if cfg.solver is not None or cfg.step_size is not None:

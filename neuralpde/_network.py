@@ -25,10 +25,14 @@ PAPER_PRESETS = {
 }
 
 
-def _conv_bn_relu(c_in: int, c_out: int, k: int) -> nn.Sequential:
+# BatchNorm ε of the authors' code (Meganet, DynamicBlocks); PyTorch's default is 1e-5.
+PAPER_BN_EPS = 1e-4
+
+
+def _conv_bn_relu(c_in: int, c_out: int, k: int, bn_eps: float) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False),
-        nn.BatchNorm2d(c_out),
+        nn.BatchNorm2d(c_out, eps=bn_eps),
         nn.ReLU(inplace=False),
     )
 
@@ -54,6 +58,8 @@ class PDECNN(nn.Module):
             ``"reversible"`` (hyperbolic archs: exact gradients in memory independent of
             ``steps``) or ``"adjoint"`` (Runge–Kutta methods; approximate gradients); see
             :meth:`Stage.set_solver`.
+        bn_eps: ε of every BatchNorm (PyTorch's default 1e-5; the authors' code, and
+            :meth:`from_paper`, use 1e-4: SPEC.md, "The whole network").
         solver_options: ``step_size``/``rtol``/``atol``/torchdiffeq options for ``method``.
 
     ``forward(x)``: ``x (batch, in_channels, height, width)`` -> logits
@@ -71,9 +77,12 @@ class PDECNN(nn.Module):
         interpolation: str = "constant",
         method: str | None = None,
         memory: str = "autograd",
+        bn_eps: float = 1e-5,
         **solver_options: Any,
     ):
         super().__init__()
+        if not isinstance(bn_eps, (int, float)) or isinstance(bn_eps, bool) or not bn_eps > 0:
+            raise ValueError(f"PDECNN: bn_eps must be a positive float, got {bn_eps!r}")
         if arch not in ARCHS:
             raise ValueError(f"PDECNN: unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
         for name, v in (("in_channels", in_channels), ("num_classes", num_classes)):
@@ -94,7 +103,7 @@ class PDECNN(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.widths = widths
-        self.opening = _conv_bn_relu(in_channels, widths[0], 3)
+        self.opening = _conv_bn_relu(in_channels, widths[0], 3, bn_eps)
         rhs_cls = ARCHS[arch]
         self.stages = nn.ModuleList()
         self.connectors = nn.ModuleList()
@@ -102,7 +111,7 @@ class PDECNN(nn.Module):
             stage = Stage(rhs_cls(widths[k], steps, step_size, interpolation))
             stage.index = k
             self.stages.append(stage)
-            self.connectors.append(_conv_bn_relu(widths[k], widths[k + 1], 1))
+            self.connectors.append(_conv_bn_relu(widths[k], widths[k + 1], 1, bn_eps))
         self.classifier = nn.Linear(widths[-1], num_classes)
         if method is not None or solver_options or memory != "autograd":
             self.set_solver(method, memory=memory, **solver_options)
@@ -111,13 +120,14 @@ class PDECNN(nn.Module):
     def from_paper(cls, dataset: str, arch: str, **kwargs: Any) -> PDECNN:
         """The network of the paper's Table 1 for ``dataset`` (``"stl10"``, ``"cifar10"``,
         ``"cifar100"``): its widths, 3 steps of h = 1 per stage, and exactly its parameter
-        count. ``kwargs`` go to :class:`PDECNN` (e.g. ``steps=5``)."""
+        count, and the authors' BatchNorm ε = 1e-4. ``kwargs`` go to :class:`PDECNN` (e.g.
+        ``steps=5``)."""
         if dataset not in PAPER_PRESETS:
             raise ValueError(
                 f"PDECNN.from_paper: unknown preset {dataset!r}; choose one of "
                 f"{sorted(PAPER_PRESETS)}"
             )
-        return cls(arch, **PAPER_PRESETS[dataset], **kwargs)
+        return cls(arch, **PAPER_PRESETS[dataset], **{"bn_eps": PAPER_BN_EPS, **kwargs})
 
     def set_solver(
         self,

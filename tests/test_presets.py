@@ -1,6 +1,7 @@
 """Parameter counts of the paper presets (Table 1 of Ruthotto & Haber 2020)."""
 
 import pytest
+import torch
 
 import neuralpde
 
@@ -57,3 +58,38 @@ def test_unknown_preset_and_arch():
         neuralpde.PDECNN.from_paper("mnist", "parabolic")
     with pytest.raises(ValueError, match="unknown arch 'elliptic'"):
         neuralpde.PDECNN.from_paper("cifar10", "elliptic")
+
+
+def test_paper_presets_use_the_authors_batchnorm_eps():
+    # SPEC.md, "The whole network": the authors' BatchNorm has ε = 1e-4 and a running
+    # average factor of 0.9 (PyTorch's momentum 0.1); custom networks keep PyTorch's 1e-5.
+    for dataset in ("stl10", "cifar10", "cifar100"):
+        bns = [m for m in neuralpde.PDECNN.from_paper(dataset, "parabolic").modules()
+               if isinstance(m, torch.nn.BatchNorm2d)]  # fmt: skip
+        assert len(bns) == len(neuralpde._network.PAPER_PRESETS[dataset]["widths"])
+        assert {(m.eps, m.momentum) for m in bns} == {(1e-4, 0.1)}
+    custom = neuralpde.PDECNN("parabolic", 3, 10, (8, 16))
+    assert {m.eps for m in custom.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-5}
+    own = neuralpde.PDECNN("hamiltonian", 3, 10, (8, 16), bn_eps=1e-3)
+    assert {m.eps for m in own.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}
+    assert neuralpde.PDECNN.from_paper("cifar10", "resnet", bn_eps=1e-5).opening[1].eps == 1e-5
+    with pytest.raises(ValueError, match="bn_eps must be a positive float"):
+        neuralpde.PDECNN("parabolic", 3, 10, (8, 16), bn_eps=0.0)
+
+
+def test_batchnorm_eps_changes_eval_logits_the_way_spec_says():
+    # The same weights with ε = 1e-4 and 1e-5 give different eval-mode logits (by ~1e-2 on
+    # trained statistics); with equal ε they agree exactly.
+    torch.manual_seed(0)
+    a = neuralpde.PDECNN.from_paper("cifar10", "parabolic").eval()
+    b = neuralpde.PDECNN.from_paper("cifar10", "parabolic", bn_eps=1e-5).eval()
+    c = neuralpde.PDECNN.from_paper("cifar10", "parabolic").eval()
+    for m in a.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(1e-4, 1e-3)  # small variances: where ε matters
+    b.load_state_dict(a.state_dict())
+    c.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(a(x), c(x))
+        assert (a(x) - b(x)).abs().max() > 1e-3

@@ -1,0 +1,79 @@
+"""``python -m experiments.table1``: the paper's Table 1 and Figs. 1, 3, 4 on CIFAR-10 images.
+
+Trains the parabolic, Hamiltonian and second-order networks and the ResNet control with
+one budget on an image folder and writes ``results.md``, ``results.json`` and the figures:
+
+    python -m experiments.table1 --data-root ../shared/data/cifar10-jpeg --budget cpu
+
+``--budget cpu`` is a reduced recipe for 2 CPU cores (widths 16-32-64-64, 5 epochs);
+``--budget paper`` is the paper's full recipe (for a GPU). ``--resume`` continues a
+half-done table: finished networks are kept, a half-done one resumes from its ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from ._checkpoint import CheckpointError
+from ._config import ConfigError, _widths
+from ._data import DatasetNotFoundError
+from ._table1 import BUDGETS, TABLE1_ARCHS, table1
+from ._trainer import NonFiniteLossError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.table1",
+        description="Train the networks of the paper's Table 1 on CIFAR-10 images in class "
+        "folders with one budget; write results.md, results.json and Figs. 1, 3 and 4.",
+        allow_abbrev=False,
+    )
+    a = p.add_argument
+    a("--data-root", required=True, help="image folder: train/<class>/*, test/<class>/*")
+    a("--budget", choices=sorted(BUDGETS), default="cpu", help="cpu (reduced) or paper (GPU)")
+    a("--out", default="runs/table1", help="output directory (default: runs/table1)")
+    a("--resume", action="store_true", help="continue a half-done table in --out")
+    a("--archs", default=",".join(TABLE1_ARCHS), help="networks, in training order")
+    a("--epochs", type=int, help="stretch the budget's schedule to this many epochs")
+    a("--widths", type=_widths, help="cpu budget: other stage and final widths")
+    a("--train-fraction", type=float, help="use this fraction of the 40,000 training images")
+    a("--threads", type=int, help="CPU threads (cpu budget: 2)")
+    a("--device", help="cpu, cuda, cuda:N (default: cpu)")
+    a("--seed", type=int, help="seed of initialization and data order (default 0)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = "python -m experiments.table1 " + shlex.join(sys.argv[1:] if argv is None else argv)
+    try:
+        r = table1(
+            args.data_root,
+            args.budget,
+            args.out,
+            resume=args.resume,
+            archs=tuple(args.archs.split(",")),
+            epochs=args.epochs,
+            command=command,
+            widths=args.widths,
+            train_fraction=args.train_fraction,
+            threads=args.threads,
+            device=args.device,
+            seed=args.seed,
+        )
+    except (ConfigError, DatasetNotFoundError, CheckpointError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
+    print()
+    for arch, n in r["networks"].items():
+        print(f"{arch:<13} test accuracy {n['test_accuracy']:.2%}  ({n['params']:,} parameters)")
+    print(f"\nresults in {args.out}/: results.md, results.json, fig1_probabilities.png, "
+          "fig3_confusion.png, fig4_validation.png")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
