@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from torch import nn
+from torch import Tensor, nn
 
 import neuralpde
 import solvers
@@ -289,14 +289,19 @@ def test_example_runs(script):
 # --- the solver table of "Choosing a solver" -----------------------------------------------
 
 
-def _solver_table() -> dict[str, list[str]]:
-    rows = {}
+def _solver_table(columns: tuple[str, str] = ("method", "scheme")) -> dict[str, dict[str, str]]:
+    """The table whose header starts with ``columns``: ``{method: {column header: cell}}``."""
+    rows, header = {}, None
     for line in (DOCS / "choosing-a-solver.md").read_text().splitlines():
-        # The methods table: `name` | kind | order | symplectic | reversible | NFE per step.
-        m = re.match(r"\|\s*`(\w+)`\s*\|(.*)\|\s*$", line)
-        cells = [c.strip() for c in m[2].split("|")] if m else []
-        if len(cells) == 5:
-            rows[m[1]] = cells
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[:2] == list(columns):
+            header = cells
+        elif header and line.startswith("|") and len(cells) == len(header):
+            m = re.fullmatch(r"`(\w+)`", cells[0])
+            if m:
+                rows[m[1]] = dict(zip(header, cells))
+        elif header and not line.startswith("|"):
+            break
     return rows
 
 
@@ -304,17 +309,34 @@ def test_solver_table_lists_every_method_with_its_kind():
     table = _solver_table()
     assert set(table) == set(solvers.methods())
     for name, kind in solvers.methods().items():
-        assert table[name][0] == kind, name
+        assert table[name]["kind"] == kind, name
         reversible = "yes" if kind == "symplectic" else "no"
-        assert table[name][2] == table[name][3] == reversible, name
+        assert table[name]["symplectic"] == table[name]["reversible"] == reversible, name
+        # Every row names its scheme, with a reference or the scheme it is built from.
+        assert len(table[name]["scheme"]) > 10, name
+    assert "3/8 rule" in table["rk4"]["scheme"] and "not" in table["rk4"]["scheme"]
+    # ... and "What each name computes" gives each one's step and reference.
+    steps = _solver_table(("method", "one step"))
+    assert set(steps) == set(solvers.methods())
+    assert all(row["one step"] and row["reference"] for row in steps.values())
+    assert "Kutta (1901)" in steps["rk4"]["reference"]
 
 
 def test_solver_table_orders_match_the_steppers():
+    """The order column is the order the method declares (ours, or torchdiffeq's class)."""
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    from solvers._methods import STEPPERS
+
     table = _solver_table()
-    steppers = {cls.name: cls for cls in solvers.Stepper.__subclasses__() if cls.name}
-    for name, cls in steppers.items():
-        if name in table:
-            assert table[name][1].startswith(str(cls.order)), name
+    declared = {name: stepper.order for name, stepper in STEPPERS.items()}
+    declared.update({n: SOLVERS[n].order for n, k in solvers.methods().items() if k == "fixed"})
+    declared.update(
+        {n: SOLVERS[n].order for n in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")}
+    )
+    assert len(declared) >= 15
+    for name, order in declared.items():
+        assert re.match(rf"{order}\b", table[name]["order"]), (name, order)
 
 
 def test_solver_table_nfe_is_what_odeint_reports():
@@ -324,19 +346,172 @@ def test_solver_table_nfe_is_what_odeint_reports():
     y0 = torch.ones(3, dtype=torch.float64)
     checked = 0
     for name, kind in solvers.methods().items():
-        m = re.fullmatch(r"(\d+)(?: \((\d+) \+ (\d+)\))?", table[name][4])
+        m = re.fullmatch(r"(\d+)(?: \((\d+) \+ (\d+)\))?", table[name]["NFE per step"])
         if kind == "adaptive" or m is None:
             continue
+        solver = solvers.Solver(name, step_size=0.25)
         if kind == "symplectic":
             split = (lambda t, p: p, lambda t, q: -q)
-            _, stats = solvers.odeint(
-                split, (y0, y0), t, method=name, step_size=0.25, return_stats=True
-            )
-            assert (stats["nfe_q"] / 4, stats["nfe_p"] / 4) == (int(m[2]), int(m[3])), name
+            stats = solvers.solve(split, (y0, y0), t, solver).stats
+            assert (stats.nfe_q / 4, stats.nfe_p / 4) == (int(m[2]), int(m[3])), name
         else:
-            _, stats = solvers.odeint(
-                lambda t, y: -y, y0, t, method=name, step_size=0.25, return_stats=True
-            )
-        assert stats["steps"] == 4 and stats["nfe"] == 4 * int(m[1]), (name, stats)
+            stats = solvers.solve(lambda t, y: -y, y0, t, solver).stats
+        assert stats.steps == 4 and stats.nfe == 4 * int(m[1]), (name, stats)
         checked += 1
     assert checked >= 9  # euler ... rk4 and the four symplectic steppers
+
+
+# --- what each method name computes (the "What each name computes" table) ------------------
+
+F64 = torch.float64
+# Butcher tableaus (c, A, b) from the literature, as the page gives them.
+_THIRD = 1 / 3
+TABLEAUS = {
+    "euler": ([0.0], [[]], [1.0]),
+    "midpoint": ([0.0, 0.5], [[], [0.5]], [0.0, 1.0]),
+    "heun2": ([0.0, 1.0], [[], [1.0]], [0.5, 0.5]),
+    "heun3": ([0.0, _THIRD, 2 * _THIRD], [[], [_THIRD], [0.0, 2 * _THIRD]], [0.25, 0.0, 0.75]),
+    # Kutta's 3/8 rule (Kutta 1901).
+    "rk4": (
+        [0.0, _THIRD, 2 * _THIRD, 1.0],
+        [[], [_THIRD], [-_THIRD, 1.0], [1.0, -1.0, 1.0]],
+        [0.125, 0.375, 0.375, 0.125],
+    ),
+    "bosh3": ([0.0, 0.5, 0.75], [[], [0.5], [0.0, 0.75]], [2 / 9, 1 / 3, 4 / 9]),
+    "fehlberg2": (
+        [0.0, 0.5, 1.0],
+        [[], [0.5], [1 / 256, 255 / 256]],
+        [1 / 512, 255 / 256, 1 / 512],
+    ),
+    "adaptive_heun": ([0.0, 1.0], [[], [1.0]], [0.5, 0.5]),
+}
+# The classical Runge-Kutta method, which no method name denotes.
+CLASSICAL_RK4 = (
+    [0.0, 0.5, 0.5, 1.0],
+    [[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]],
+    [1 / 6, 1 / 3, 1 / 3, 1 / 6],
+)
+
+
+def _rk_step(f, t0: float, y, h: float, tableau) -> tuple[Tensor, list[Tensor]]:
+    """One explicit Runge-Kutta step, written out from its tableau."""
+    c, A, b = tableau
+    k = []
+    for ci, row in zip(c, A):
+        yi = y + h * sum((a * kj for a, kj in zip(row, k)), torch.zeros_like(y))
+        k.append(f(torch.tensor(t0 + ci * h, dtype=F64), yi))
+    return y + h * sum(bi * ki for bi, ki in zip(b, k)), k
+
+
+def _nonlinear(t, y):
+    # Nonlinear and time-dependent: one step tells the stage times and weights apart.
+    return torch.sin(3 * t) - y**2 + t * y
+
+
+def _one_step(method: str, f, y0, h: float):
+    t = torch.tensor([0.0, h], dtype=F64)
+    if solvers.methods()[method] == "adaptive":
+        # Tolerances that accept any step, and a first step of h: one step of the pair.
+        solver = solvers.Solver(method, rtol=1e3, atol=1e3, options={"first_step": h})
+    else:
+        solver = solvers.Solver(method, step_size=h)
+    return solvers.solve(f, y0, t, solver).y_final
+
+
+@pytest.mark.parametrize("method", sorted(TABLEAUS))
+def test_runge_kutta_methods_are_the_documented_tableaus(method):
+    y0 = torch.tensor([0.7, -0.3, 1.1], dtype=F64)
+    expected, _ = _rk_step(_nonlinear, 0.0, y0, 0.8, TABLEAUS[method])
+    got = _one_step(method, _nonlinear, y0, 0.8)
+    torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
+
+
+def test_rk4_is_the_three_eighths_rule_not_the_classical_one():
+    # y' = t^4 on one step [0, 1] is a quadrature: the 3/8 rule gives (3/81 + 48/81 + 1)/8
+    # = 11/54, Simpson's rule (the classical method) 5/24; the integral is 1/5.
+    y0 = torch.zeros(1, dtype=F64)
+    got = _one_step("rk4", lambda t, y: t**4 + 0 * y, y0, 1.0)
+    assert abs(got.item() - 11 / 54) < 1e-15 and abs(got.item() - 5 / 24) > 4e-3
+    # On a nonlinear problem the two differ by far more than round-off.
+    y0 = torch.tensor([0.7, -0.3, 1.1], dtype=F64)
+    classical, _ = _rk_step(_nonlinear, 0.0, y0, 0.8, CLASSICAL_RK4)
+    assert (_one_step("rk4", _nonlinear, y0, 0.8) - classical).abs().max() > 0.05
+
+
+def test_rk4_stage_with_linear_weights_is_the_three_eighths_rule():
+    """A network stage with linearly interpolated θ(t) at h = 1: the 3/8 rule, step by step."""
+    torch.manual_seed(0)
+    rhs = neuralpde.ParabolicRHS(4, steps=3, step_size=1.0, interpolation="linear").double()
+    stage = neuralpde.Stage(rhs, method="rk4", step_size=1.0)
+    x = torch.randn(2, 4, 6, 6, dtype=F64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = stage(x)
+        ours, classical = x, x
+        for n in range(3):
+            ours, _ = _rk_step(rhs, float(n), ours, 1.0, TABLEAUS["rk4"])
+            classical, _ = _rk_step(rhs, float(n), classical, 1.0, CLASSICAL_RK4)
+    torch.testing.assert_close(out, ours, rtol=1e-12, atol=1e-12)
+    assert (out - classical).abs().max() > 0.1  # 0.31 for this seed
+
+
+@pytest.mark.parametrize("method", ["fehlberg2", "adaptive_heun"])
+def test_fsal_reuses_the_lower_order_point(method):
+    """torchdiffeq starts step two with f at the lower-order solution (see the footnote)."""
+    y0 = torch.tensor([0.7, -0.3], dtype=F64)
+    h, calls = 0.8, []
+
+    def f(t, y):
+        calls.append((float(t), y.detach().clone()))
+        return _nonlinear(t, y)
+
+    t = torch.tensor([0.0, 2 * h], dtype=F64)
+    solver = solvers.Solver(method, rtol=1e3, atol=1e3, options={"first_step": h})
+    solvers.solve(f, y0, t, solver)
+    y1, k = _rk_step(_nonlinear, 0.0, y0, h, TABLEAUS[method])
+    c, A, _ = TABLEAUS[method]
+    lower = y0 + h * sum(a * kj for a, kj in zip(A[-1], k))  # where the last stage is taken
+    at_h = [y for s, y in calls if abs(s - h) < 1e-12]  # perturbed: just before h
+    # One evaluation at t = h, the last stage of step one; none at the accepted y1.
+    assert len(at_h) == 1 and c[-1] == 1.0
+    torch.testing.assert_close(at_h[0], lower, rtol=1e-14, atol=1e-14)
+    assert (at_h[0] - y1).abs().max() > 1e-3
+
+
+def test_symplectic_methods_are_the_documented_splittings():
+    """One step of each symplectic method equals its formula on the page, time included."""
+
+    def f_q(t, p):
+        return p * (1 + t)
+
+    def f_p(t, q):
+        return -(q**3) + torch.cos(t)
+
+    q0 = torch.tensor([0.4, -1.2], dtype=F64)
+    p0 = torch.tensor([0.9, 0.3], dtype=F64)
+    h = 0.6
+    verlet = [(0.5, "kick"), (1.0, "drift"), (0.5, "kick")]
+    w1 = 1 / (2 - 2 ** (1 / 3))
+    w0 = 1 - 2 * w1
+
+    def split(q, p, t0, h, rows):
+        t = torch.tensor(t0 + h / 2, dtype=F64)
+        for a, kind in rows:
+            if kind == "drift":
+                q = q + a * h * f_q(t, p)
+            else:
+                p = p + a * h * f_p(t, q)
+        return q, p
+
+    expected = {
+        "symplectic_euler": split(q0, p0, 0.0, h, [(1.0, "drift"), (1.0, "kick")]),
+        "leapfrog": split(q0, p0, 0.0, h, [(1.0, "kick"), (1.0, "drift")]),
+        "verlet": split(q0, p0, 0.0, h, verlet),
+    }
+    q, p = split(q0, p0, 0.0, w1 * h, verlet)
+    q, p = split(q, p, w1 * h, w0 * h, verlet)
+    expected["yoshida4"] = split(q, p, (w1 + w0) * h, w1 * h, verlet)
+    t = torch.tensor([0.0, h], dtype=F64)
+    for method, (q1, p1) in expected.items():
+        sol = solvers.solve((f_q, f_p), (q0, p0), t, solvers.Solver(method, step_size=h))
+        torch.testing.assert_close(sol.y_final[0], q1, rtol=1e-14, atol=1e-14, msg=method)
+        torch.testing.assert_close(sol.y_final[1], p1, rtol=1e-14, atol=1e-14, msg=method)
