@@ -8,6 +8,32 @@ from torch import Tensor, nn
 INTERPOLATIONS = ("constant", "linear")
 
 
+def _per_time_slice(fn):
+    """``fn`` of ``Module._apply``, applied to a stack of conv kernels as 4-d kernels.
+
+    ``module.to(memory_format=torch.channels_last)`` converts every 4-d and 5-d tensor, and
+    a 5-d one with channels_last raises "required rank 4 tensor". A parameter
+    ``(n, c_out, c_in, kh, kw)`` is ``n`` kernels of a 2-d convolution: converting it as
+    ``(n·c_out, c_in, kh, kw)`` gives each θ_j the layout a 2-d convolution wants and keeps
+    the public shape. Values are untouched; dtype and device conversions are unaffected.
+    """
+
+    def apply(t):
+        if t.dim() != 5:
+            return fn(t)
+        out = fn(t.flatten(0, 1)).unflatten(0, t.shape[:2])
+        same = (
+            out.data_ptr() == t.data_ptr()
+            and out.stride() == t.stride()
+            and out.dtype == t.dtype
+            and out.device == t.device
+        )
+        # Nothing changed: hand back the tensor itself, not a view of it (as fn would).
+        return t if same else out
+
+    return apply
+
+
 class TimeWeights(nn.Module):
     """Parameters that vary in time, stored with a leading time axis.
 
@@ -74,7 +100,7 @@ class TimeWeights(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # Knot times stay float64 whatever dtype the parameters take: in float32 a knot
         # such as 2/3·T would move by an ulp and θ(t) near it would change cell.
-        out = super()._apply(fn, *args, **kwargs)
+        out = super()._apply(_per_time_slice(fn), *args, **kwargs)
         self.knots = self.knots.to(torch.float64)
         return out
 
