@@ -7,7 +7,6 @@ middle of an epoch, or split over several processes, sees exactly the same batch
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 # The validation split is fixed (not the run's seed) so runs with different seeds are
 # compared on the same data.
@@ -27,14 +26,20 @@ DIGITS_TEST, DIGITS_VAL = 360, 180
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A data set is missing (or fails its checksum); the message says how to get it."""
+    """A data set is missing, incomplete or unreadable (or fails its checksum); the message
+    names the folder or files and says how to fix it."""
 
 
 @dataclass
 class DataSplits:
     """Training, validation and test sets of one data set.
 
-    Each item is ``(image (channels, height, width) float32, label int)``.
+    Each item is ``(image (channels, height, width) float32, label int)``. The splits that
+    :func:`load_data` returns are :class:`Split` s of resident images: a batch of indices is
+    also served whole (``split.__getitems__(indices)``, what ``DataLoader`` calls under a
+    batch sampler) as tensors on the images' device, see :meth:`to`.
+
+    ``layout`` says where each split came from (folders, held-out shares, split seed).
     """
 
     train: Dataset
@@ -45,6 +50,25 @@ class DataSplits:
     image_size: int
     classes: list[str]
     name: str
+    layout: str = ""
+
+    def to(self, device: torch.device | str) -> DataSplits:
+        """Move the images of every :class:`Split` to ``device`` (in place; returns self).
+
+        Normalization and augmentation then run there, batch by batch. On a GPU the images
+        move only when they take at most half of its free memory; otherwise they stay in
+        host memory and only batches are copied.
+        """
+        device = torch.device(device)
+        splits = [s for s in (self.train, self.val, self.test) if isinstance(s, Split)]
+        if device.type == "cuda":
+            need = sum(t.nbytes for t in {id(s.images): s.images for s in splits}.values())
+            if need > torch.cuda.mem_get_info(device)[0] / 2:
+                return self
+        moved: dict[int, Tensor] = {}
+        for s in splits:
+            s.to(device, moved)
+        return self
 
 
 def _permutation(n: int, seed: int) -> Tensor:
@@ -54,6 +78,13 @@ def _permutation(n: int, seed: int) -> Tensor:
 def _mix(*ints: int) -> int:
     h = hashlib.blake2b(repr(ints).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def _draw(generator: torch.Generator, pad: int) -> tuple[bool, int, int]:
+    # augment's random numbers, in its order: flip, then the crop's row and column offset.
+    flip = bool(torch.rand((), generator=generator) < 0.5)
+    i, j = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+    return flip, i, j
 
 
 def augment(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -67,35 +98,128 @@ def augment(x: Tensor, generator: torch.Generator) -> Tensor:
     """
     c, h, w = x.shape
     pad = max(1, h // 16)
-    if torch.rand((), generator=generator) < 0.5:
+    flip, i, j = _draw(generator, pad)
+    if flip:
         x = x.flip(-1)
     x = F.pad(x, (pad, pad, pad, pad))
-    i, j = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
     return x[:, i : i + h, j : j + w]
 
 
+def augment_batch(x: Tensor, flip: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """:func:`augment` of a whole batch with given random numbers, as tensor operations on
+    ``x``'s device (one pad and one gather).
+
+    Args:
+        x: ``(batch, channels, height, width)``, normalized.
+        flip: ``(batch,)`` bool; rows, cols: ``(batch,)`` int64 crop offsets in
+            ``[0, 2 pad]`` with ``pad = max(1, height // 16)``.
+
+    Returns:
+        ``(batch, channels, height, width)``; item ``k`` equals :func:`augment` of
+        ``x[k]`` whose generator draws ``flip[k], rows[k], cols[k]``.
+    """
+    b, c, h, w = x.shape
+    pad = max(1, h // 16)
+    wp = w + 2 * pad
+    xp = F.pad(x, (pad, pad, pad, pad))
+    r = rows[:, None] + torch.arange(h, device=x.device)
+    q = cols[:, None] + torch.arange(w, device=x.device)
+    # Flipping before zero padding is flipping after it: column q of the flipped padded
+    # image is column wp - 1 - q of the padded one.
+    q = torch.where(flip[:, None], wp - 1 - q, q)
+    index = (r[:, :, None] * wp + q[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return xp.flatten(2).gather(2, index).view(b, c, h, w)
+
+
+class _Batch:
+    """A batch served whole: ``x (batch, c, h, w)``, ``y (batch,)``. Also a sequence of
+    ``(x[k], y[k])``, so that torch's default collate still stacks it correctly."""
+
+    __slots__ = ("x", "y")
+
+    def __init__(self, x: Tensor, y: Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, k: int) -> tuple[Tensor, Tensor]:
+        return self.x[k], self.y[k]
+
+    def __iter__(self):
+        return ((self.x[k], self.y[k]) for k in range(len(self.y)))
+
+
+def collate(batch) -> Any:
+    """``(x, y)`` of a batch a :class:`Split` served whole; torch's default collate of
+    anything else (a list of items)."""
+    if isinstance(batch, _Batch):
+        return batch.x, batch.y
+    return default_collate(batch)
+
+
+def batch_loader(ds, sampler, *, workers: int = 0, device="cpu", seed: int = 0) -> DataLoader:
+    """A ``DataLoader`` of ``ds`` under the batch sampler ``sampler`` that takes whole
+    batches from a :class:`Split` (worker processes and pinned memory only when its images
+    are in host memory)."""
+    resident = getattr(ds, "device", torch.device("cpu")).type != "cpu"
+    # A private generator: creating an iterator must not draw from the global RNG, or a run
+    # resumed mid-epoch would see different random numbers from one that never stopped.
+    return DataLoader(
+        ds,
+        batch_sampler=sampler,
+        num_workers=0 if resident else workers,
+        pin_memory=str(device).startswith("cuda") and not resident,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 class Split(Dataset):
-    """``indices`` of a base data set, normalized, optionally augmented.
+    """Items ``indices`` of resident images, normalized, optionally augmented.
 
     Augmentation of item ``i`` in epoch ``e`` draws from a generator seeded with
     ``(seed, e, i)``: independent of worker processes, batch position and resumption.
+    ``split[i]`` is one item (on the CPU); ``split.__getitems__([i, ...])`` a whole batch,
+    normalized and augmented with tensor operations on the images' device, equal to the
+    items stacked.
 
     Args:
-        base: a data set whose items are ``(tensor (c, h, w), label)``.
-        indices: the items of ``base`` in this split.
-        mean, std: ``(c,)`` per-channel normalization.
+        images: ``(n, channels, height, width)``, ``uint8`` (pixel / 255) or float.
+        labels: ``(n,)`` class indices.
+        indices: the images in this split.
+        mean, std: ``(channels,)`` per-channel normalization.
         augment: apply :func:`augment`.
         seed: the run's seed.
     """
 
-    def __init__(self, base, indices, mean, std, augment: bool = False, seed: int = 0):
-        self.base = base
-        self.indices = [int(i) for i in indices]
+    def __init__(self, images, labels, indices, mean, std, augment: bool = False, seed: int = 0):
+        self.images = torch.as_tensor(images)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        self.indices = (
+            indices.tolist() if isinstance(indices, Tensor) else [int(i) for i in indices]
+        )
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self._rows = torch.tensor(self.indices, dtype=torch.int64)
+        self._on = (self._rows, self.labels, self.mean, self.std)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device, moved: dict[int, Tensor] | None = None) -> Split:
+        """Move the images here (in place); ``moved`` shares one copy between splits."""
+        moved = {} if moved is None else moved
+        key = id(self.images)
+        if key not in moved:
+            moved[key] = self.images.to(device)
+        self.images = moved[key]
+        self._on = tuple(t.to(device) for t in (self._rows, self.labels, self.mean, self.std))
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -103,30 +227,50 @@ class Split(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    @staticmethod
+    def _float(x: Tensor) -> Tensor:
+        # ToTensor's arithmetic (to float, then / 255), so the pixels are bit for bit those
+        # of torchvision's per-image path.
+        return x.to(torch.float32).div(255) if x.dtype == torch.uint8 else x.to(torch.float32)
+
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        x, y = self.base[self.indices[i]]
-        x = (x - self.mean) / self.std
+        j = self.indices[i]
+        x = (self._float(self.images[j].cpu()) - self.mean) / self.std
         if self.augment:
             g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, i))
             x = augment(x, g)
-        return x, int(y)
+        return x, int(self.labels[j])
+
+    def __getitems__(self, items: list[int]) -> _Batch:
+        rows, labels, mean, std = self._on
+        pos = torch.as_tensor(items, dtype=torch.int64)
+        j = rows[pos.to(rows.device)]
+        x = (self._float(self.images[j]) - mean) / std
+        if self.augment:
+            pad = max(1, x.shape[-2] // 16)
+            g = torch.Generator()
+            draws = [_draw(g.manual_seed(_mix(self.seed, self.epoch, int(i))), pad) for i in items]
+            flip, r, q = (torch.tensor(v).to(x.device, non_blocking=True) for v in zip(*draws))
+            x = augment_batch(x, flip, r, q)
+        return _Batch(x, labels[j])
 
 
-class _TensorImages(Dataset):
-    def __init__(self, images: Tensor, labels: Tensor):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.images[i], int(self.labels[i])
-
-
-def _stats(images: np.ndarray | Tensor, channel_axis: int) -> tuple[Tensor, Tensor]:
-    x = torch.as_tensor(np.asarray(images), dtype=torch.float64) / 255.0
-    dims = [d for d in range(x.dim()) if d != channel_axis % x.dim()]
-    return x.mean(dim=dims).float(), x.std(dim=dims).float().clamp_min(1e-3)
+def _uint8_stats(images: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and standard deviation (``n - 1``) of ``images[indices] / 255``,
+    exact: from integer histograms of the pixel values (no float copy of the images)."""
+    c = images.shape[1]
+    hist = torch.zeros(c, 256, dtype=torch.int64)
+    for s in range(0, len(indices), 2048):
+        block = images[indices[s : s + 2048].to(images.device)].cpu()
+        for k in range(c):
+            hist[k] += torch.bincount(block[:, k].reshape(-1), minlength=256)
+    v = torch.arange(256, dtype=torch.int64)
+    n = int(hist[0].sum())
+    s1, s2 = (hist * v).sum(1).tolist(), (hist * v * v).sum(1).tolist()
+    mean = [a / (n * 255) for a in s1]
+    # n s2 - s1^2 in Python's exact integers: the difference of two ~1e20 numbers.
+    var = [(n * b - a * a) / (n * max(n - 1, 1) * 255**2) for a, b in zip(s1, s2)]
+    return torch.tensor(mean).float(), torch.tensor(var).sqrt().float().clamp_min(1e-3)
 
 
 def _subset(indices: Tensor, fraction: float) -> Tensor:
@@ -146,9 +290,8 @@ def _digits(cfg) -> DataSplits:
         perm[DIGITS_TEST + DIGITS_VAL :],
     )
     train = _subset(train, cfg.train_fraction)
-    base = _TensorImages(images, labels)
     m, s = images[train].mean(), images[train].std()
-    mk = lambda idx, aug: Split(base, idx, [m], [s], aug, cfg.seed)  # noqa: E731
+    mk = lambda idx, aug: Split(images, labels, idx, [m], [s], aug, cfg.seed)  # noqa: E731
     return DataSplits(
         mk(train, cfg.augment),
         mk(val, False),
@@ -158,6 +301,7 @@ def _digits(cfg) -> DataSplits:
         8,
         [str(k) for k in range(10)],
         "digits",
+        f"scikit-learn's digits, split with seed {SPLIT_SEED}",
     )
 
 
@@ -190,25 +334,28 @@ def _missing(name: str, root: str, err: Exception) -> DatasetNotFoundError:
 
 def _torchvision(cfg) -> DataSplits:
     import torchvision
-    from torchvision.transforms import ToTensor
 
     root, name = cfg.data_root, cfg.dataset
-    to_tensor = ToTensor()
     try:
         if name in ("cifar10", "cifar100"):
             cls = (
                 torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
             )
-            train_base = cls(root, train=True, transform=to_tensor, download=cfg.download)
-            test_base = cls(root, train=False, transform=to_tensor, download=cfg.download)
-            pixels, axis, classes = train_base.data, -1, list(train_base.classes)
-            size = 32
+            train_base = cls(root, train=True, download=cfg.download)
+            test_base = cls(root, train=False, download=cfg.download)
+            classes, size = list(train_base.classes), 32
+            # (n, h, w, c) rows as torchvision unpickles them.
+            as_tensor = lambda d: torch.from_numpy(d).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+            labels = lambda d: torch.tensor(d.targets)  # noqa: E731
         else:
             cls = torchvision.datasets.STL10
-            train_base = cls(root, split="train", transform=to_tensor, download=cfg.download)
-            test_base = cls(root, split="test", transform=to_tensor, download=cfg.download)
-            pixels, axis, size = train_base.data, 1, 96
+            train_base = cls(root, split="train", download=cfg.download)
+            test_base = cls(root, split="test", download=cfg.download)
+            size = 96
             classes = list(getattr(train_base, "classes", [str(k) for k in range(10)]))
+            # torchvision already turned STL-10's column-major images into (n, c, h, w).
+            as_tensor = lambda d: torch.from_numpy(d).contiguous()  # noqa: E731
+            labels = lambda d: torch.from_numpy(d.labels.astype(np.int64))  # noqa: E731
     except RuntimeError as err:
         if "not found or corrupted" in str(err):
             raise _missing(name, root, err) from None
@@ -221,61 +368,44 @@ def _torchvision(cfg) -> DataSplits:
             f"downloading {name} into {root!r} failed ({err}); fetch it by hand and put it "
             f"in the expected layout: {where}"
         ) from None
-    perm = _permutation(len(train_base), SPLIT_SEED)
+    images, test_images = as_tensor(train_base.data), as_tensor(test_base.data)
+    perm = _permutation(len(images), SPLIT_SEED)
     n_val = round(len(perm) * VAL_FRACTION)
     val, train = perm[:n_val], _subset(perm[n_val:], cfg.train_fraction)
-    mean, std = _stats(pixels[train.numpy()], axis)
+    mean, std = _uint8_stats(images, train)
+    y, y_test = labels(train_base), labels(test_base)
     return DataSplits(
-        Split(train_base, train, mean, std, cfg.augment, cfg.seed),
-        Split(train_base, val, mean, std, False, cfg.seed),
-        Split(test_base, range(len(test_base)), mean, std, False, cfg.seed),
+        Split(images, y, train, mean, std, cfg.augment, cfg.seed),
+        Split(images, y, val, mean, std, False, cfg.seed),
+        Split(test_images, y_test, range(len(y_test)), mean, std, False, cfg.seed),
         len(classes),
         3,
         size,
         classes,
         name,
+        f"torchvision's {cls.__name__} under {root}: {VAL_FRACTION:.0%} of the training set "
+        f"held out for validation (seed {SPLIT_SEED}), the official test set",
     )
 
 
 def _image_folder(cfg) -> DataSplits:
-    import torchvision
-    from torchvision import transforms
+    from ._images import load_image_folder
 
-    root, size = cfg.data_root, cfg.image_size or 32
-    tf = transforms.Compose(
-        [transforms.Resize((size, size)), transforms.Lambda(lambda im: im.convert("RGB"))]
-    )
-    tf = transforms.Compose([tf, transforms.ToTensor()])
-    layout = (
-        f"{root}/train/<class>/<image> and {root}/test/<class>/<image> (any format PIL reads; "
-        f"the same class folders in both); {VAL_FRACTION:.0%} of train is held out for "
-        "validation"
-    )
-    try:
-        train_base = torchvision.datasets.ImageFolder(os.path.join(root, "train"), tf)
-        test_base = torchvision.datasets.ImageFolder(os.path.join(root, "test"), tf)
-    except (FileNotFoundError, RuntimeError) as err:
-        raise DatasetNotFoundError(
-            f"imagefolder: no images under --data-root {root!r} ({err}); expected {layout}"
-        ) from None
-    if train_base.classes != test_base.classes:
-        raise DatasetNotFoundError(
-            f"imagefolder: train classes {train_base.classes} differ from test classes "
-            f"{test_base.classes}; expected {layout}"
-        )
-    perm = _permutation(len(train_base), SPLIT_SEED)
-    n_val = max(1, round(len(perm) * VAL_FRACTION))
-    val, train = perm[:n_val], _subset(perm[n_val:], cfg.train_fraction)
-    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
+    size = cfg.image_size or 32
+    f = load_image_folder(cfg.data_root, size)
+    train = _subset(f.parts["train"], cfg.train_fraction)
+    mean, std = _uint8_stats(f.images, train)
+    mk = lambda idx, aug: Split(f.images, f.labels, idx, mean, std, aug, cfg.seed)  # noqa: E731
     return DataSplits(
-        Split(train_base, train, mean, std, cfg.augment, cfg.seed),
-        Split(train_base, val, mean, std, False, cfg.seed),
-        Split(test_base, range(len(test_base)), mean, std, False, cfg.seed),
-        len(train_base.classes),
+        mk(train, cfg.augment),
+        mk(f.parts["val"], False),
+        mk(f.parts["test"], False),
+        len(f.classes),
         3,
         size,
-        list(train_base.classes),
+        list(f.classes),
         "imagefolder",
+        f.layout,
     )
 
 
@@ -285,12 +415,17 @@ def load_data(cfg: Any) -> DataSplits:
     digits: scikit-learn's 1,797 8×8 images, 1,257 / 180 / 360 train / val / test.
     cifar10, cifar100: torchvision's CIFAR10/CIFAR100, 40,000 / 10,000 of the training set
     plus the 10,000 test images. stl10: torchvision's STL10, 4,000 / 1,000 of the 5,000
-    labelled training images plus the 8,000 test images. imagefolder: torchvision's
-    ImageFolder on ``data_root/train`` (80 / 20) and ``data_root/test``.
+    labelled training images plus the 8,000 test images. imagefolder: class folders under
+    ``data_root`` as ``train/`` + ``test/``, ``train/`` + ``val/`` (+ ``test/``) or one root
+    of class folders (held-out splits drawn per class with ``SPLIT_SEED``), every image
+    decoded once into a cached ``uint8`` tensor and resized to ``cfg.image_size``.
+    Normalization: per-channel mean and standard deviation of the training split.
 
     Raises:
         DatasetNotFoundError: the data set is missing; the message gives ``--download`` and
-            the expected layout under ``data_root``.
+            the expected layout under ``data_root``; for an image folder also a class
+            folder without images, a class missing from one split or unreadable files (each
+            named).
     """
     if cfg.dataset == "digits":
         return _digits(cfg)

@@ -24,7 +24,7 @@ import solvers
 from . import _distributed as D
 from ._checkpoint import CheckpointError, check_state_dict, load_checkpoint, save_checkpoint
 from ._config import NON_MATH_KEYS, ConfigError, TrainConfig, lr_at
-from ._data import DataSplits, EpochBatches, load_data
+from ._data import DataSplits, EpochBatches, batch_loader, load_data
 
 METRIC_FIELDS = (
     "epoch",
@@ -83,15 +83,7 @@ def time_smoothness(model: nn.Module, tau: float) -> Tensor:
 
 
 def _loader(ds, sampler, cfg: TrainConfig, device) -> DataLoader:
-    # A private generator: creating an iterator must not draw from the global RNG, or a run
-    # resumed mid-epoch would see different random numbers from one that never stopped.
-    return DataLoader(
-        ds,
-        batch_sampler=sampler,
-        num_workers=cfg.workers,
-        pin_memory=str(device).startswith("cuda"),
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    return batch_loader(ds, sampler, workers=cfg.workers, device=device, seed=cfg.seed)
 
 
 @torch.no_grad()
@@ -116,7 +108,7 @@ def evaluate(
     loss_sum, correct, n = 0.0, 0, 0
     probs, labels, nfes = [], [], []
     dtype = next(model.parameters()).dtype
-    for x, y in DataLoader(ds, batch_sampler=sampler):
+    for x, y in batch_loader(ds, sampler):
         x, y = x.to(device, dtype), y.to(device)
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
@@ -281,6 +273,7 @@ def train(cfg: TrainConfig, data: DataSplits | None = None, *, resume: bool = Fa
 
     seed_everything(cfg.seed)
     data = data if data is not None else load_data(cfg)
+    data.to(device)  # resident images: normalization and augmentation run on the device
     net = build_model(cfg, data.in_channels, data.num_classes)
     if world > 1:
         D.globalize_batchnorm(net)

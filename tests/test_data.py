@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
 
 from experiments import DatasetNotFoundError, load_data, resolve_config
 from experiments._data import EpochBatches, augment
@@ -144,22 +143,6 @@ def test_stl10_binary_files(tmp_path, monkeypatch):
     assert y == 9  # label 10 on disk, 0-based here
     want = torch.from_numpy(test[3]).float().transpose(1, 2) / 255
     assert torch.allclose(x, want, atol=1e-5)
-
-
-def test_image_folder(tmp_path):
-    rng = np.random.default_rng(0)
-    for part, n in (("train", 5), ("test", 2)):
-        for c in ("cat", "dog"):
-            (tmp_path / part / c).mkdir(parents=True)
-            for i in range(n):
-                arr = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
-                Image.fromarray(arr).save(tmp_path / part / c / f"{i}.png")
-    cfg = resolve_config(dataset="imagefolder", data_root=str(tmp_path), image_size=16)
-    data = load_data(cfg)
-    assert data.classes == ["cat", "dog"] and (len(data.train), len(data.val)) == (8, 2)
-    assert len(data.test) == 4 and data.train[0][0].shape == (3, 16, 16)
-    with pytest.raises(DatasetNotFoundError, match="train/<class>"):
-        load_data(resolve_config(dataset="imagefolder", data_root=str(tmp_path / "nope")))
 
 
 def test_augment_is_flip_pad_crop_and_reproducible():
