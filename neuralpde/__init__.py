@@ -5,6 +5,8 @@ J. Math. Imaging Vis. 62 (2020). Integration is done by the sibling package ``so
 """
 
 from . import stability as stability  # a public submodule: neuralpde.stability.report(...)
+from ._convergence import ConvergenceVerdict as ConvergenceVerdict
+from ._convergence import convergence_check as convergence_check
 from ._filters import HeatRHS as HeatRHS
 from ._filters import PeronaMalikRHS as PeronaMalikRHS
 from ._filters import TVFlowRHS as TVFlowRHS
@@ -12,15 +14,20 @@ from ._layers import ResNetLayer as ResNetLayer
 from ._layers import SymmetricLayer as SymmetricLayer
 from ._network import PDECNN as PDECNN
 from ._network import count_parameters as count_parameters
+from ._regularizers import time_smoothness as time_smoothness
+from ._rhs import RHS as RHS
 from ._rhs import HamiltonianRHS as HamiltonianRHS
 from ._rhs import ParabolicRHS as ParabolicRHS
 from ._rhs import ResNetRHS as ResNetRHS
 from ._rhs import SecondOrderRHS as SecondOrderRHS
+from ._rhs import archs as archs
+from ._rhs import register_arch as register_arch
 from ._stage import Stage as Stage
 from ._weights import TimeWeights as TimeWeights
 
 __all__ = [
     "PDECNN",
+    "RHS",
     "HamiltonianRHS",
     "HeatRHS",
     "ParabolicRHS",
@@ -32,6 +39,11 @@ __all__ = [
     "SymmetricLayer",
     "TVFlowRHS",
     "TimeWeights",
+    "ConvergenceVerdict",
+    "archs",
+    "convergence_check",
     "count_parameters",
+    "register_arch",
     "stability",
+    "time_smoothness",
 ]

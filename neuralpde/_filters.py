@@ -11,15 +11,21 @@ g(|v|²) v`` scales the gradient by an edge-stopping function ``g``:
   gradient flow of the total variation, regularized by ε).
 
 With ``K`` a learned convolution and ``σ`` a ReLU this is the parabolic network's layer;
-the filters are the same dynamics with hand-made ``K`` and ``σ``. Each right-hand side is
-an ``nn.Module`` with ``forward(t, u)`` for :func:`solvers.odeint`.
+the filters are the same dynamics with hand-made ``K`` and ``σ``. Each is a
+:class:`~neuralpde.RHS` with ``forward(t, u)`` for :func:`solvers.odeint`, and a stage like
+any other (``Stage(HeatRHS(T=2.0))``).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from ._rhs import RHS
+from ._spectra import Spectrum
 
 # ρ(KᵀK) of the 2-D Neumann gradient is below 4 + 4 = 8 (the largest eigenvalue of the
 # 1-D Neumann Laplacian is 4 sin²(π(n-1)/(2n)) < 4 per axis).
@@ -52,8 +58,27 @@ def _check_image(u: Tensor, who: str) -> None:
         )
 
 
-class _DiffusionRHS(nn.Module):
-    """``u' = -Kᵀ (g(|K u|²) K u)`` with ``g`` from the subclass."""
+def _stable_steps(T: float, max_diffusivity: float, who: str) -> tuple[int, float]:
+    """``(steps, step_size)``: the fewest equal forward-Euler steps over ``[0, T]`` that
+    respect ``h <= 2 / (ρ max g)``."""
+    if isinstance(T, bool) or not isinstance(T, (int, float)) or not 0 < T < math.inf:
+        raise ValueError(f"{who}: T must be a positive finite number, got {T!r}")
+    steps = max(1, math.ceil(T * GRADIENT_RHO * max_diffusivity / 2.0 - 1e-9))
+    return steps, T / steps
+
+
+class _DiffusionRHS(RHS):
+    """``u' = -Kᵀ (g(|K u|²) K u)`` with ``g`` from the subclass, on any number of channels.
+
+    A right-hand side like any other (a :class:`~neuralpde.Stage` integrates it over
+    ``[0, T]``): its default step is the largest that divides ``T`` and respects
+    :attr:`stable_step`, with forward Euler.
+    """
+
+    def __init__(self, T: float, max_diffusivity: float):
+        steps, step_size = _stable_steps(T, max_diffusivity, type(self).__name__)
+        super().__init__(None, steps, step_size)
+        self.T = float(T)
 
     def edge_stopping(self, sq: Tensor) -> Tensor:
         """The diffusivity ``g(|∇u|²)`` from ``sq = |∇u|²``, shape ``(batch, channels, 1,
@@ -74,6 +99,16 @@ class _DiffusionRHS(nn.Module):
         """
         return 2.0 / (GRADIENT_RHO * self.max_diffusivity)
 
+    def spectrum(self, height, width, *, iters=500, tol=1e-6, seed=0) -> Spectrum:
+        """``"dissipative"`` with the exact ``ρ(KᵀK)`` of the Neumann gradient at
+        ``height × width`` (``4 sin²(π(n-1)/(2n))`` per axis) times ``max g`` (layer
+        ``"KᵀgK"``); the upper bound uses ``ρ < 8``. Exact for the heat equation, the
+        frozen-``g`` linearization otherwise. ``iters``, ``tol``, ``seed``: unused."""
+        exact = sum(4 * math.sin(math.pi * (n - 1) / (2 * n)) ** 2 for n in (height, width))
+        g = self.max_diffusivity
+        rho = [(exact * g, GRADIENT_RHO * g)]
+        return Spectrum("dissipative", {"KᵀgK": rho}, rho, False)
+
     def forward(self, t: Tensor, u: Tensor) -> Tensor:
         """``t`` 0-d tensor (unused: autonomous); ``u (batch, channels, height, width)``."""
         _check_image(u, type(self).__name__)
@@ -91,14 +126,15 @@ class HeatRHS(_DiffusionRHS):
 
     Args:
         diffusivity: ``c > 0``.
+        T: the end time of a :class:`~neuralpde.Stage` that integrates it.
 
     ``forward(t, u)``: ``u (batch, channels, height, width)`` -> same shape.
     """
 
-    def __init__(self, diffusivity: float = 1.0):
-        super().__init__()
+    def __init__(self, diffusivity: float = 1.0, T: float = 1.0):
         if not diffusivity > 0:
             raise ValueError(f"HeatRHS: diffusivity must be positive, got {diffusivity!r}")
+        super().__init__(T, float(diffusivity))
         self.diffusivity = float(diffusivity)
 
     def edge_stopping(self, sq: Tensor) -> Tensor:
@@ -109,7 +145,7 @@ class HeatRHS(_DiffusionRHS):
         return self.diffusivity
 
     def extra_repr(self) -> str:
-        return f"diffusivity={self.diffusivity}"
+        return f"diffusivity={self.diffusivity}, T={self.T}"
 
 
 class PeronaMalikRHS(_DiffusionRHS):
@@ -120,14 +156,15 @@ class PeronaMalikRHS(_DiffusionRHS):
 
     Args:
         kappa: the edge threshold ``κ > 0``, in image units (e.g. 0.1 for images in [0, 1]).
+        T: the end time of a :class:`~neuralpde.Stage` that integrates it.
 
     ``forward(t, u)``: ``u (batch, channels, height, width)`` -> same shape.
     """
 
-    def __init__(self, kappa: float = 0.1):
-        super().__init__()
+    def __init__(self, kappa: float = 0.1, T: float = 1.0):
         if not kappa > 0:
             raise ValueError(f"PeronaMalikRHS: kappa must be positive, got {kappa!r}")
+        super().__init__(T, 1.0)
         self.kappa = float(kappa)
 
     def edge_stopping(self, sq: Tensor) -> Tensor:
@@ -138,7 +175,7 @@ class PeronaMalikRHS(_DiffusionRHS):
         return 1.0
 
     def extra_repr(self) -> str:
-        return f"kappa={self.kappa}"
+        return f"kappa={self.kappa}, T={self.T}"
 
 
 class TVFlowRHS(_DiffusionRHS):
@@ -151,14 +188,15 @@ class TVFlowRHS(_DiffusionRHS):
 
     Args:
         eps: ``ε > 0``, in image units.
+        T: the end time of a :class:`~neuralpde.Stage` that integrates it.
 
     ``forward(t, u)``: ``u (batch, channels, height, width)`` -> same shape.
     """
 
-    def __init__(self, eps: float = 0.05):
-        super().__init__()
+    def __init__(self, eps: float = 0.05, T: float = 1.0):
         if not eps > 0:
             raise ValueError(f"TVFlowRHS: eps must be positive, got {eps!r}")
+        super().__init__(T, 1.0 / float(eps))
         self.eps = float(eps)
 
     def edge_stopping(self, sq: Tensor) -> Tensor:
@@ -169,4 +207,4 @@ class TVFlowRHS(_DiffusionRHS):
         return 1.0 / self.eps
 
     def extra_repr(self) -> str:
-        return f"eps={self.eps}"
+        return f"eps={self.eps}, T={self.T}"

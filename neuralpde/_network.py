@@ -7,15 +7,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._rhs import HamiltonianRHS, ParabolicRHS, ResNetRHS, SecondOrderRHS
-from ._stage import Stage
-
-ARCHS = {
-    "parabolic": ParabolicRHS,
-    "hamiltonian": HamiltonianRHS,
-    "second_order": SecondOrderRHS,
-    "resnet": ResNetRHS,
-}
+from ._rhs import RHS, arch_name, resolve_arch
+from ._stage import UNCHANGED, Stage
 
 # Table 1 of Ruthotto & Haber (2020): widths, input channels, classes.
 PAPER_PRESETS = {
@@ -46,16 +39,20 @@ class PDECNN(nn.Module):
     (global average pooling after the last unit); an affine classifier.
 
     Args:
-        arch: ``"parabolic"``, ``"hamiltonian"``, ``"second_order"`` or ``"resnet"``.
+        arch: the dynamics of the stages: a registered name (``"parabolic"``,
+            ``"hamiltonian"``, ``"second_order"``, ``"resnet"``, or one added with
+            :func:`~neuralpde.register_arch`) or a subclass of :class:`~neuralpde.RHS`
+            taking ``(channels, steps, step_size, interpolation)``.
         in_channels: channels of the input images.
         num_classes: number of classes.
         widths: ``(nf_1, ..., nf_{K+1})``; ``K = len(widths) - 1`` stages.
         steps: parameter sets (time steps) per stage.
         step_size: the training step ``h``; each stage spans ``T = steps * h``.
         interpolation: θ(t) between steps, ``"constant"`` (the paper) or ``"linear"``.
-        method: solver of every stage (default: the paper's scheme for ``arch``).
+        method: solver of every stage (default: the dynamics' ``default_method``, the
+            paper's scheme).
         memory: what backward stores, for every stage: ``"autograd"`` (default),
-            ``"reversible"`` (hyperbolic archs: exact gradients in memory independent of
+            ``"reversible"`` (split-state archs: exact gradients in memory independent of
             ``steps``) or ``"adjoint"`` (Runge–Kutta methods; approximate gradients); see
             :meth:`Stage.set_solver`.
         bn_eps: ε of every BatchNorm (PyTorch's default 1e-5; the authors' code, and
@@ -68,7 +65,7 @@ class PDECNN(nn.Module):
 
     def __init__(
         self,
-        arch: str,
+        arch: str | type[RHS],
         in_channels: int,
         num_classes: int,
         widths: tuple[int, ...] | list[int],
@@ -83,8 +80,7 @@ class PDECNN(nn.Module):
         super().__init__()
         if not isinstance(bn_eps, (int, float)) or isinstance(bn_eps, bool) or not bn_eps > 0:
             raise ValueError(f"PDECNN: bn_eps must be a positive float, got {bn_eps!r}")
-        if arch not in ARCHS:
-            raise ValueError(f"PDECNN: unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+        rhs_cls = resolve_arch(arch, "PDECNN")
         for name, v in (("in_channels", in_channels), ("num_classes", num_classes)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"PDECNN: {name} must be a positive int, got {v!r}")
@@ -94,17 +90,16 @@ class PDECNN(nn.Module):
                 f"PDECNN: widths must list at least two positive ints (stage widths plus the "
                 f"final width), got {widths!r}"
             )
-        if arch == "hamiltonian" and any(w % 2 for w in widths[:-1]):
-            raise ValueError(
-                f"PDECNN: the Hamiltonian network splits each stage's channels in halves; "
-                f"stage widths must be even, got {widths[:-1]}"
-            )
-        self.arch = arch
+        for w in widths[:-1]:
+            try:
+                rhs_cls.check_width(w)
+            except ValueError as err:
+                raise ValueError(f"PDECNN: stage widths {widths[:-1]}: {err}") from None
+        self.arch = arch if isinstance(arch, str) else arch_name(arch)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.widths = widths
         self.opening = _conv_bn_relu(in_channels, widths[0], 3, bn_eps)
-        rhs_cls = ARCHS[arch]
         self.stages = nn.ModuleList()
         self.connectors = nn.ModuleList()
         for k in range(len(widths) - 1):
@@ -131,34 +126,80 @@ class PDECNN(nn.Module):
 
     def set_solver(
         self,
-        method: str | None = None,
-        step_size: float | None = None,
+        method: str | None = UNCHANGED,
+        step_size: float | None = UNCHANGED,
         stage: int | None = None,
-        memory: str = "autograd",
+        memory: str = UNCHANGED,
         **options: Any,
     ) -> None:
-        """Re-discretize every stage (or stage ``stage``) without touching the weights.
+        """Re-discretize every stage (or stage ``stage``); only what is named changes.
+
+        The weights and every setting not named stay: ``set_solver(step_size=0.5)`` keeps
+        each stage's method, memory mode, tolerances and options. What a change of method
+        does to the rest is :meth:`Stage.set_solver`'s rule; :meth:`reset_solver` returns
+        to the paper's schemes. An error leaves every stage as it was.
 
         Args:
-            method: a name from :func:`solvers.methods`; ``None`` restores each stage's
-                paper scheme.
+            method: a name from :func:`solvers.methods`; ``None`` is each stage's default.
             step_size: for fixed-step and symplectic methods (``None``: the training step).
             stage: index of a single stage to change; ``None`` changes all.
             memory: ``"autograd"``, ``"reversible"`` or ``"adjoint"`` (see
                 :meth:`Stage.set_solver`).
             options: ``rtol``, ``atol`` and torchdiffeq options (``checkpoint_every``
                 with ``memory="reversible"``).
+
+        Raises:
+            ValueError: a ``stage`` out of range, or what :meth:`Stage.set_solver` raises.
         """
+        targets = self._targets(stage, "set_solver")
+        before = [s.solver for s in targets]
+        try:
+            for s in targets:
+                s.set_solver(method, step_size, memory, **dict(options))
+        except (ValueError, TypeError):
+            for s, solver in zip(targets, before):
+                s.solver = solver
+            raise
+
+    def reset_solver(self, stage: int | None = None) -> None:
+        """Every stage (or stage ``stage``) back to its dynamics' own scheme (the paper's):
+        see :meth:`Stage.reset_solver`."""
+        for s in self._targets(stage, "reset_solver"):
+            s.reset_solver()
+
+    def _targets(self, stage: int | None, who: str) -> list[Stage]:
         if stage is None:
-            targets = list(self.stages)
-        else:
-            if not isinstance(stage, int) or not 0 <= stage < len(self.stages):
-                raise ValueError(
-                    f"set_solver: stage must be an int in [0, {len(self.stages)}), got {stage!r}"
-                )
-            targets = [self.stages[stage]]
-        for s in targets:
-            s.set_solver(method, step_size, memory, **dict(options))
+            return list(self.stages)
+        if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < len(
+            self.stages
+        ):
+            raise ValueError(f"{who}: stage must be an int in [0, {len(self.stages)}), got {stage!r}")
+        return [self.stages[stage]]
+
+    def refine(self, factor: int) -> PDECNN:
+        """Prolongate every stage's θ(t) onto ``factor``× the parameter sets, in place
+        (:meth:`Stage.refine`): the multilevel training in time of Haber, Ruthotto &
+        Holtham ("Learning across scales", AAAI 2018) and Chang et al. (ICLR 2018).
+
+        The network computes the same function up to the interpolation error of θ(t)
+        (exactly the same where θ is constant in time); fixed solver steps shrink by
+        ``factor`` with the cells. Parameters of the stages are new objects afterwards:
+        build the optimizer again.
+
+        Args:
+            factor: a positive int.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: ``factor`` is not a positive int.
+        """
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"PDECNN.refine: factor must be a positive int, got {factor!r}")
+        for stage in self.stages:
+            stage.refine(factor)
+        return self
 
     def solver_stats(self) -> list[dict[str, Any]]:
         """Per stage, ``method``, ``nfe`` and ``steps`` (and ``rejected``) of the last forward."""

@@ -1,19 +1,28 @@
 """Right-hand sides ``forward(t, y)``: the dynamics of each network, θ(t) inside.
 
-Each module is exactly what ``torchdiffeq.odeint`` calls. The hyperbolic ones take and
-return the first-order split system ``(q, p)`` and also expose its separable parts
-``(f_q, f_p)`` for the symplectic steppers of :mod:`solvers`.
+:class:`RHS` is the contract every dynamics follows — the paper's three networks, the
+ResNet control, the image filters and a user's own. Each module is exactly what
+``torchdiffeq.odeint`` calls. A split dynamics takes and returns the first-order system
+``(q, p)`` and also exposes its separable parts ``(f_q, f_p)`` for the symplectic steppers
+of :mod:`solvers`.
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ._layers import TV_EPS, check_image, check_width, init_kernel, resnet_layer, symmetric_layer
+import solvers
+
+from ._layers import TV_EPS, check_image, init_kernel, resnet_layer, symmetric_layer
+from ._spectra import Spectrum, kernel_spectrum
 from ._weights import TimeWeights
+
+# How a stage input x (batch, c, h, w) becomes the ODE state, and the state the output.
+STATES = ("single", "halves", "velocity")
 
 
 def _symmetric_weights(
@@ -26,33 +35,89 @@ def _symmetric_weights(
     return TimeWeights(params, T, interpolation)
 
 
-def _check_width(channels: int, who: str) -> None:
-    check_width(channels, who)
-
-
-def _check_pair(state, channels: int, who: str) -> None:
-    if not (isinstance(state, tuple) and len(state) == 2):
-        raise TypeError(
-            f"{who}: the state must be the tuple (q, p); got {type(state).__name__} — "
-            "use to_state(x) to build it from a (batch, channels, height, width) tensor"
+def _check_images(y, channels: int | None, who: str, name: str) -> None:
+    if channels is not None:
+        check_image(y, channels, who, name)
+    elif not isinstance(y, Tensor):
+        raise TypeError(f"{who}: {name} must be a tensor, got {type(y).__name__}")
+    elif y.dim() != 4:
+        raise ValueError(
+            f"{who}: {name} must have shape (batch, channels, height, width), got {tuple(y.shape)}"
         )
-    check_image(state[0], channels, who, "q")
-    check_image(state[1], channels, who, "p")
 
 
-class _RHS(nn.Module):
-    """Shared plumbing: time span and conversion between a tensor and the ODE state."""
+class RHS(nn.Module):
+    """The right-hand side ``F(t, y)`` of a stage: the contract of every dynamics.
 
-    split: bool = False
+    A subclass is an ``nn.Module`` whose ``forward(t, y)`` is what ``torchdiffeq.odeint``
+    calls, and declares four things that :class:`~neuralpde.Stage`,
+    :class:`~neuralpde.PDECNN`, :func:`neuralpde.stability.report`, reversible memory and
+    :func:`~neuralpde.time_smoothness` read, so that each works for every subclass:
 
-    def __init__(self, channels: int, steps: int, step_size: float, interpolation: str):
+    * **its state** (class attribute ``state``): ``"single"`` — the state is the stage input
+      ``y = x``, and ``forward(t, y)`` is implemented; ``"halves"`` — the split state
+      ``(q, p)`` is the two channel halves of ``x`` (the width must be even) and the output
+      is ``cat(q, p)``; ``"velocity"`` — ``(q, p) = (x, 0)``, position and zero velocity of
+      a second-order equation, and the output is ``q``. A split dynamics implements
+      ``f_q(t, p)`` (``dq/dt``) and ``f_p(t, q)`` (``dp/dt``); ``forward`` is then derived.
+      Split states are what symplectic methods and ``memory="reversible"`` need.
+    * **its default method** (class attribute ``default_method``): the scheme the dynamics
+      was designed for, used by a stage unless told otherwise.
+    * **its time-dependent weights**: every :class:`~neuralpde.TimeWeights` among its
+      submodules (:meth:`thetas`), found without a list to maintain.
+    * **its stability limit**: :meth:`spectrum`, which the stability report calls (the
+      base class declares none).
+
+    Subclassing a dynamics inherits all four: ``class MyRHS(ParabolicRHS): pass`` is a
+    working parabolic dynamics. ``neuralpde.register_arch("mine", MyRHS)`` makes it an
+    ``arch`` of :class:`~neuralpde.PDECNN`.
+
+    Args:
+        channels: ``c``, the width of the stage input ``(batch, c, h, w)``; ``None``
+            accepts any width (the image filters).
+        steps: number of steps of size ``step_size`` (for a network: parameter sets, the
+            cells or knots of θ(t)) over ``[0, T]``.
+        step_size: the step ``h`` the dynamics was designed or trained with, a stage's
+            default step; ``T = steps * h``.
+        interpolation: θ(t) between steps, ``"constant"`` (the paper) or ``"linear"``; for
+            subclasses that build :class:`~neuralpde.TimeWeights`.
+
+    Raises:
+        ValueError: a width the state cannot take (see :meth:`check_width`), a
+            non-positive ``steps`` or ``step_size``.
+        TypeError: at class creation, an unknown ``state`` or a non-string
+            ``default_method``.
+    """
+
+    state: ClassVar[str] = "single"
+    default_method: ClassVar[str] = "euler"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.state not in STATES:
+            raise TypeError(f"{cls.__name__}.state must be one of {STATES}, got {cls.state!r}")
+        if not isinstance(cls.default_method, str):
+            raise TypeError(
+                f"{cls.__name__}.default_method must be a method name such as 'euler', got "
+                f"{cls.default_method!r}"
+            )
+
+    def __init__(
+        self,
+        channels: int | None,
+        steps: int = 3,
+        step_size: float = 1.0,
+        interpolation: str = "constant",
+    ):
         super().__init__()
         who = type(self).__name__
-        _check_width(channels, who)
+        if channels is not None:
+            type(self).check_width(channels)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"{who}: steps must be a positive int, got {steps!r}")
         if (
-            not isinstance(step_size, (int, float))
+            isinstance(step_size, bool)
+            or not isinstance(step_size, (int, float))
             or not math.isfinite(step_size)
             or step_size <= 0
         ):
@@ -64,24 +129,151 @@ class _RHS(nn.Module):
         self.step_size = float(step_size)
         self.T = steps * float(step_size)
         self.interpolation = interpolation
-        self.eps = TV_EPS
+
+    @property
+    def split(self) -> bool:
+        """Whether the state is the split pair ``(q, p)`` (``state != "single"``)."""
+        return self.state != "single"
+
+    @classmethod
+    def check_width(cls, channels: int) -> None:
+        """Raise ``ValueError`` unless ``channels`` is a width this dynamics can take.
+
+        The rule, in this one place: a positive int, and even when the state is the two
+        channel halves (``state = "halves"``).
+        """
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"{cls.__name__}: channels must be a positive int, got {channels!r}")
+        if cls.state == "halves" and channels % 2:
+            raise ValueError(
+                f"{cls.__name__}: channels must be even to split the state into (q, p) "
+                f"halves, got {channels}; use an even width such as {channels + 1}"
+            )
+
+    @classmethod
+    def check_solver(cls, method: str, memory: str) -> None:
+        """Raise ``ValueError`` unless a solver with ``method`` and ``memory`` can integrate
+        this dynamics: what the state allows, in this one place.
+
+        A symplectic method, and ``memory="reversible"``, need a split state ``(q, p)``.
+        (What a method allows whatever the dynamics, e.g. that reversible memory needs a
+        symplectic method, is checked by :mod:`solvers`.)
+
+        Args:
+            method: a name from :func:`solvers.methods`.
+            memory: ``"autograd"``, ``"reversible"`` or ``"adjoint"``.
+        """
+        kind = solvers.methods().get(method)
+        if kind == "symplectic" and cls.state == "single":
+            raise ValueError(
+                f"{method!r} needs a split (q, p) system, but a {cls.__name__} has a single "
+                "state; use a Runge–Kutta method such as 'euler', 'rk4' or 'dopri5'"
+            )
+        if memory == "reversible" and cls.state == "single":
+            raise ValueError(
+                f"memory='reversible' needs a time-reversible stage, and a {cls.__name__} "
+                "stage is not reversible (its state is not split into (q, p)): its earlier "
+                "states cannot be recomputed from later ones. Use memory='adjoint' (constant "
+                "memory, approximate gradient) or memory='autograd'"
+            )
 
     def thetas(self) -> list[TimeWeights]:
-        """All :class:`TimeWeights` of this right-hand side."""
-        return [m for m in self.children() if isinstance(m, TimeWeights)]
+        """All :class:`TimeWeights` among this module's submodules, in definition order."""
+        return [m for m in self.modules() if isinstance(m, TimeWeights)]
 
     def jump_times(self) -> list[float]:
         """Times where θ(t) jumps (for adaptive solvers' ``jump_t``)."""
         return sorted({t for w in self.thetas() for t in w.jump_times()})
 
+    def refine(self, factor: int):
+        """Prolongate every θ(t) of this right-hand side onto ``factor``× the parameter
+        sets (:meth:`TimeWeights.refine`), in place: ``steps`` grows by ``factor``,
+        ``step_size`` (the cell width) shrinks by it and ``T`` is unchanged.
+
+        Returns ``self``; raises ``ValueError`` for a ``factor`` that is not a positive int.
+        """
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ValueError(
+                f"{type(self).__name__}.refine: factor must be a positive int, got {factor!r}"
+            )
+        for w in self.thetas():
+            w.refine(factor)
+        self.steps *= factor
+        self.step_size = self.T / self.steps
+        return self
+
     def to_state(self, x: Tensor):
-        """The ODE's initial state for a stage input ``x: (batch, channels, h, w)``."""
-        check_image(x, self.channels, type(self).__name__, "x")
+        """The ODE's initial state for a stage input ``x: (batch, channels, h, w)``:
+        ``x``, the pair of its channel halves, or ``(x, 0)``, as ``state`` declares."""
+        _check_images(x, self.channels, type(self).__name__, "x")
+        if self.state == "halves":
+            if x.shape[1] % 2:
+                raise ValueError(
+                    f"{type(self).__name__}: x needs an even number of channels to split into "
+                    f"(q, p) halves, got {x.shape[1]}"
+                )
+            q, p = x.chunk(2, dim=1)
+            return q, p
+        if self.state == "velocity":
+            return x, torch.zeros_like(x)
         return x
 
     def from_state(self, state) -> Tensor:
-        """The stage output ``(batch, channels, h, w)`` from the ODE state at time T."""
+        """The stage output ``(batch, channels, h, w)`` from the ODE state at time ``T``."""
+        if self.state == "halves":
+            return torch.cat(state, dim=1)
+        if self.state == "velocity":
+            return state[0]
         return state
+
+    @property
+    def separable(self):
+        """``(f_q, f_p)``: the split right-hand side for the symplectic steppers."""
+        if not self.split:
+            raise AttributeError(
+                f"{type(self).__name__} has a single state and no separable (f_q, f_p) form"
+            )
+        return (self.f_q, self.f_p)
+
+    def f_q(self, t: Tensor, p: Tensor) -> Tensor:
+        """``dq/dt`` of a split dynamics, from ``p``."""
+        raise NotImplementedError(f"{type(self).__name__} (a split dynamics) must define f_q")
+
+    def f_p(self, t: Tensor, q: Tensor) -> Tensor:
+        """``dp/dt`` of a split dynamics, from ``q``."""
+        raise NotImplementedError(f"{type(self).__name__} (a split dynamics) must define f_p")
+
+    def forward(self, t: Tensor, y):
+        """``F(t, y)``. A split dynamics returns ``(f_q(t, p), f_p(t, q))`` for ``y = (q, p)``;
+        a single-state one must override this."""
+        if not self.split:
+            raise NotImplementedError(
+                f"{type(self).__name__} has a single state and must define forward(t, y)"
+            )
+        if not (isinstance(y, tuple) and len(y) == 2):
+            raise TypeError(
+                f"{type(self).__name__}: the state must be the tuple (q, p); got "
+                f"{type(y).__name__} — use to_state(x) to build it from a (batch, channels, "
+                "height, width) tensor"
+            )
+        q, p = y
+        dp = self.f_p(t, q)  # q first: a malformed state is reported in the order (q, p)
+        return self.f_q(t, p), dp
+
+    def spectrum(
+        self, height: int, width: int, *, iters: int = 500, tol: float = 1e-6, seed: int = 0
+    ) -> Spectrum | None:
+        """The frozen-coefficient linearization at images of ``height × width``, for
+        :func:`neuralpde.stability.report`; ``None`` (the default): no limit declared.
+
+        Args:
+            height, width: the spatial size the stage runs at.
+            iters, tol, seed: for :func:`neuralpde.stability.kernel_spectrum`.
+
+        Returns:
+            A :class:`~neuralpde.stability.Spectrum`, or ``None``.
+        """
+        return None
 
     def extra_repr(self) -> str:
         return (
@@ -90,10 +282,11 @@ class _RHS(nn.Module):
         )
 
 
-class ParabolicRHS(_RHS):
+class ParabolicRHS(RHS):
     """``dY/dt = F_sym(θ(t), Y) = -K(t)ᵀ relu(N(K(t) Y))``: the parabolic (heat-like) network.
 
-    Stable for any non-decreasing activation (Ruthotto & Haber 2020, Theorem 1).
+    Stable for any non-decreasing activation (Ruthotto & Haber 2020, Theorem 1). Default
+    method: forward Euler, the paper's ResNet step.
 
     Args:
         channels: ``c``; the state is ``(batch, c, h, w)``.
@@ -106,9 +299,12 @@ class ParabolicRHS(_RHS):
     ``forward(t, y)``: ``t`` 0-d tensor, ``y (batch, c, h, w)`` -> ``(batch, c, h, w)``.
     """
 
+    default_method = "euler"
+
     def __init__(self, channels, steps=3, step_size=1.0, interpolation="constant", normalize=True):
         super().__init__(channels, steps, step_size, interpolation)
         self.normalize = normalize
+        self.eps = TV_EPS
         self.theta = _symmetric_weights(channels, steps, self.T, interpolation, normalize)
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
@@ -116,8 +312,14 @@ class ParabolicRHS(_RHS):
         w = self.theta(t)
         return symmetric_layer(y, w["weight"], w.get("scale"), w.get("shift"), self.eps)
 
+    def spectrum(self, height, width, *, iters=500, tol=1e-6, seed=0) -> Spectrum:
+        """A mode of ``Y' = -KᵀDK Y`` (``0 <= D <= I``) decays at a rate up to ``ρ(KᵀK)``:
+        ``"dissipative"`` with ``z = ρ``; forward Euler needs ``h <= 2/ρ``."""
+        rho = kernel_spectrum(self.theta.weight, height, width, iters=iters, tol=tol, seed=seed)
+        return Spectrum("dissipative", {"K": rho}, rho, self.normalize)
 
-class ResNetRHS(_RHS):
+
+class ResNetRHS(RHS):
     """``dY/dt = K2(t) relu(N(K1(t) Y))``: the non-symmetric ResNet control.
 
     Args as :class:`ParabolicRHS`; ``18c² + 2c`` parameters per step.
@@ -125,8 +327,11 @@ class ResNetRHS(_RHS):
     ``forward(t, y)``: ``t`` 0-d tensor, ``y (batch, c, h, w)`` -> ``(batch, c, h, w)``.
     """
 
+    default_method = "euler"
+
     def __init__(self, channels, steps=3, step_size=1.0, interpolation="constant"):
         super().__init__(channels, steps, step_size, interpolation)
+        self.eps = TV_EPS
         self.theta = TimeWeights(
             {
                 "weight1": torch.stack(
@@ -147,13 +352,22 @@ class ResNetRHS(_RHS):
         w = self.theta(t)
         return resnet_layer(y, w["weight1"], w["weight2"], w["scale"], w["shift"], self.eps)
 
+    def spectrum(self, height, width, *, iters=500, tol=1e-6, seed=0) -> Spectrum:
+        """No step limit: the linearization ``K2 D K1`` is not symmetric and may have
+        eigenvalues with positive real part. ``rho`` is ``‖K2K1‖²`` (layer ``"K2K1"``)."""
+        th = self.theta
+        rho = kernel_spectrum(
+            (th.weight1, th.weight2), height, width, iters=iters, tol=tol, seed=seed
+        )
+        return Spectrum(None, {"K2K1": rho}, None, True)
 
-class HamiltonianRHS(_RHS):
+
+class HamiltonianRHS(RHS):
     """The Hamiltonian network on a channel split ``Y | Z`` (the paper's eq. (14)).
 
     ``dq/dt = F_sym(θ1(t), p)``, ``dp/dt = -F_sym(θ2(t), q)`` with ``q = Y``, ``p = Z``, each
-    layer on ``c/2`` channels. With symplectic Euler (q first) and h = 1 this is
-    ``Y_{j+1} = Y_j + h F(θ1_j, Z_j)``, ``Z_{j+1} = Z_j - h F(θ2_j, Y_{j+1})``.
+    layer on ``c/2`` channels. With symplectic Euler (q first, the default method) and
+    h = 1 this is ``Y_{j+1} = Y_j + h F(θ1_j, Z_j)``, ``Z_{j+1} = Z_j - h F(θ2_j, Y_{j+1})``.
 
     Args:
         channels: ``c``, even; the stage input ``(batch, c, h, w)`` is split in halves.
@@ -163,17 +377,13 @@ class HamiltonianRHS(_RHS):
     ``separable`` is the pair ``(f_q, f_p)`` for the symplectic steppers.
     """
 
-    split = True
+    state = "halves"
+    default_method = "symplectic_euler"
 
     def __init__(self, channels, steps=3, step_size=1.0, interpolation="constant"):
-        _check_width(channels, "HamiltonianRHS")
-        if channels % 2:
-            raise ValueError(
-                f"HamiltonianRHS: channels must be even to split the state into (Y, Z) halves, "
-                f"got {channels}; use an even width such as {channels + 1}"
-            )
         super().__init__(channels, steps, step_size, interpolation)
         half = channels // 2
+        self.eps = TV_EPS
         self.theta_q = _symmetric_weights(half, steps, self.T, interpolation)
         self.theta_p = _symmetric_weights(half, steps, self.T, interpolation)
 
@@ -189,30 +399,21 @@ class HamiltonianRHS(_RHS):
         w = self.theta_p(t)
         return symmetric_layer(q, w["weight"], w["scale"], w["shift"], self.eps, negate=True)
 
-    @property
-    def separable(self):
-        """``(f_q, f_p)``: the split right-hand side for :func:`solvers.odeint`."""
-        return (self.f_q, self.f_p)
-
-    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        _check_pair(state, self.channels // 2, "HamiltonianRHS")
-        q, p = state
-        return self.f_q(t, p), self.f_p(t, q)
-
-    def to_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_image(x, self.channels, "HamiltonianRHS", "x")
-        q, p = x.chunk(2, dim=1)
-        return q, p
-
-    def from_state(self, state) -> Tensor:
-        return torch.cat(state, dim=1)
+    def spectrum(self, height, width, *, iters=500, tol=1e-6, seed=0) -> Spectrum:
+        """``Y' = -A Z``, ``Z' = B Y`` (``A = K1ᵀD1K1``, ``B = K2ᵀD2K2``) oscillates with
+        ``ω² <= ρ(K1ᵀK1) ρ(K2ᵀK2)``: ``"oscillatory"`` with ``z = sqrt(ρ1 ρ2)``."""
+        kw = {"iters": iters, "tol": tol, "seed": seed}
+        k1 = kernel_spectrum(self.theta_q.weight, height, width, **kw)
+        k2 = kernel_spectrum(self.theta_p.weight, height, width, **kw)
+        rates = [(math.sqrt(a[0] * b[0]), math.sqrt(a[1] * b[1])) for a, b in zip(k1, k2)]
+        return Spectrum("oscillatory", {"K1": k1, "K2": k2}, rates, True)
 
 
-class SecondOrderRHS(_RHS):
+class SecondOrderRHS(RHS):
     """The second-order (wave-like) network ``d²Y/dt² = F_sym(θ(t), Y)``, ``Y'(0) = 0``.
 
     As a first-order split system: ``dq/dt = p``, ``dp/dt = F_sym(θ(t), q)`` with ``q = Y``
-    and ``p = dY/dt``. The leapfrog stepper gives the paper's
+    and ``p = dY/dt``. The leapfrog stepper (the default method) gives the paper's
     ``Y_{j+1} = 2Y_j - Y_{j-1} + h² F(θ_j, Y_j)``, ``Y_{-1} = Y_0``.
 
     Args:
@@ -222,10 +423,12 @@ class SecondOrderRHS(_RHS):
     ``separable`` is the pair ``(f_q, f_p)`` for the symplectic steppers.
     """
 
-    split = True
+    state = "velocity"
+    default_method = "leapfrog"
 
     def __init__(self, channels, steps=3, step_size=1.0, interpolation="constant"):
         super().__init__(channels, steps, step_size, interpolation)
+        self.eps = TV_EPS
         self.theta = _symmetric_weights(channels, steps, self.T, interpolation)
 
     def f_q(self, t: Tensor, p: Tensor) -> Tensor:
@@ -238,19 +441,75 @@ class SecondOrderRHS(_RHS):
         w = self.theta(t)
         return symmetric_layer(q, w["weight"], w["scale"], w["shift"], self.eps)
 
-    @property
-    def separable(self):
-        """``(f_q, f_p)``: the split right-hand side for :func:`solvers.odeint`."""
-        return (self.f_q, self.f_p)
+    def spectrum(self, height, width, *, iters=500, tol=1e-6, seed=0) -> Spectrum:
+        """``Y'' = -KᵀDK Y`` oscillates with ``ω = sqrt(λ) <= sqrt(ρ)``: ``"oscillatory"``
+        with ``z = sqrt(ρ)``; leapfrog needs ``h² ρ <= 4``."""
+        rho = kernel_spectrum(self.theta.weight, height, width, iters=iters, tol=tol, seed=seed)
+        rates = [(math.sqrt(lo), math.sqrt(hi)) for lo, hi in rho]
+        return Spectrum("oscillatory", {"K": rho}, rates, True)
 
-    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        _check_pair(state, self.channels, "SecondOrderRHS")
-        q, p = state
-        return p, self.f_p(t, q)
 
-    def to_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_image(x, self.channels, "SecondOrderRHS", "x")
-        return x, torch.zeros_like(x)
+_ARCHS: dict[str, type[RHS]] = {}
 
-    def from_state(self, state) -> Tensor:
-        return state[0]
+
+def register_arch(name: str, cls: type[RHS]) -> type[RHS]:
+    """Register a dynamics under ``name``, for ``PDECNN(name, ...)`` and the experiments.
+
+    Args:
+        name: a new, non-empty name (lower case by convention, e.g. ``"reaction_diffusion"``).
+        cls: a subclass of :class:`RHS` whose constructor takes
+            ``(channels, steps, step_size, interpolation)``, as :class:`PDECNN` builds each
+            stage with those.
+
+    Returns:
+        ``cls``, so the call can follow the class definition.
+
+    Raises:
+        ValueError: an empty name or one already taken.
+        TypeError: ``cls`` is not a subclass of :class:`RHS`.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_arch: name must be a non-empty string, got {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, RHS)):
+        raise TypeError(f"register_arch: {cls!r} is not a subclass of neuralpde.RHS")
+    if name in _ARCHS:
+        raise ValueError(
+            f"register_arch: {name!r} is already registered (as {_ARCHS[name].__name__}); "
+            "choose another name"
+        )
+    _ARCHS[name] = cls
+    return cls
+
+
+def archs() -> dict[str, type[RHS]]:
+    """``{name: RHS class}`` of every registered dynamics (a copy)."""
+    return dict(_ARCHS)
+
+
+def arch_name(cls: type[RHS]) -> str:
+    """The name ``cls`` is registered under, else its class name."""
+    for name, c in _ARCHS.items():
+        if c is cls:
+            return name
+    return cls.__name__
+
+
+def resolve_arch(arch: str | type[RHS], who: str) -> type[RHS]:
+    """The dynamics class for a registered name or an :class:`RHS` subclass."""
+    if isinstance(arch, type) and issubclass(arch, RHS):
+        return arch
+    if isinstance(arch, str) and arch in _ARCHS:
+        return _ARCHS[arch]
+    raise ValueError(
+        f"{who}: unknown arch {arch!r}; choose one of {sorted(_ARCHS)}, pass a subclass of "
+        "neuralpde.RHS, or register one with neuralpde.register_arch(name, cls)"
+    )
+
+
+for _name, _cls in (
+    ("parabolic", ParabolicRHS),
+    ("hamiltonian", HamiltonianRHS),
+    ("second_order", SecondOrderRHS),
+    ("resnet", ResNetRHS),
+):
+    register_arch(_name, _cls)

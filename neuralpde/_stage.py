@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -9,19 +10,22 @@ from torch import Tensor, nn
 
 import solvers
 
-from ._rhs import _RHS
+from ._rhs import RHS
 
-# The paper's scheme for each dynamic (SPEC: forward Euler, symplectic Euler, leapfrog).
-DEFAULT_METHOD = {
-    "ParabolicRHS": "euler",
-    "ResNetRHS": "euler",
-    "HamiltonianRHS": "symplectic_euler",
-    "SecondOrderRHS": "leapfrog",
-}
 # Tolerances for adaptive methods on a network stage: activations are O(1) and the loss
 # cares about a few digits, so torchdiffeq's 1e-7/1e-9 would waste evaluations.
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL = 1e-4
+
+
+class _Unchanged:
+    """The default of :meth:`Stage.set_solver`'s arguments: keep the current setting."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Any = _Unchanged()
 
 
 class Stage(nn.Module):
@@ -31,10 +35,11 @@ class Stage(nn.Module):
     :func:`solvers.methods` at run time (see :meth:`set_solver`).
 
     Args:
-        rhs: a right-hand side (:class:`ParabolicRHS`, :class:`HamiltonianRHS`,
-            :class:`SecondOrderRHS`, :class:`ResNetRHS`).
-        method: defaults to the paper's scheme for that dynamic: ``"euler"`` (parabolic,
-            resnet), ``"symplectic_euler"`` (Hamiltonian), ``"leapfrog"`` (second order).
+        rhs: a right-hand side, any subclass of :class:`~neuralpde.RHS` (the paper's
+            dynamics, the image filters, or one of your own).
+        method: defaults to the dynamics' ``rhs.default_method`` (the paper's scheme:
+            ``"euler"`` for parabolic and resnet, ``"symplectic_euler"`` for Hamiltonian,
+            ``"leapfrog"`` for second order).
         step_size: defaults to the training step ``rhs.step_size``.
         memory: ``"autograd"`` (default), ``"reversible"`` or ``"adjoint"``; see
             :meth:`set_solver`.
@@ -51,134 +56,218 @@ class Stage(nn.Module):
 
     def __init__(
         self,
-        rhs: _RHS,
+        rhs: RHS,
         method: str | None = None,
         step_size: float | None = None,
         memory: str = "autograd",
         **options: Any,
     ):
         super().__init__()
-        if not isinstance(rhs, _RHS):
+        if not isinstance(rhs, RHS):
             raise TypeError(
-                f"Stage: rhs must be a neuralpde right-hand side, got {type(rhs).__name__}"
+                f"Stage: rhs must be a neuralpde right-hand side (a subclass of neuralpde.RHS), "
+                f"got {type(rhs).__name__}"
             )
         self.rhs = rhs
         self.index: int | None = None
         self.last_stats: dict[str, Any] = {}
         self.check_finite = True
+        self.reset_solver()
         self.set_solver(method, step_size, memory, **options)
 
     @property
     def default_method(self) -> str:
-        """The paper's scheme for this stage's dynamic."""
-        return DEFAULT_METHOD[type(self.rhs).__name__]
+        """The scheme the dynamics declares (``rhs.default_method``)."""
+        return self.rhs.default_method
+
+    @property
+    def solver(self) -> solvers.Solver:
+        """This stage's :class:`solvers.Solver`; its ``step_size=None`` means the training
+        step ``rhs.step_size`` for a fixed-step method (none for an adaptive one).
+
+        Assigning a ``Solver`` replaces every setting at once (``stage.solver = saved``
+        restores one read earlier); it is checked against the dynamics first.
+
+        Raises:
+            TypeError: on assignment, a value that is not a :class:`solvers.Solver`.
+            ValueError: on assignment, a solver this stage's dynamics cannot take.
+        """
+        return self._solver
+
+    @solver.setter
+    def solver(self, value: solvers.Solver) -> None:
+        if not isinstance(value, solvers.Solver):
+            raise TypeError(
+                f"{self._name()}: solver must be a solvers.Solver, got {type(value).__name__}"
+            )
+        self._solver = self._checked(value)
+
+    @property
+    def method(self) -> str:
+        """The name of the current method."""
+        return self._solver.method
+
+    @property
+    def kind(self) -> str:
+        """The current method's kind: ``"fixed"``, ``"adaptive"`` or ``"symplectic"``."""
+        return self._solver.kind
+
+    @property
+    def step_size(self) -> float | None:
+        """The current step: the one set, else the training step ``rhs.step_size``;
+        ``None`` for an adaptive method."""
+        if self.kind == "adaptive":
+            return None
+        h = self._solver.step_size
+        return self.rhs.step_size if h is None else h
+
+    @property
+    def memory(self) -> str:
+        """What the backward pass stores: ``"autograd"``, ``"reversible"`` or ``"adjoint"``."""
+        return self._solver.memory
+
+    @property
+    def rtol(self) -> float:
+        """Relative tolerance of an adaptive method."""
+        return self._solver.rtol
+
+    @property
+    def atol(self) -> float:
+        """Absolute tolerance of an adaptive method."""
+        return self._solver.atol
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The method's and memory mode's options (a copy)."""
+        return dict(self._solver.options)
+
+    def reset_solver(self) -> None:
+        """Back to the dynamics' own scheme: ``rhs.default_method`` at the training step
+        ``rhs.step_size``, ``memory="autograd"``, the stage's default tolerances
+        (rtol 1e-3, atol 1e-4), no options."""
+        try:
+            default = solvers.Solver(self.rhs.default_method, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL)
+        except ValueError as err:
+            raise ValueError(
+                f"{self._name()}: {type(self.rhs).__name__}.default_method: {err}"
+            ) from None
+        self.solver = default
 
     def set_solver(
         self,
-        method: str | None = None,
-        step_size: float | None = None,
-        memory: str = "autograd",
+        method: str | None = UNCHANGED,
+        step_size: float | None = UNCHANGED,
+        memory: str = UNCHANGED,
         **options: Any,
     ) -> None:
-        """Change how this stage is discretized; the weights are untouched.
+        """Change how this stage is discretized; only what is named changes.
 
-        Every argument not given is reset to its default.
+        The weights are untouched, and so is every setting not named: ``set_solver(
+        step_size=0.5)`` keeps the method, the memory mode, the tolerances and the options;
+        :meth:`reset_solver` returns to the dynamics' own scheme. A change of method keeps
+        the other settings too (the rule of :meth:`solvers.Solver.replace`): a setting the
+        new method cannot take — a step size given for a fixed-step method, then an
+        adaptive method; ``memory="reversible"``, then a Runge–Kutta method; a method's
+        options — is an error that names it, never silently dropped. The default step
+        (``step_size=None``) is the training step ``rhs.step_size`` for every fixed-step
+        method and no step for an adaptive one, so it carries over everywhere.
 
         Args:
-            method: a name from :func:`solvers.methods`; ``None`` restores the default.
-            step_size: for fixed-step and symplectic methods; ``None`` uses the training
-                step. Must be ``None`` for adaptive methods.
+            method: a name from :func:`solvers.methods`; ``None`` is the dynamics' default
+                method ``rhs.default_method``.
+            step_size: for fixed-step and symplectic methods; ``None`` is the training step
+                ``rhs.step_size``. Not for adaptive methods.
             memory: what the backward pass stores. ``"autograd"``: every step's
                 activations (memory grows with the number of steps). ``"reversible"``
-                (Hamiltonian and second-order stages with a symplectic method): only the
-                stage's output; each step's input is recomputed by running the stepper
-                backwards, so memory does not grow with depth and the gradient equals
-                autograd's up to round-off. ``"adjoint"`` (Runge–Kutta methods):
+                (split-state dynamics with a symplectic method): only the stage's output;
+                each step's input is recomputed by running the stepper backwards, so
+                memory does not grow with depth and the gradient equals autograd's up to
+                round-off. ``"adjoint"`` (Runge–Kutta methods):
                 ``torchdiffeq.odeint_adjoint``, constant memory too, but its gradient
                 solves an adjoint ODE and only approximates the discrete one.
-            options: ``rtol``, ``atol`` (adaptive methods) and torchdiffeq options;
-                ``checkpoint_every=k`` with ``memory="reversible"`` also stores the state
-                every ``k`` steps, which bounds float32 reconstruction drift on long stages.
+            options: ``rtol``, ``atol`` (adaptive methods) and torchdiffeq options, added
+                to (or replacing) the current ones; ``checkpoint_every=k`` with
+                ``memory="reversible"`` also stores the state every ``k`` steps, which
+                bounds float32 reconstruction drift on long stages.
 
         Raises:
             ValueError: unknown method, or one that cannot integrate this stage (a
-                symplectic method on a parabolic or resnet stage), or a ``memory`` mode this
-                stage or method does not support.
+                symplectic method on a single-state dynamics), a ``memory`` mode this
+                stage or method does not support, a step size for an adaptive method or
+                tolerances for a fixed-step one, options the method does not take. The
+                stage is unchanged after an error.
+            TypeError: a step size that is not a number.
         """
-        method = self.default_method if method is None else method
+        changes: dict[str, Any] = {}
+        if method is not UNCHANGED:
+            changes["method"] = self.rhs.default_method if method is None else method
+        if step_size is not UNCHANGED:
+            changes["step_size"] = step_size
+        if memory is not UNCHANGED:
+            changes["memory"] = memory
+        for tol in ("rtol", "atol"):
+            if tol in options:
+                changes[tol] = options.pop(tol)
+        if options:
+            changes["options"] = {**self._solver.options, **options}
+        kind = self._kind(changes.get("method", self.method))
+        if kind != "adaptive" and {"rtol", "atol"} & set(changes):
+            raise ValueError(
+                f"{self._name()}: rtol/atol apply to adaptive methods only; "
+                f"{changes.get('method', self.method)!r} is fixed-step: refine it with "
+                "step_size instead"
+            )
+        self.solver = self._new_solver(**changes)
+
+    def _new_solver(self, **changes: Any) -> solvers.Solver:
+        """The current solver with ``changes``, or an error prefixed with the stage's name
+        that says which settings were kept."""
+        current = self._solver
+        # What the dynamics allows comes first: it is the more telling error.
+        self._check_state(
+            changes.get("method", current.method), changes.get("memory", current.memory)
+        )
+        try:
+            return dataclasses.replace(current, **changes)
+        except (ValueError, TypeError) as err:
+            kept = {
+                k: getattr(current, k)
+                for k in ("step_size", "memory", "options")
+                if k not in changes and getattr(current, k)
+            }
+            hint = ""
+            if "method" in changes and kept:
+                shown = ", ".join(
+                    f"{k}={v if k != 'options' else dict(v)!r}" for k, v in kept.items()
+                )
+                hint = f" (set_solver keeps what it is not given: {shown})"
+            raise type(err)(f"{self._name()}: {err}{hint}") from None
+
+    def _kind(self, method: str) -> str:
         kinds = solvers.methods()
         if method not in kinds:
             raise ValueError(
                 f"{self._name()}: unknown method {method!r}; valid methods are: "
                 f"{', '.join(sorted(kinds))}"
             )
-        kind = kinds[method]
-        if kind == "symplectic" and not self.rhs.split:
-            raise ValueError(
-                f"{self._name()}: {method!r} needs a split (q, p) system, but a "
-                f"{type(self.rhs).__name__} has a single state; use a Runge–Kutta method "
-                "such as 'euler', 'rk4' or 'dopri5'"
-            )
-        if kind == "adaptive":
-            if step_size is not None:
-                raise ValueError(
-                    f"{self._name()}: step_size is for fixed-step methods; {method!r} picks its "
-                    "own steps from rtol/atol"
-                )
-        else:
-            if step_size is not None and (
-                isinstance(step_size, bool) or not isinstance(step_size, (int, float))
-            ):
-                raise TypeError(
-                    f"{self._name()}: step_size must be a number, got {type(step_size).__name__}"
-                )
-            step_size = self.rhs.step_size if step_size is None else float(step_size)
-            if not step_size > 0:
-                raise ValueError(f"{self._name()}: step_size must be positive, got {step_size}")
-        self._check_memory(memory, method, kind)
-        if kind != "adaptive" and ("rtol" in options or "atol" in options):
-            raise ValueError(
-                f"{self._name()}: rtol/atol apply to adaptive methods only; {method!r} is "
-                "fixed-step: refine it with step_size instead"
-            )
-        rtol = options.pop("rtol", DEFAULT_RTOL)
-        atol = options.pop("atol", DEFAULT_ATOL)
-        if "checkpoint_every" in options and memory != "reversible":
+        return kinds[method]
+
+    def _check_state(self, method: str, memory: str) -> None:
+        try:
+            self.rhs.check_solver(method, memory)
+        except ValueError as err:
+            raise ValueError(f"{self._name()}: {err}") from None
+
+    def _checked(self, solver: solvers.Solver) -> solvers.Solver:
+        """``solver`` if this stage's dynamics can take it (the rules of the state live in
+        :meth:`RHS.check_solver`; those of the method in :class:`solvers.Solver`)."""
+        self._check_state(solver.method, solver.memory)
+        if "checkpoint_every" in solver.options and solver.memory != "reversible":
             raise ValueError(
                 f"{self._name()}: checkpoint_every is an option of memory='reversible', "
-                f"not of memory={memory!r}"
+                f"not of memory={solver.memory!r}"
             )
-        if kind == "symplectic" and set(options) - {"checkpoint_every"}:
-            raise ValueError(f"{self._name()}: {method!r} takes no options, got {sorted(options)}")
-        self.method, self.kind, self.step_size, self.memory = method, kind, step_size, memory
-        self.rtol, self.atol, self.options = rtol, atol, options
-
-    def _check_memory(self, memory: str, method: str, kind: str) -> None:
-        modes = ("autograd", "reversible", "adjoint")
-        if memory not in modes:
-            raise ValueError(f"{self._name()}: memory must be one of {modes}, got {memory!r}")
-        dynamic = type(self.rhs).__name__
-        if memory == "reversible" and not self.rhs.split:
-            raise ValueError(
-                f"{self._name()}: memory='reversible' needs a time-reversible stage, but a "
-                f"{dynamic} stage is not one (only the Hamiltonian and second-order stages "
-                "are): its earlier states cannot be recomputed from later ones. Use "
-                "memory='adjoint' (constant memory, approximate gradient) or "
-                "memory='autograd'"
-            )
-        if memory == "reversible" and kind != "symplectic":
-            names = [m for m, k in solvers.methods().items() if k == "symplectic"]
-            raise ValueError(
-                f"{self._name()}: memory='reversible' needs a reversible method, and {method!r} "
-                f"is not one; use a symplectic method ({', '.join(sorted(names))}) or "
-                "memory='adjoint' / memory='autograd'"
-            )
-        if memory == "adjoint" and kind == "symplectic":
-            raise ValueError(
-                f"{self._name()}: memory='adjoint' is torchdiffeq's adjoint for Runge–Kutta "
-                f"methods and does not apply to {method!r}; use memory='reversible' (exact "
-                "gradient, constant memory)"
-            )
+        return solver
 
     def _name(self) -> str:
         return "stage" if self.index is None else f"stage {self.index}"
@@ -195,10 +284,15 @@ class Stage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         rhs = self.rhs
-        if x.dim() != 4 or x.shape[1] != rhs.channels:
+        if (
+            not isinstance(x, Tensor)
+            or x.dim() != 4
+            or (rhs.channels is not None and x.shape[1] != rhs.channels)
+        ):
+            width = "channels" if rhs.channels is None else rhs.channels
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
-                f"{self._name()}: expected input (batch, {rhs.channels}, height, width), got "
-                f"{tuple(x.shape)}"
+                f"{self._name()}: expected input (batch, {width}, height, width), got {shape}"
             )
         # Host floats, not a device tensor: the solver never reads the grid back (no sync,
         # and torch.compile sees constants).
@@ -208,12 +302,9 @@ class Stage(nn.Module):
         if opts and "jump_t" in opts:
             opts["jump_t"] = opts["jump_t"].to(device=x.device, dtype=x.dtype)
         try:
-            solver = solvers.Solver(
-                self.method,
+            solver = dataclasses.replace(
+                self._solver,
                 step_size=self.step_size,
-                rtol=self.rtol,
-                atol=self.atol,
-                memory=self.memory,
                 options=opts or {},
                 check_finite=self.check_finite,
             )
@@ -224,6 +315,19 @@ class Stage(nn.Module):
             raise solvers.SolverError(f"{self._name()}: {err}", status=err.status) from err
         self.last_stats = {"method": self.method, **sol.stats.as_dict()}
         return rhs.from_state(sol.y_final)
+
+    def refine(self, factor: int) -> Stage:
+        """Multilevel refinement in time, in place: θ(t) prolongated onto ``factor``× the
+        parameter sets (:meth:`TimeWeights.refine`) and a fixed step divided by
+        ``factor``, so each cell keeps its number of solver steps; ``T`` is unchanged.
+
+        Returns ``self``. Raises ``ValueError`` for a ``factor`` that is not a positive int.
+        """
+        step = self._solver.step_size  # None: the training step, which refines itself
+        self.rhs.refine(factor)
+        if step is not None:
+            self.set_solver(step_size=step / factor)
+        return self
 
     def extra_repr(self) -> str:
         out = f"method={self.method!r}, step_size={self.step_size}"

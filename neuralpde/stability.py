@@ -15,14 +15,16 @@ layers is nonlinear and its Jacobian has norm up to ``max|scale| / sqrt(ε)`` ne
 ``normalized`` flag says so. Bounds are per parameter set ("frozen coefficients"): with θ
 varying in time they are the classical necessary condition, not a proof.
 
-Use :func:`report`; :func:`power_iteration` and :func:`symbol_bound` are the two
-estimates it is built on (a lower and an upper bound of ``ρ(KᵀK)``).
+Use :func:`report`. It asks each stage's right-hand side for its :class:`Spectrum`
+(:meth:`neuralpde.RHS.spectrum`), so it works for every dynamics that declares one; a
+dynamics of your own computes its spectrum with :func:`kernel_spectrum`, built on
+:func:`power_iteration` and :func:`symbol_bound` (a lower and an upper bound of ``ρ(KᵀK)``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -33,10 +35,23 @@ from torch import Tensor, nn
 
 import solvers
 
-from ._rhs import HamiltonianRHS, ParabolicRHS, ResNetRHS, SecondOrderRHS
+from ._rhs import arch_name
+from ._spectra import Spectrum as Spectrum
+from ._spectra import _conv_normal_op, _grouped
+from ._spectra import kernel_spectrum as kernel_spectrum
+from ._spectra import power_iteration as power_iteration
+from ._spectra import symbol_bound as symbol_bound
 from ._stage import Stage
 
-__all__ = ["Report", "power_iteration", "report", "symbol_bound"]
+__all__ = [
+    "Report",
+    "Spectrum",
+    "StabilityPenalty",
+    "kernel_spectrum",
+    "power_iteration",
+    "report",
+    "symbol_bound",
+]
 
 COLUMNS = (
     "stage",
@@ -53,119 +68,6 @@ COLUMNS = (
     "normalized",
 )
 
-_ARCH = {
-    ParabolicRHS: "parabolic",
-    HamiltonianRHS: "hamiltonian",
-    SecondOrderRHS: "second_order",
-    ResNetRHS: "resnet",
-}
-
-
-def power_iteration(
-    op: Callable[[Tensor], Tensor],
-    shape: tuple[int, ...],
-    *,
-    iters: int = 500,
-    tol: float = 1e-6,
-    seed: int = 0,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Largest eigenvalues of symmetric positive semi-definite operators by power iteration.
-
-    Args:
-        op: ``v -> A v`` for ``v`` of shape ``shape = (n, ...)``, acting independently on
-            each of the ``n`` slices ``v[i]`` (``n`` problems solved at once); ``A`` must be
-            symmetric PSD (e.g. ``v -> Kᵀ(K v)``) and is never formed as a matrix.
-        shape: ``(n, *vector_shape)``, e.g. ``(n, c, height, width)``.
-        iters: at most this many applications of ``op``.
-        tol: stop when every Rayleigh quotient changes by less than ``tol`` relative.
-        seed: seed of the random start (the estimate is deterministic).
-        dtype, device: of the iterate (default: torch's default dtype, the CPU); they must
-            match what ``op`` expects.
-
-    Returns:
-        ``(n,)`` float64: the Rayleigh quotients ``vᵀAv`` of the last unit iterates, *lower*
-        bounds of ``ρ(A)`` that converge to it (:func:`symbol_bound` gives an upper bound).
-    """
-    dtype = torch.get_default_dtype() if dtype is None else dtype
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    v = torch.randn(shape, generator=gen, dtype=dtype).to(device)
-    n = shape[0]
-
-    def unit(x: Tensor) -> Tensor:
-        norms = x.reshape(n, -1).norm(dim=1).clamp_min(torch.finfo(dtype).tiny)
-        return x / norms.view(n, *([1] * (x.dim() - 1)))
-
-    v = unit(v)
-    lam = torch.zeros(n, dtype=torch.float64)
-    for _ in range(iters):
-        w = op(v)
-        new = (v * w).reshape(n, -1).sum(dim=1).to(torch.float64).cpu()
-        v = unit(w)
-        done = bool(((new - lam).abs() <= tol * new.abs()).all())
-        lam = new
-        if done:
-            break
-    return lam
-
-
-def _grouped(weights: Tensor) -> Tensor:
-    # n kernels (n, c, c, 3, 3) as one grouped convolution on (1, n·c, h, w).
-    n, c_out, c_in = weights.shape[:3]
-    return weights.reshape(n * c_out, c_in, 3, 3)
-
-
-def _conv_normal_op(weights: Tensor) -> Callable[[Tensor], Tensor]:
-    """``v (n, c, h, w) -> K_iᵀ K_i v_i`` for the ``n`` kernels ``weights (n, c, c, 3, 3)``."""
-    n, c = weights.shape[:2]
-    w = _grouped(weights)
-
-    def op(v: Tensor) -> Tensor:
-        x = v.reshape(1, n * c, *v.shape[2:])
-        # conv_transpose2d with the same weight and padding is the exact adjoint of conv2d.
-        x = F.conv2d(x, w, padding=1, groups=n)
-        x = F.conv_transpose2d(x, w, padding=1, groups=n)
-        return x.reshape(v.shape)
-
-    return op
-
-
-def _composite_normal_op(w1: Tensor, w2: Tensor) -> Callable[[Tensor], Tensor]:
-    """``v -> (K2 K1)ᵀ (K2 K1) v`` per slice, for kernels ``(n, c, c, 3, 3)``."""
-    n, c = w1.shape[:2]
-    g1, g2 = _grouped(w1), _grouped(w2)
-
-    def op(v: Tensor) -> Tensor:
-        x = v.reshape(1, n * c, *v.shape[2:])
-        x = F.conv2d(F.conv2d(x, g1, padding=1, groups=n), g2, padding=1, groups=n)
-        x = F.conv_transpose2d(x, g2, padding=1, groups=n)
-        x = F.conv_transpose2d(x, g1, padding=1, groups=n)
-        return x.reshape(v.shape)
-
-    return op
-
-
-def symbol_bound(weight: Tensor, height: int, width: int) -> float:
-    """An upper bound of ``ρ(KᵀK) = ‖K‖²`` for the zero-padded 3×3 convolution ``K``.
-
-    The zero-padded convolution on ``height × width`` is a restriction of the circular one
-    on the ``(height+1) × (width+1)`` torus (the extra row and column hold the zeros the
-    padding reads), so ``‖K‖`` is at most the largest singular value of the kernel's
-    symbol ``Ŵ(ω) = Σ W[:, :, a, b] e^{-i(ω₁a + ω₂b)}`` over that torus's frequencies.
-
-    Args:
-        weight: ``(c_out, c_in, 3, 3)``.
-        height, width: the image size ``K`` acts on.
-
-    Returns:
-        ``max_ω σ_max(Ŵ(ω))²`` (float).
-    """
-    w = weight.detach().to(torch.float64)
-    sym = torch.fft.fft2(w, s=(height + 1, width + 1))
-    sym = sym.permute(2, 3, 0, 1)
-    return float(torch.linalg.matrix_norm(sym, ord=2).max()) ** 2
-
 
 def _model_step(method: str, model: str, z: Tensor) -> Tensor:
     """Spectral radius of one step (size 1) of ``method`` on the unit model problems.
@@ -177,7 +79,7 @@ def _model_step(method: str, model: str, z: Tensor) -> Tensor:
     kind = solvers.methods()[method]
     if model == "dissipative":
         y1 = solvers.odeint(
-            lambda _, y: -z * y, torch.ones_like(z), t, method=method, step_size=1.0
+            lambda _, y: -z * y, torch.ones_like(z), t, method=method, options={"step_size": 1.0}
         )
         return y1[-1].abs()
     # Columns of the 2×2 one-step matrix: start from (1, 0) and from (0, 1), batched.
@@ -186,10 +88,14 @@ def _model_step(method: str, model: str, z: Tensor) -> Tensor:
     f_q = lambda _, p: -z * p  # noqa: E731
     f_p = lambda _, q: z * q  # noqa: E731
     if kind == "symplectic":
-        q, p = solvers.odeint((f_q, f_p), (q0, p0), t, method=method, step_size=1.0)
+        q, p = solvers.odeint((f_q, f_p), (q0, p0), t, method=method, options={"step_size": 1.0})
     else:
         q, p = solvers.odeint(
-            lambda _, s: (f_q(_, s[1]), f_p(_, s[0])), (q0, p0), t, method=method, step_size=1.0
+            lambda _, s: (f_q(_, s[1]), f_p(_, s[0])),
+            (q0, p0),
+            t,
+            method=method,
+            options={"step_size": 1.0},
         )
     a, b, c, d = q[-1][0], q[-1][1], p[-1][0], p[-1][1]
     tr, det = a + d, a * d - b * c
@@ -304,34 +210,6 @@ def _sizes(input_shape: tuple[int, ...], n: int) -> list[tuple[int, int]]:
     return out
 
 
-def _estimates(rhs, arch, height, width, iters, tol, seed) -> dict[str, list[tuple[float, float]]]:
-    """``{layer: [(rho, rho_upper) per parameter set]}`` for one stage."""
-
-    def both(op, kernels):
-        n, c = kernels[0].shape[:2]
-        rho = power_iteration(
-            op,
-            (n, c, height, width),
-            iters=iters,
-            tol=tol,
-            seed=seed,
-            dtype=kernels[0].dtype,
-            device=kernels[0].device,
-        )
-        up = [math.prod(symbol_bound(w[j], height, width) for w in kernels) for j in range(n)]
-        return list(zip(rho.tolist(), up))
-
-    with torch.no_grad():
-        if arch == "hamiltonian":
-            w1, w2 = rhs.theta_q.weight.detach(), rhs.theta_p.weight.detach()
-            return {"K1": both(_conv_normal_op(w1), [w1]), "K2": both(_conv_normal_op(w2), [w2])}
-        if arch == "resnet":
-            w1, w2 = rhs.theta.weight1.detach(), rhs.theta.weight2.detach()
-            return {"K2K1": both(_composite_normal_op(w1, w2), [w1, w2])}
-        w = rhs.theta.weight.detach()
-        return {"K": both(_conv_normal_op(w), [w])}
-
-
 def report(
     net: nn.Module,
     input_shape: tuple[int, ...],
@@ -341,6 +219,12 @@ def report(
     seed: int = 0,
 ) -> Report:
     """Spectral bounds and step limits of every stage and step of a network.
+
+    Each stage's right-hand side gives its :class:`Spectrum` (:meth:`neuralpde.RHS.spectrum`):
+    the model problem of its linearization and, per parameter set, the spectral radii of
+    its operators and the rate ``z`` they bound. The report turns that into step limits
+    ``max_step = c / z`` with ``c`` the stage's method's limit on the model problem, so it
+    works for every dynamics, the paper's and yours. For the paper's dynamics:
 
     For each parameter set θ_j of each stage (both layers of a Hamiltonian stage) the row
     holds ``rho``, an estimate of ``ρ(KᵀK)`` by power iteration on the actual operator —
@@ -367,7 +251,13 @@ def report(
       symmetric and may have eigenvalues with positive real part, for which no step size
       makes forward Euler non-growing; there is no step limit. ``rho`` is
       ``ρ((K2K1)ᵀ K2K1) = ‖K2K1‖²`` (``rho_upper`` bounds ``‖K2‖²‖K1‖²``, so a step grows
-      a perturbation by at most ``1 + h sqrt(rho_upper)`` for any ``D``), and ``max_step``, ``ok``, ``suggested_step`` are ``None``.
+      a perturbation by at most ``1 + h sqrt(rho_upper)`` for any ``D``), and
+      ``max_step``, ``ok``, ``suggested_step`` are ``None``.
+    * the image filters (:class:`~neuralpde.HeatRHS`, ...): ``"dissipative"`` with the exact
+      ``ρ(KᵀK)`` of the finite-difference gradient times the largest diffusivity.
+
+    A dynamics whose ``spectrum`` returns ``None`` gets one row for the stage with
+    ``step``, ``layer`` and every bound ``None``.
 
     What is covered: the unnormalized layer exactly (for the parabolic one even
     nonlinearly: a step ``h <= 2/ρ`` is non-expansive). The normalization ``N`` of the
@@ -382,10 +272,16 @@ def report(
             (the network pools 2×2 between stages). For a single stage, its own input.
         iters, tol, seed: of :func:`power_iteration`.
 
+    Raises:
+        TypeError: ``net`` holds no stages, or a ``spectrum`` returns something else than
+            a :class:`Spectrum` or ``None``.
+        ValueError: a malformed ``input_shape``.
+
     Returns:
         A :class:`Report`; each row has ``stage``, ``step`` (the parameter set),
-        ``layer`` (``"K"``; ``"K1"`` and ``"K2"`` for the two Hamiltonian layers, which share
-        one ``max_step``; ``"K2K1"`` for the ResNet control), ``arch``,
+        ``layer`` (the names of the spectrum's operators: ``"K"``; ``"K1"`` and ``"K2"``
+        for the two Hamiltonian layers, which share one ``max_step``; ``"K2K1"`` for the
+        ResNet control), ``arch`` (the registered name, else the class name),
         ``method``, ``h`` (the stage's step, ``None`` if adaptive), ``rho``,
         ``rho_upper``, ``max_step`` (from ``rho``), ``ok`` (``h <= max_step``; ``None``
         without a bound), ``suggested_step`` and ``normalized``. ``suggested_step`` is per
@@ -398,50 +294,47 @@ def report(
     rows: list[dict[str, Any]] = []
     for k, (stage, (height, width)) in enumerate(zip(stages, sizes)):
         rhs = stage.rhs
-        arch = _ARCH.get(type(rhs))
-        if arch is None:
-            raise TypeError(f"report: stage {k} has an unknown right-hand side {type(rhs)}")
+        arch = arch_name(type(rhs))
         h = stage.step_size if stage.kind != "adaptive" else None
-        model = "dissipative" if arch == "parabolic" else "oscillatory"
-        c = None if arch == "resnet" else _unit_limit(stage.method, model)
+        base = {"stage": k, "arch": arch, "method": stage.method, "h": h}
+        spec = rhs.spectrum(height, width, iters=iters, tol=tol, seed=seed)
+        if spec is None:
+            # The dynamics declares no spectrum: one row that says so, no bound.
+            rows.append({**dict.fromkeys(COLUMNS), **base})
+            continue
+        if not isinstance(spec, Spectrum):
+            raise TypeError(
+                f"report: {type(rhs).__name__}.spectrum must return a Spectrum or None, got "
+                f"{type(spec).__name__}"
+            )
+        c = None if spec.model is None else _unit_limit(stage.method, spec.model)
         stage_rows: list[dict[str, Any]] = []
-        per_layer = _estimates(rhs, arch, height, width, iters, tol, seed)
-        n_sets = len(next(iter(per_layer.values())))
-        for j in range(n_sets):
-            est = {name: values[j] for name, values in per_layer.items()}
+        safes: list[float | None] = []
+        for j in range(spec.sets):
             max_step = safe = None
             if c is not None:
-                if arch == "parabolic":
-                    ((lo, hi),) = est.values()
-                elif arch == "second_order":
-                    ((lo, hi),) = est.values()
-                    lo, hi = math.sqrt(lo), math.sqrt(hi)
-                else:
-                    lo = math.sqrt(est["K1"][0] * est["K2"][0])
-                    hi = math.sqrt(est["K1"][1] * est["K2"][1])
+                lo, hi = spec.rates[j]
                 max_step = c / lo if lo > 0 else math.inf
                 safe = c / hi if hi > 0 else math.inf
-            for name, (rho, up) in est.items():
+            safes.append(safe)
+            for name, values in spec.layers.items():
+                rho, up = values[j]
                 stage_rows.append(
                     {
-                        "stage": k,
+                        **base,
                         "step": j,
                         "layer": name,
-                        "arch": arch,
-                        "method": stage.method,
-                        "h": h,
                         "rho": rho,
                         "rho_upper": up,
                         "max_step": max_step,
                         "ok": None if (max_step is None or h is None) else h <= max_step,
                         "suggested_step": None,
-                        "_safe": safe,
-                        "normalized": arch == "resnet" or getattr(rhs, "normalize", True),
+                        "normalized": spec.normalized,
                     }
                 )
-        safes = [r.pop("_safe") for r in stage_rows]
-        # No suggestion for adaptive steps, the ResNet control, or a method with no stable
-        # step at all on this dynamic (forward Euler on an oscillation: safe == 0).
+        # No suggestion for adaptive steps, a dynamics without a step limit (the ResNet
+        # control), or a method with no stable step at all on this dynamic (forward Euler
+        # on an oscillation: safe == 0).
         if h is not None and all(s is not None for s in safes) and min(safes) > 0:
             safe = min(safes)
             if h <= safe:
@@ -453,3 +346,123 @@ def report(
                 r["suggested_step"] = suggestion
         rows.extend(stage_rows)
     return Report(rows)
+
+
+def _stability_model(rhs: nn.Module, height: int, width: int) -> str | None:
+    """The unit model problem the right-hand side declares (:meth:`RHS.spectrum`)."""
+    spectrum = rhs.spectrum(height, width, iters=1)
+    return None if spectrum is None else spectrum.model
+
+
+class StabilityPenalty(nn.Module):
+    """A training penalty that keeps ``h·z`` inside the solver's stability limit.
+
+    For every stage with a step limit (see :func:`report`) and every parameter set θ_j it
+    adds ``relu(h z_j / c − margin)²``, where ``h`` is the stage's fixed step, ``c`` the
+    method's limit on its unit model problem (forward Euler 2, RK4 2.785, symplectic
+    Euler and leapfrog 2) and ``z_j`` the largest rate of the linearization: ``ρ(KᵀK)``
+    for a dissipative (parabolic) stage, ``sqrt(ρ(K1ᵀK1) ρ(K2ᵀK2))`` or ``sqrt(ρ(KᵀK))``
+    for an oscillatory one (Hamiltonian, second order). ``ρ`` is the Rayleigh quotient
+    ``‖K v‖²`` of a unit vector ``v`` kept between calls and advanced by ``iters`` steps of
+    :func:`power_iteration` per call (the warm-started power iteration of spectral
+    normalization, Miyato et al., ICLR 2018), so it costs a few convolutions per step and
+    its gradient flows into ``K``. Stages of the ResNet control (no limit) and adaptive
+    stages add nothing.
+
+    The penalty acts on ``K`` only: the normalization's gain is not bounded (see the
+    module docstring), so it is a regularizer towards stable steps, not a guarantee.
+
+    Args:
+        net: a :class:`~neuralpde.PDECNN`, a :class:`~neuralpde.Stage` or a sequence of
+            stages.
+        input_shape: the network input ``(channels, height, width)``; stage ``k`` runs at
+            ``height // 2**k``.
+        iters: power-iteration steps per call.
+        margin: the fraction of the limit allowed, ``h z <= margin · c``.
+        seed: of the vectors' random start.
+
+    ``forward(net)`` -> a 0-d tensor (the sum over stages and parameter sets). The
+    vectors are buffers (saved in ``state_dict``) and are started again when a stage's
+    number of parameter sets changes (:meth:`~neuralpde.PDECNN.refine`).
+
+    Raises:
+        ValueError: ``iters`` < 1 or ``margin`` not positive.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        input_shape: tuple[int, ...],
+        *,
+        iters: int = 2,
+        margin: float = 1.0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+            raise ValueError(f"StabilityPenalty: iters must be a positive int, got {iters!r}")
+        if not margin > 0:
+            raise ValueError(f"StabilityPenalty: margin must be positive, got {margin!r}")
+        self.iters, self.margin, self.seed = iters, float(margin), seed
+        stages = _stages(net)
+        self.sizes = _sizes(input_shape, len(stages))
+        # The model of each stage's linearization, read once: it is a property of the
+        # dynamics, not of the weights.
+        self.models = [_stability_model(s.rhs, *hw) for s, hw in zip(stages, self.sizes)]
+        for k, stage in enumerate(stages):
+            if self.models[k] is None:
+                continue
+            for name, w in self._kernels(stage):
+                self.register_buffer(self._key(k, name), self._start(w, *self.sizes[k]))
+
+    @staticmethod
+    def _key(k: int, name: str) -> str:
+        return f"v{k}_{name.replace('.', '_')}"
+
+    @staticmethod
+    def _kernels(stage: Stage) -> list[tuple[str, Tensor]]:
+        return [
+            (name, p)
+            for name, p in stage.rhs.named_parameters()
+            if p.dim() == 5 and p.shape[-2:] == (3, 3) and p.shape[1] == p.shape[2]
+        ]
+
+    def _start(self, w: Tensor, height: int, width: int) -> Tensor:
+        n, c = w.shape[:2]
+        gen = torch.Generator().manual_seed(self.seed)
+        v = torch.randn((n, c, height, width), generator=gen, dtype=torch.float64)
+        v = v / v.reshape(n, -1).norm(dim=1).view(n, 1, 1, 1)
+        return v.to(device=w.device, dtype=w.dtype)
+
+    def forward(self, net: nn.Module) -> Tensor:
+        total = None
+        for k, stage in enumerate(_stages(net)):
+            model = self.models[k]
+            if model is None or stage.kind == "adaptive":
+                continue
+            c = _unit_limit(stage.method, model)
+            if not c:
+                continue
+            rhos = []
+            for name, w in self._kernels(stage):
+                key = self._key(k, name)
+                v = getattr(self, key)
+                n, ch = w.shape[:2]
+                if v.shape[:2] != (n, ch):  # θ(t) was prolongated: start again
+                    v = self._start(w, *self.sizes[k])
+                with torch.no_grad():
+                    op = _conv_normal_op(w.detach())
+                    for _ in range(self.iters):
+                        v = op(v)
+                        v = v / v.reshape(n, -1).norm(dim=1).clamp_min(1e-30).view(n, 1, 1, 1)
+                setattr(self, key, v)
+                kv = F.conv2d(v.reshape(1, n * ch, *v.shape[2:]), _grouped(w), padding=1, groups=n)
+                rhos.append(kv.reshape(n, -1).pow(2).sum(dim=1))
+            rate = torch.stack(rhos).prod(dim=0)
+            if model == "oscillatory":
+                rate = rate.sqrt()
+            term = torch.relu(stage.step_size * rate / c - self.margin).pow(2).sum()
+            total = term if total is None else total + term
+        if total is None:
+            return torch.zeros(())
+        return total

@@ -18,7 +18,8 @@ T64 = torch.float64
 
 def solve(rhs, u0, T, method="euler", step_size=None, **kw):
     t = torch.tensor([0.0, T], dtype=T64)
-    return solvers.odeint(rhs, u0, t, method=method, step_size=step_size, **kw)[-1]
+    options = None if step_size is None else {"step_size": step_size}
+    return solvers.odeint(rhs, u0, t, method=method, options=options, **kw)[-1]
 
 
 def test_gradient_adjoint_is_exact():

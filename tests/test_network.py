@@ -112,7 +112,7 @@ def test_solver_that_cannot_integrate_stage():
         net.set_solver("verlet")
     with pytest.raises(ValueError, match="unknown method 'rk45'"):
         net.set_solver("rk45")
-    with pytest.raises(ValueError, match="step_size is for fixed-step"):
+    with pytest.raises(ValueError, match="step_size=0.1 is for fixed-step"):
         net.set_solver("dopri5", step_size=0.1)
     with pytest.raises(ValueError, match="stage must be"):
         net.set_solver("rk4", stage=7)
@@ -128,7 +128,7 @@ def test_set_solver_one_stage_and_stats():
     stats = net.solver_stats()
     assert stats[0]["method"] == "leapfrog" and stats[0]["steps"] == 3
     assert stats[1] == {"method": "rk4", "nfe": 24, "steps": 6}
-    net.set_solver()  # back to the paper's schemes
+    net.reset_solver()  # back to the paper's schemes
     net(x)
     assert [s["method"] for s in net.solver_stats()] == ["leapfrog", "leapfrog"]
 

@@ -66,7 +66,9 @@ def test_rk4_and_dopri5_converge_on_continuous_weights(arch):
         assert math.log2(errs[1] / errs[2]) > 1.8, errs
         derrs, nfes = [], []
         for tol in (1e-3, 1e-5, 1e-7):
-            stage.set_solver("dopri5", rtol=tol, atol=tol)
+            # step_size=None: the rk4 step set above does not apply to dopri5 (set_solver
+            # keeps every setting not named, and refuses one the new method cannot take).
+            stage.set_solver("dopri5", step_size=None, rtol=tol, atol=tol)
             derrs.append(float((stage(x) - ref).norm()))
             nfes.append(stage.last_stats["nfe"])
     assert derrs[0] > derrs[1] > derrs[2]
@@ -79,7 +81,7 @@ def test_dopri5_is_told_where_theta_jumps():
     stage, x = stage_of("parabolic")
     with torch.no_grad():
         b = reference(stage, x)
-        stage.set_solver("dopri5", rtol=1e-8, atol=1e-8)
+        stage.set_solver("dopri5", step_size=None, rtol=1e-8, atol=1e-8)
         a = stage(x)
         told = stage.last_stats
         # The control: the same solve not told about the jumps finds them by rejecting steps.
@@ -125,11 +127,15 @@ def test_hyperbolic_stage_run_backwards_recovers_input(arch, method):
     with torch.no_grad():
         state = rhs.to_state(x)
         fwd = solvers.odeint(
-            rhs.separable, state, torch.tensor([0.0, 3.0]), method=method, step_size=1.0
+            rhs.separable,
+            state,
+            torch.tensor([0.0, 3.0]),
+            method=method,
+            options={"step_size": 1.0},
         )
         end = (fwd[0][-1], fwd[1][-1])
         back = solvers.odeint(
-            rhs.separable, end, torch.tensor([3.0, 0.0]), method=method, step_size=1.0
+            rhs.separable, end, torch.tensor([3.0, 0.0]), method=method, options={"step_size": 1.0}
         )
     assert torch.allclose(rhs.from_state((back[0][-1], back[1][-1])), x, rtol=0, atol=1e-12)
     assert (rhs.from_state(end) - x).abs().max() > 1e-2

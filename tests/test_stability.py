@@ -40,10 +40,28 @@ def test_power_iteration_matches_dense_spectral_norm():
     weight = torch.randn(c, c, 3, 3)
     K = dense_conv(weight, c, h, w)
     exact = torch.linalg.matrix_norm(K, ord=2).item() ** 2
-    est = stability.power_iteration(stability._conv_normal_op(weight[None]), (1, c, h, w))
+    op = lambda v: F.conv_transpose2d(F.conv2d(v, weight, padding=1), weight, padding=1)  # noqa: E731
+    est = stability.power_iteration(op, (1, c, h, w))
     assert est.item() == pytest.approx(exact, rel=1e-2)
     assert est.item() <= exact * (1 + 1e-5)  # a Rayleigh quotient never overshoots
     assert stability.symbol_bound(weight, h, w) >= exact * (1 - 1e-9)
+    # kernel_spectrum: the same pair per parameter set, for kernels that are not square too.
+    ((rho, up),) = stability.kernel_spectrum(weight[None], h, w)
+    assert rho == pytest.approx(est.item(), rel=1e-9) and up >= exact * (1 - 1e-9)
+    wide = torch.randn(2, 5, c, 3, 3)  # two sets of a c -> 5 channel convolution
+    for j, (rho, up) in enumerate(stability.kernel_spectrum(wide, h, w)):
+        exact = torch.linalg.matrix_norm(dense_rect(wide[j], h, w), ord=2).item() ** 2
+        assert rho == pytest.approx(exact, rel=1e-2) and exact * (1 - 1e-9) <= up
+    with pytest.raises(ValueError, match=r"3×3 kernels \(n, c_out, c_in, 3, 3\)"):
+        stability.kernel_spectrum(weight, h, w)
+
+
+def dense_rect(weight, h, w):
+    """A (c_out, c_in, 3, 3) zero-padded convolution as a dense matrix."""
+    c_in = weight.shape[1]
+    n = c_in * h * w
+    eye = torch.eye(n, dtype=torch.float64).reshape(n, c_in, h, w)
+    return F.conv2d(eye, weight.double(), padding=1).reshape(n, -1).T
 
 
 def test_report_rho_matches_dense_for_every_arch_and_step():
@@ -99,7 +117,11 @@ def linear_growth(s, h, n_steps=400):
     t = torch.tensor([0.0, n_steps * h], dtype=torch.float64)
     if isinstance(rhs, neuralpde.ParabolicRHS):
         out = solvers.odeint(
-            lambda _, v: -KtK(rhs.theta.weight[0], v), y, t, method="euler", step_size=h
+            lambda _, v: -KtK(rhs.theta.weight[0], v),
+            y,
+            t,
+            method="euler",
+            options={"step_size": h},
         )[-1]
         return (out.norm() / y.norm()).item()
     if isinstance(rhs, neuralpde.SecondOrderRHS):
@@ -111,7 +133,7 @@ def linear_growth(s, h, n_steps=400):
             lambda _, q: KtK(rhs.theta_p.weight[0], q),
         )
         q0, p0 = y.chunk(2, dim=1)
-    q, p = solvers.odeint(f, (q0, p0), t, method=s.method, step_size=h)
+    q, p = solvers.odeint(f, (q0, p0), t, method=s.method, options={"step_size": h})
     if isinstance(rhs, neuralpde.SecondOrderRHS):
         return (q[-1].norm() / q0.norm()).item()  # p is a velocity, in other units
     return (torch.cat([q[-1], p[-1]], 1).norm() / torch.cat([q0, p0], 1).norm()).item()
@@ -185,3 +207,46 @@ def test_methods_change_the_limit_and_euler_cannot_integrate_an_oscillation():
     s.set_solver("dopri5")
     adaptive = stability.report(s, (4, 6, 6)).rows[0]
     assert adaptive["h"] is None and adaptive["ok"] is None and adaptive["max_step"] is None
+
+
+def test_filter_stage_report_is_exact_for_heat():
+    # -KᵀK of the Neumann gradient: ρ = Σ_axes 4 sin²(π(n-1)/(2n)), exactly; forward Euler's
+    # limit 2/ρ, and the filter's own default step respects it.
+    s = neuralpde.Stage(neuralpde.HeatRHS(diffusivity=0.5, T=2.0))
+    (row,) = stability.report(s, (1, 9, 6)).rows
+    exact = sum(4 * math.sin(math.pi * (n - 1) / (2 * n)) ** 2 for n in (9, 6))
+    assert row["rho"] == pytest.approx(0.5 * exact, rel=1e-12) and row["rho_upper"] == 4.0
+    assert row["max_step"] == pytest.approx(2 / (0.5 * exact), rel=1e-8)  # c by bisection
+    assert row["arch"] == "HeatRHS" and row["ok"] and not row["normalized"]
+    # The power iteration on the filter itself agrees with the closed form.
+    heat = s.rhs
+    rho = stability.power_iteration(lambda v: -heat(None, v), (1, 1, 9, 6), dtype=torch.float64)
+    assert rho.item() == pytest.approx(0.5 * exact, rel=1e-3)
+
+
+def test_dynamics_without_a_spectrum_gets_one_row_without_bounds():
+    class Decay(neuralpde.RHS):
+        def forward(self, t, y):
+            return -y
+
+    rep = stability.report(neuralpde.Stage(Decay(2, steps=2, step_size=0.5)), (2, 4, 4))
+    (row,) = rep.rows
+    assert row["arch"] == "Decay" and row["method"] == "euler" and row["h"] == 0.5
+    assert all(row[c] is None for c in ("step", "layer", "rho", "max_step", "ok"))
+    assert rep.ok and rep.suggestions() == {}
+
+    class Wrong(Decay):
+        def spectrum(self, height, width, **kw):
+            return {"K": [(1.0, 2.0)]}
+
+    with pytest.raises(TypeError, match="Wrong.spectrum must return a Spectrum or None"):
+        stability.report(neuralpde.Stage(Wrong(2)), (2, 4, 4))
+
+
+def test_spectrum_is_validated():
+    with pytest.raises(ValueError, match="model must be one of"):
+        stability.Spectrum("elliptic", {"K": [(1.0, 1.0)]}, [(1.0, 1.0)], False)
+    with pytest.raises(ValueError, match="one entry per parameter set"):
+        stability.Spectrum("dissipative", {"K": [(1.0, 1.0)]}, [(1.0, 1.0)] * 2, False)
+    with pytest.raises(ValueError, match="rates exactly when a model"):
+        stability.Spectrum(None, {"K": [(1.0, 1.0)]}, [(1.0, 1.0)], False)

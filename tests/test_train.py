@@ -23,7 +23,6 @@ from experiments import (
 )
 from experiments._config import lr_at, scale_schedule
 from experiments._data import EpochBatches
-from experiments._trainer import time_smoothness
 from experiments.train import config_from_args
 
 TINY = {"widths": [8, 16], "epochs": 2, "train_fraction": 0.5, "batch_size": 16}
@@ -108,34 +107,6 @@ def test_defaults_and_paper_recipe():
     assert neuralpde.count_parameters(build_model(p, 3, 10)) == 502_570
     h = resolve_config(dataset="stl10", preset="paper", arch="hamiltonian")
     assert neuralpde.count_parameters(build_model(h, 3, 10)) == 324_794
-
-
-def test_time_smoothness_is_the_formula():
-    net = neuralpde.PDECNN("parabolic", 1, 10, (4, 8), steps=3, step_size=0.5)
-    tau = 1e-3
-    want = 0.0
-    for m in net.modules():
-        if isinstance(m, neuralpde.TimeWeights):
-            for p in (m.weight, m.scale, m.shift):
-                d = (p[1:] - p[:-1]) / 0.5
-                want += (0.5 * torch.sqrt(d**2 + tau)).sum().item()
-    assert math.isclose(time_smoothness(net, tau).item(), want, rel_tol=1e-6)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, neuralpde.TimeWeights):
-                m.weight.copy_(m.weight[:1].expand_as(m.weight))
-                m.scale.fill_(1.0)
-                m.shift.fill_(0.0)
-    # Constant-in-time weights: only the τ floor, h·sqrt(τ) per entry and step.
-    n_entries = sum(
-        p[1:].numel()
-        for m in net.modules()
-        if isinstance(m, neuralpde.TimeWeights)
-        for p in m.parameters(recurse=False)
-    )
-    assert math.isclose(
-        time_smoothness(net, tau).item(), n_entries * 0.5 * math.sqrt(tau), rel_tol=1e-5
-    )
 
 
 def test_tiny_run_writes_consistent_outputs(tmp_path):

@@ -112,12 +112,12 @@ CASES = [
     (
         lambda: neuralpde.PDECNN("parabolic", 3, 10, (4, 4)).set_solver("euler", step_size="a"),
         TypeError,
-        "step_size must be a number",
+        "step_size must be a Python float",
     ),
     (
         lambda: neuralpde.PDECNN("parabolic", 3, 10, (4, 4)).set_solver("euler", step_size=-1.0),
         ValueError,
-        "step_size must be positive",
+        "step_size must be a positive finite number",
     ),
     (
         lambda: neuralpde.PDECNN("parabolic", 3, 10, (4, 4)).set_solver("rk4", stage=3),

@@ -1,0 +1,236 @@
+"""Spectral estimates of convolutions, and the ``Spectrum`` a right-hand side declares.
+
+Kept apart from :mod:`neuralpde.stability` so that a right-hand side can compute its own
+spectrum (:meth:`neuralpde.RHS.spectrum`) without importing the report that reads it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MODELS = ("dissipative", "oscillatory")
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """The frozen-coefficient linearization of a stage, per parameter set θ_j.
+
+    What :func:`neuralpde.stability.report` reads from :meth:`neuralpde.RHS.spectrum`. A
+    step ``h`` of a method is stable on a mode of rate ``z`` when ``h z <= c``, where ``c``
+    is the method's limit on the unit model problem (forward Euler: 2 on
+    ``"dissipative"``; symplectic Euler and leapfrog: 2 on ``"oscillatory"``).
+
+    Attributes:
+        model: ``"dissipative"`` (a mode ``y' = -z y``: parabolic dynamics),
+            ``"oscillatory"`` (``q' = -z p``, ``p' = z q``: hyperbolic dynamics), or
+            ``None``: no step limit exists (e.g. the non-symmetric ResNet control).
+        layers: ``{layer: [(rho, rho_upper) per parameter set]}``: for each linear
+            operator ``K``, an estimate (a lower bound) and a rigorous upper bound of
+            ``ρ(KᵀK)``; see :func:`kernel_spectrum`.
+        rates: ``[(z, z_upper) per parameter set]``: the largest rate ``z`` of the
+            linearization computed from ``rho`` and from ``rho_upper``; ``None`` when
+            ``model`` is ``None``.
+        normalized: whether a nonlinear normalization sits between ``K`` and ``σ`` (the
+            bound then describes ``K`` and ``σ'`` only, not the normalization's gain).
+
+    Raises:
+        ValueError: on construction, an unknown ``model``, an empty ``layers``, or lists
+            of different lengths.
+    """
+
+    model: str | None
+    layers: dict[str, list[tuple[float, float]]]
+    rates: list[tuple[float, float]] | None
+    normalized: bool
+
+    def __post_init__(self) -> None:
+        if self.model is not None and self.model not in MODELS:
+            raise ValueError(f"Spectrum: model must be one of {MODELS} or None, got {self.model!r}")
+        if not self.layers:
+            raise ValueError("Spectrum: layers must name at least one operator")
+        sizes = {len(v) for v in self.layers.values()}
+        if self.rates is not None:
+            sizes.add(len(self.rates))
+        if len(sizes) != 1 or 0 in sizes:
+            raise ValueError(
+                f"Spectrum: every layer (and rates) needs one entry per parameter set, got "
+                f"lengths {sorted(sizes)}"
+            )
+        if (self.model is None) != (self.rates is None):
+            raise ValueError("Spectrum: give rates exactly when a model is given")
+
+    @property
+    def sets(self) -> int:
+        """The number of parameter sets."""
+        return len(next(iter(self.layers.values())))
+
+
+def power_iteration(
+    op: Callable[[Tensor], Tensor],
+    shape: tuple[int, ...],
+    *,
+    iters: int = 500,
+    tol: float = 1e-6,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Largest eigenvalues of symmetric positive semi-definite operators by power iteration.
+
+    Args:
+        op: ``v -> A v`` for ``v`` of shape ``shape = (n, ...)``, acting independently on
+            each of the ``n`` slices ``v[i]`` (``n`` problems solved at once); ``A`` must be
+            symmetric PSD (e.g. ``v -> Kᵀ(K v)``) and is never formed as a matrix.
+        shape: ``(n, *vector_shape)``, e.g. ``(n, c, height, width)``.
+        iters: at most this many applications of ``op``.
+        tol: stop when every Rayleigh quotient changes by less than ``tol`` relative.
+        seed: seed of the random start (the estimate is deterministic).
+        dtype, device: of the iterate (default: torch's default dtype, the CPU); they must
+            match what ``op`` expects.
+
+    Returns:
+        ``(n,)`` float64: the Rayleigh quotients ``vᵀAv`` of the last unit iterates, *lower*
+        bounds of ``ρ(A)`` that converge to it (:func:`symbol_bound` gives an upper bound).
+    """
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(shape, generator=gen, dtype=dtype).to(device)
+    n = shape[0]
+
+    def unit(x: Tensor) -> Tensor:
+        norms = x.reshape(n, -1).norm(dim=1).clamp_min(torch.finfo(dtype).tiny)
+        return x / norms.view(n, *([1] * (x.dim() - 1)))
+
+    v = unit(v)
+    lam = torch.zeros(n, dtype=torch.float64)
+    for _ in range(iters):
+        w = op(v)
+        new = (v * w).reshape(n, -1).sum(dim=1).to(torch.float64).cpu()
+        v = unit(w)
+        done = bool(((new - lam).abs() <= tol * new.abs()).all())
+        lam = new
+        if done:
+            break
+    return lam
+
+
+def symbol_bound(weight: Tensor, height: int, width: int) -> float:
+    """An upper bound of ``ρ(KᵀK) = ‖K‖²`` for the zero-padded 3×3 convolution ``K``.
+
+    The zero-padded convolution on ``height × width`` is a restriction of the circular one
+    on the ``(height+1) × (width+1)`` torus (the extra row and column hold the zeros the
+    padding reads), so ``‖K‖`` is at most the largest singular value of the kernel's
+    symbol ``Ŵ(ω) = Σ W[:, :, a, b] e^{-i(ω₁a + ω₂b)}`` over that torus's frequencies.
+
+    Args:
+        weight: ``(c_out, c_in, 3, 3)``.
+        height, width: the image size ``K`` acts on.
+
+    Returns:
+        ``max_ω σ_max(Ŵ(ω))²`` (float).
+    """
+    w = weight.detach().to(torch.float64)
+    sym = torch.fft.fft2(w, s=(height + 1, width + 1))
+    sym = sym.permute(2, 3, 0, 1)
+    return float(torch.linalg.matrix_norm(sym, ord=2).max()) ** 2
+
+
+def _check_kernels(kernels: Tensor, who: str) -> None:
+    if not isinstance(kernels, Tensor) or kernels.dim() != 5 or kernels.shape[-2:] != (3, 3):
+        shape = tuple(kernels.shape) if isinstance(kernels, Tensor) else type(kernels).__name__
+        raise ValueError(
+            f"{who}: expected 3×3 kernels (n, c_out, c_in, 3, 3), one per parameter set, "
+            f"got {shape}"
+        )
+
+
+def _grouped(weights: Tensor) -> Tensor:
+    # n kernels (n, c_out, c_in, 3, 3) as one grouped convolution on (1, n·c_in, h, w).
+    n, c_out, c_in = weights.shape[:3]
+    return weights.reshape(n * c_out, c_in, 3, 3)
+
+
+def _conv_normal_op(weights: Tensor) -> Callable[[Tensor], Tensor]:
+    """``v (n, c_in, h, w) -> K_iᵀ K_i v_i`` for the ``n`` kernels ``(n, c_out, c_in, 3, 3)``."""
+    n, c_in = weights.shape[0], weights.shape[2]
+    w = _grouped(weights)
+
+    def op(v: Tensor) -> Tensor:
+        x = v.reshape(1, n * c_in, *v.shape[2:])
+        # conv_transpose2d with the same weight and padding is the exact adjoint of conv2d.
+        x = F.conv2d(x, w, padding=1, groups=n)
+        x = F.conv_transpose2d(x, w, padding=1, groups=n)
+        return x.reshape(v.shape)
+
+    return op
+
+
+def _composite_normal_op(w1: Tensor, w2: Tensor) -> Callable[[Tensor], Tensor]:
+    """``v -> (K2 K1)ᵀ (K2 K1) v`` per slice, for kernels ``(n, c, c, 3, 3)``."""
+    n, c = w1.shape[:2]
+    g1, g2 = _grouped(w1), _grouped(w2)
+
+    def op(v: Tensor) -> Tensor:
+        x = v.reshape(1, n * c, *v.shape[2:])
+        x = F.conv2d(F.conv2d(x, g1, padding=1, groups=n), g2, padding=1, groups=n)
+        x = F.conv_transpose2d(x, g2, padding=1, groups=n)
+        x = F.conv_transpose2d(x, g1, padding=1, groups=n)
+        return x.reshape(v.shape)
+
+    return op
+
+
+def kernel_spectrum(
+    kernels: Tensor | tuple[Tensor, ...],
+    height: int,
+    width: int,
+    *,
+    iters: int = 500,
+    tol: float = 1e-6,
+    seed: int = 0,
+) -> list[tuple[float, float]]:
+    """``(rho, rho_upper)`` of ``ρ(KᵀK)`` for each parameter set of a zero-padded convolution.
+
+    ``rho`` is :func:`power_iteration` on the actual operator (``F.conv2d`` followed by
+    ``F.conv_transpose2d`` with the same weight, at ``height × width``), a lower bound that
+    converges to ``ρ``; ``rho_upper`` is :func:`symbol_bound`, rigorous.
+
+    Args:
+        kernels: ``(n, c_out, c_in, 3, 3)``, the 3×3 kernels of ``n`` parameter sets; or a
+            pair ``(K1, K2)`` of such tensors for the composite ``K = K2 K1`` (then
+            ``rho_upper`` bounds ``‖K2‖²‖K1‖²``).
+        height, width: the image size the convolution acts on.
+        iters, tol, seed: of :func:`power_iteration`.
+
+    Returns:
+        ``[(rho, rho_upper)]``, one pair per parameter set.
+
+    Raises:
+        ValueError: kernels of another shape.
+    """
+    pair = isinstance(kernels, tuple)
+    ks = [k.detach() for k in (kernels if pair else (kernels,))]
+    for k in ks:
+        _check_kernels(k, "kernel_spectrum")
+    if pair and (len(ks) != 2 or ks[0].shape[0] != ks[1].shape[0]):
+        raise ValueError("kernel_spectrum: a composite needs two kernel stacks of equal length")
+    op = _composite_normal_op(*ks) if pair else _conv_normal_op(ks[0])
+    n, c_in = ks[0].shape[0], ks[0].shape[2]
+    with torch.no_grad():
+        rho = power_iteration(
+            op,
+            (n, c_in, height, width),
+            iters=iters,
+            tol=tol,
+            seed=seed,
+            dtype=ks[0].dtype,
+            device=ks[0].device,
+        )
+    up = [math.prod(symbol_bound(k[j], height, width) for k in ks) for j in range(n)]
+    return list(zip(rho.tolist(), up))

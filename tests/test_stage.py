@@ -1,0 +1,113 @@
+"""Stage.set_solver changes only what it is given; a stage's solver is one solvers.Solver."""
+
+import pytest
+import torch
+
+import neuralpde
+import solvers
+
+
+def test_step_size_change_keeps_reversible_memory():
+    # The issue's reproduction: set_solver(step_size=0.5) silently switched memory to autograd.
+    net = neuralpde.PDECNN("hamiltonian", 3, 10, (8, 8), memory="reversible")
+    net.set_solver(step_size=0.5)
+    (stage,) = net.stages
+    assert (stage.method, stage.step_size, stage.memory) == ("symplectic_euler", 0.5, "reversible")
+    net.set_solver(checkpoint_every=2)
+    net.set_solver("verlet")
+    assert (stage.method, stage.step_size, stage.memory) == ("verlet", 0.5, "reversible")
+    assert stage.options == {"checkpoint_every": 2}
+    # And the forward pass really runs with what was kept: 6 Verlet steps of h = 0.5.
+    net(torch.randn(1, 3, 4, 4))
+    assert net.solver_stats()[0]["steps"] == 6
+
+
+def test_tolerances_and_options_are_kept_until_named():
+    stage = neuralpde.Stage(neuralpde.ParabolicRHS(2, steps=2))
+    stage.set_solver("dopri5", rtol=1e-6, max_num_steps=500)
+    stage.set_solver(atol=1e-7)
+    s = stage.solver
+    assert (s.method, s.rtol, s.atol, dict(s.options)) == (
+        "dopri5",
+        1e-6,
+        1e-7,
+        {"max_num_steps": 500},
+    )
+    stage.set_solver(max_num_steps=800)  # an option is replaced by name, the others stay
+    assert stage.options == {"max_num_steps": 800}
+
+
+def test_method_change_keeps_the_rest_and_names_what_does_not_fit():
+    stage = neuralpde.Stage(neuralpde.SecondOrderRHS(2, steps=2, step_size=0.5))
+    # The default step (None: the training step) fits every fixed-step method and none of
+    # the adaptive ones, so it carries over both ways.
+    stage.set_solver("rk4")
+    assert stage.step_size == 0.5 and stage.solver.step_size is None
+    stage.set_solver("dopri5")
+    assert stage.step_size is None
+    stage.set_solver("leapfrog")
+    assert stage.step_size == 0.5
+    # A step the user set does not silently vanish: the adaptive method refuses it, and
+    # the stage is unchanged after the error.
+    stage.set_solver(step_size=0.25)
+    before = stage.solver
+    with pytest.raises(ValueError, match="step_size=0.25 is for fixed-step.*pass step_size=None"):
+        stage.set_solver("dopri5")
+    assert stage.solver == before
+    stage.set_solver("dopri5", step_size=None)
+    assert stage.kind == "adaptive"
+    # Nor does a memory mode: reversible memory, then a Runge–Kutta method, is an error
+    # that says the memory mode was kept and what to pass.
+    stage.set_solver("leapfrog", memory="reversible")
+    with pytest.raises(
+        ValueError, match="'rk4' is not one.*keeps what it is not given.*reversible"
+    ):
+        stage.set_solver("rk4")
+    assert stage.memory == "reversible" and stage.method == "leapfrog"
+    stage.set_solver("rk4", memory="autograd")
+    assert (stage.method, stage.memory) == ("rk4", "autograd")
+
+
+def test_reset_and_method_none_return_to_the_dynamics_own_scheme():
+    stage = neuralpde.Stage(neuralpde.HamiltonianRHS(4, steps=3, step_size=0.5))
+    stage.set_solver("verlet", step_size=0.125, memory="reversible", checkpoint_every=4)
+    stage.set_solver(method=None)  # the default method; everything else kept
+    assert (stage.method, stage.step_size, stage.memory) == (
+        "symplectic_euler",
+        0.125,
+        "reversible",
+    )
+    stage.reset_solver()
+    assert stage.solver == solvers.Solver("symplectic_euler", rtol=1e-3, atol=1e-4)
+    assert (stage.step_size, stage.memory, stage.options) == (0.5, "autograd", {})
+    net = neuralpde.PDECNN("second_order", 1, 2, (4, 4, 4), method="rk4", step_size=0.5)
+    net.set_solver("dopri5", stage=1)
+    net.reset_solver(stage=1)
+    assert [s.method for s in net.stages] == ["rk4", "leapfrog"]
+    net.reset_solver()
+    assert [(s.method, s.step_size) for s in net.stages] == [("leapfrog", 0.5)] * 2
+
+
+def test_solver_value_round_trips_and_is_checked_against_the_dynamics():
+    stage = neuralpde.Stage(neuralpde.HamiltonianRHS(4))
+    saved = stage.solver
+    stage.set_solver("yoshida4", step_size=0.5, memory="reversible")
+    assert stage.solver != saved
+    stage.solver = saved
+    assert stage.solver == saved and stage.method == "symplectic_euler"
+    parabolic = neuralpde.Stage(neuralpde.ParabolicRHS(4))
+    with pytest.raises(ValueError, match="'verlet' needs a split"):
+        parabolic.solver = solvers.Solver("verlet", step_size=0.5)
+    with pytest.raises(TypeError, match="solver must be a solvers.Solver"):
+        parabolic.solver = "rk4"
+    assert parabolic.method == "euler"
+
+
+def test_network_change_is_all_or_nothing():
+    net = neuralpde.PDECNN("hamiltonian", 1, 2, (4, 4, 4))
+    net.set_solver("rk4", memory="adjoint", stage=1)
+    before = [s.solver for s in net.stages]
+    # Stage 0 could take verlet, stage 1 cannot (adjoint memory): neither changes.
+    with pytest.raises(ValueError, match="stage 1: memory='adjoint'.*'verlet'"):
+        net.set_solver("verlet")
+    assert [s.solver for s in net.stages] == before
