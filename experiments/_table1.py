@@ -127,10 +127,36 @@ def _predictions(cfg, run: Path, data) -> dict[str, torch.Tensor]:
         return torch.load(pred, map_location="cpu", weights_only=True)
     # A run finished before predictions were saved: evaluate its best weights again.
     state = load_checkpoint(run / "best.pt")
-    net = build_model(cfg, data.in_channels, data.num_classes)
+    net = build_model(cfg, data.in_channels, data.num_classes, level=state.get("level", 0))
     net.load_state_dict(state["model"])
     test = evaluate(net, data.test, "cpu", outputs=True)
     return {"probs": test["probs"], "labels": test["labels"]}
+
+
+ROW_KEYS = ("test_accuracy", "test_loss", "best_val_accuracy", "best_epoch", "params")
+ROW_KEYS += ("train_seconds", "images_per_second")
+
+
+def _unfinished(cfg, run: Path, data) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The row and test predictions of a network still training: its best weights so far."""
+    state = load_checkpoint(run / "best.pt")
+    net = build_model(cfg, data.in_channels, data.num_classes)
+    net.load_state_dict(state["model"])
+    test = evaluate(net, data.test, "cpu", outputs=True)
+    rows = _metrics(run)
+    best = max(rows, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    seconds = sum(r["seconds"] for r in rows)
+    row = {
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "best_val_accuracy": best["val_accuracy"],
+        "best_epoch": int(best["epoch"]),
+        "params": sum(p.numel() for p in net.parameters() if p.requires_grad),
+        "train_seconds": round(seconds, 2),
+        "images_per_second": round(len(data.train) * len(rows) / max(seconds, 1e-9), 1),
+        "epochs_done": len(rows),
+    }
+    return row, {"probs": test["probs"], "labels": test["labels"]}
 
 
 def _metrics(run: Path) -> list[dict[str, float]]:
@@ -172,6 +198,7 @@ def table1(
     out: str | Path = "runs/table1",
     *,
     resume: bool = False,
+    report_only: bool = False,
     archs=TABLE1_ARCHS,
     epochs: int | None = None,
     command: str | None = None,
@@ -190,6 +217,8 @@ def table1(
         budget: ``"cpu"`` (reduced, see ``BUDGETS``) or ``"paper"`` (the full recipe).
         out: output directory.
         resume: continue a half-done table.
+        report_only: train nothing; write the results of what ``out`` holds (a network
+            still training is reported with its best weights so far, marked unfinished).
         archs: the networks, in training order.
         epochs: stretch the budget's schedule to this many epochs.
         command: the command line to record in the results.
@@ -228,7 +257,7 @@ def table1(
     )
     runs: dict[str, dict[str, Any]] = {}
     with _LoadSampler() as load:
-        for k, arch in enumerate(archs, 1):
+        for k, arch in enumerate([] if report_only else archs, 1):
             cfg, run = cfgs[arch], out / arch
             if resume and _finished(cfg, run):
                 log(f"[{k}/{len(archs)}] {arch}: finished earlier, kept ({run}/report.json)")
@@ -264,25 +293,31 @@ def write_table1(cfgs, data, out: Path, *, budget, runs, seconds, load, command)
     """``results.json``, ``results.md`` and the figures of finished runs in ``out``."""
     archs = list(cfgs)
     first = cfgs[archs[0]]
-    rows, preds, curves = {}, {}, {}
+    rows, preds, curves, missing = {}, {}, {}, []
     for arch in archs:
         run = out / arch
-        report = json.loads((run / "report.json").read_text())
+        if (run / "report.json").is_file():
+            report = json.loads((run / "report.json").read_text())
+            preds[arch] = _predictions(cfgs[arch], run, data)
+            row = {k: report[k] for k in ROW_KEYS}
+            row["epochs_done"] = first.epochs
+        elif (run / "best.pt").is_file() and (run / "metrics.csv").is_file():
+            row, preds[arch] = _unfinished(cfgs[arch], run, data)
+        else:
+            missing.append(arch)
+            continue
         paper = PAPER_CIFAR10.get(arch)
         rows[arch] = {
-            "test_accuracy": report["test_accuracy"],
-            "test_loss": report["test_loss"],
-            "best_val_accuracy": report["best_val_accuracy"],
-            "best_epoch": report["best_epoch"],
-            "params": report["params"],
-            "train_seconds": report["train_seconds"],
-            "images_per_second": report["images_per_second"],
+            **row,
+            "finished": row["epochs_done"] == first.epochs,
             "paper_accuracy": None if paper is None else paper["accuracy"] / 100,
             "paper_loss": None if paper is None else paper["loss"],
             **runs.get(arch, {}),
         }
-        preds[arch] = _predictions(cfgs[arch], run, data)
         curves[arch] = _metrics(run)
+    if not rows:
+        raise ConfigError(f"{out} holds no trained network of {archs}; nothing to report")
+    archs = list(rows)
     control = rows.get("resnet", {}).get("test_accuracy")
     pde = [a for a in archs if a != "resnet"]
     results = {
@@ -310,6 +345,7 @@ def write_table1(cfgs, data, out: Path, *, budget, runs, seconds, load, command)
         "seconds": round(seconds, 1),
         "load_average": load,
         "networks": rows,
+        "not_started": missing,
         "min_pde_accuracy": min(rows[a]["test_accuracy"] for a in pde) if pde else None,
         "max_gap_to_resnet": (
             None
@@ -376,12 +412,22 @@ def _markdown(r: dict[str, Any], ref: str) -> str:
     ]
     for arch, n in r["networks"].items():
         paper_loss = "–" if n["paper_loss"] is None else f"{n['paper_loss']:.3f}"
+        name = (
+            arch if n["finished"] else f"{arch} (after {n['epochs_done']} of {p['epochs']} epochs)"
+        )
         lines.append(
-            f"| {arch} | {n['params']:,} | {_pct(n['test_accuracy'])} | {n['test_loss']:.3f} | "
+            f"| {name} | {n['params']:,} | {_pct(n['test_accuracy'])} | {n['test_loss']:.3f} | "
             f"{_pct(n['paper_accuracy'])} | {paper_loss} | {n['best_epoch']} | "
             f"{n['train_seconds'] / 60:.1f} min | {n['images_per_second']:.0f} |"
         )
     lines += [""]
+    if not all(n["finished"] for n in r["networks"].values()) or r["not_started"]:
+        lines += [
+            "**Unfinished table**: a network marked *after k of n epochs* was still training; "
+            "its row is the test accuracy of its best weights so far. Not started: "
+            f"{', '.join(r['not_started']) or 'none'}. `--resume` continues the table.",
+            "",
+        ]
     if r["min_pde_accuracy"] is not None:
         lines.append(f"Lowest PDE-network test accuracy: {_pct(r['min_pde_accuracy'])}.")
     if r["max_gap_to_resnet"] is not None:

@@ -7,7 +7,8 @@ one budget on an image folder and writes ``results.md``, ``results.json`` and th
 
 ``--budget cpu`` is a reduced recipe for 2 CPU cores (widths 16-32-64-64, 5 epochs);
 ``--budget paper`` is the paper's full recipe (for a GPU). ``--resume`` continues a
-half-done table: finished networks are kept, a half-done one resumes from its ``last.pt``.
+half-done table: finished networks are kept, a half-done one resumes from its ``last.pt``;
+``--report-only`` writes the results of a table still training (best weights so far).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--budget", choices=sorted(BUDGETS), default="cpu", help="cpu (reduced) or paper (GPU)")
     a("--out", default="runs/table1", help="output directory (default: runs/table1)")
     a("--resume", action="store_true", help="continue a half-done table in --out")
+    a("--report-only", action="store_true", help="train nothing: report what --out holds")
     a("--archs", default=",".join(TABLE1_ARCHS), help="networks, in training order")
     a("--epochs", type=int, help="stretch the budget's schedule to this many epochs")
     a("--widths", type=_widths, help="cpu budget: other stage and final widths")
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             args.budget,
             args.out,
             resume=args.resume,
+            report_only=args.report_only,
             archs=tuple(args.archs.split(",")),
             epochs=args.epochs,
             command=command,

@@ -218,3 +218,28 @@ def test_real_cifar10_images_beat_chance(tmp_path):
     r = json.loads((out / "results.json").read_text())
     assert r["protocol"]["train_images"] == 2_000 and r["protocol"]["test_images"] == 10_000
     assert r["networks"]["parabolic"]["test_accuracy"] > 0.2  # chance: 0.1
+
+
+def test_report_only_reports_a_table_still_training(folder, tmp_path):
+    out = tmp_path / "table"
+    opts = {"widths": [4, 8], "threads": 1, "epochs": 2}
+    seen: list[str] = []
+
+    def stop_in_the_second_network(line: str) -> None:
+        seen.append(line)
+        if line.startswith("epoch 2/2") and any(s.startswith("[2/4]") for s in seen):
+            raise _Stop  # hamiltonian has one epoch and its best.pt on disk
+
+    with pytest.raises(_Stop):
+        table1(str(folder), "cpu", out, log=stop_in_the_second_network, **opts)
+    log: list[str] = []
+    r = table1(str(folder), "cpu", out, report_only=True, log=log.append, **opts)
+    assert not any(s.startswith("epoch") for s in log)  # nothing trained
+    assert list(r["networks"]) == ["parabolic", "hamiltonian"]
+    assert r["not_started"] == ["second_order", "resnet"]
+    par, ham = r["networks"]["parabolic"], r["networks"]["hamiltonian"]
+    assert par["finished"] and par["epochs_done"] == 2
+    assert not ham["finished"] and ham["epochs_done"] == 1 and 0 <= ham["test_accuracy"] <= 1
+    md = (out / "results.md").read_text()
+    assert "hamiltonian (after 1 of 2 epochs)" in md and "Unfinished table" in md
+    assert (out / "fig4_validation.png").is_file()
