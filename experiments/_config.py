@@ -8,9 +8,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import neuralpde
 import solvers
 
-ARCHS = ("parabolic", "hamiltonian", "second_order", "resnet")
+# The dynamics and their rules (widths, solvers) are neuralpde's: ask it, never repeat them.
+ARCHS = tuple(neuralpde.archs())
 DATASETS = ("digits", "cifar10", "cifar100", "stl10", "imagefolder")
 PAPER_DATASETS = ("cifar10", "cifar100", "stl10")
 NAN_POLICIES = ("stop", "skip")
@@ -59,6 +61,9 @@ class TrainConfig:
     out: str = "runs/digits-parabolic"
     nan: str = "stop"
     checkpoint_every: int = 0
+    multilevel: list[int] = field(default_factory=list)
+    random_steps: list[float] = field(default_factory=list)
+    stability_penalty: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -257,8 +262,10 @@ def resolve_config(base: TrainConfig | None = None, **given: Any) -> TrainConfig
 
 
 def _check(cfg: TrainConfig) -> None:
-    if cfg.arch not in ARCHS:
-        raise ConfigError(f"--arch must be one of {list(ARCHS)}, got {cfg.arch!r}")
+    archs = neuralpde.archs()
+    if cfg.arch not in archs:
+        raise ConfigError(f"--arch must be one of {list(archs)}, got {cfg.arch!r}")
+    dynamics = archs[cfg.arch]
     if not isinstance(cfg.bn_eps, (int, float)) or not cfg.bn_eps > 0:
         raise ConfigError(f"bn_eps must be a positive float, got {cfg.bn_eps!r}")
     for name in ("epochs", "batch_size", "steps"):
@@ -269,36 +276,29 @@ def _check(cfg: TrainConfig) -> None:
         w = list(cfg.widths)
         if len(w) < 2 or not all(isinstance(x, int) and x > 0 for x in w):
             raise ConfigError(f"--widths needs at least two positive ints, got {cfg.widths!r}")
-        if cfg.arch == "hamiltonian" and any(x % 2 for x in w[:-1]):
-            raise ConfigError(
-                f"--widths: the Hamiltonian network splits each stage in halves, so stage "
-                f"widths must be even; got {w[:-1]}"
-            )
+        for x in w[:-1]:
+            try:
+                dynamics.check_width(x)
+            except ValueError as err:
+                raise ConfigError(f"--widths {w}: {err}") from None
     if not 0 < cfg.train_fraction <= 1:
         raise ConfigError(f"--train-fraction must be in (0, 1], got {cfg.train_fraction}")
     if cfg.nan not in NAN_POLICIES:
         raise ConfigError(f"--nan must be one of {list(NAN_POLICIES)}, got {cfg.nan!r}")
-    if cfg.memory is not None and cfg.memory not in MEMORY_MODES:
-        raise ConfigError(f"--memory must be one of {list(MEMORY_MODES)}, got {cfg.memory!r}")
-    if cfg.memory == "reversible" and cfg.arch not in ("hamiltonian", "second_order"):
-        raise ConfigError(
-            f"--memory reversible needs a reversible network (hamiltonian or second_order); "
-            f"--arch {cfg.arch} is not reversible (use autograd or adjoint)"
-        )
     kinds = solvers.methods()
-    if cfg.solver is not None:
-        if cfg.solver not in kinds:
-            raise ConfigError(f"--solver must be one of {sorted(kinds)}, got {cfg.solver!r}")
-        if kinds[cfg.solver] == "adaptive" and cfg.step_size is not None:
-            raise ConfigError(
-                f"--step-size is for fixed-step solvers; --solver {cfg.solver} is adaptive and "
-                "picks its own steps"
-            )
-        if kinds[cfg.solver] == "symplectic" and cfg.arch in ("parabolic", "resnet"):
-            raise ConfigError(
-                f"--solver {cfg.solver} is symplectic and needs a split (q, p) network; "
-                f"--arch {cfg.arch} has a single state (use euler, rk4, dopri5, ...)"
-            )
+    if cfg.solver is not None and cfg.solver not in kinds:
+        raise ConfigError(f"--solver must be one of {sorted(kinds)}, got {cfg.solver!r}")
+    # What the dynamics allows (neuralpde.RHS.check_solver), then what the method allows
+    # (solvers.Solver): each rule lives there, once.
+    method = cfg.solver or dynamics.default_method
+    memory = cfg.memory or "autograd"
+    try:
+        dynamics.check_solver(method, memory)
+        solvers.Solver(method, step_size=cfg.step_size, memory=memory)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(
+            f"--arch {cfg.arch} --solver {method} ({kinds[method]}) --memory {memory}: {err}"
+        ) from None
     if cfg.dataset == "digits" and cfg.download:
         raise ConfigError("--download: the digits ship with scikit-learn; nothing to download")
     if cfg.image_size is not None:
@@ -308,6 +308,7 @@ def _check(cfg: TrainConfig) -> None:
                 "have their own size"
             )
         _positive("--image-size", cfg.image_size)
+    _check_strategies(cfg, kinds)
     if cfg.checkpoint_every < 0 or cfg.workers < 0:
         raise ConfigError("--checkpoint-every and --workers must be >= 0")
     if cfg.threads is not None:
@@ -318,6 +319,56 @@ def _check(cfg: TrainConfig) -> None:
     total = sum(p[0] for p in cfg.lr_schedule)
     if total != cfg.epochs or not all(p[1] > 0 and math.isfinite(p[1]) for p in cfg.lr_schedule):
         raise ConfigError(f"lr_schedule {cfg.lr_schedule} does not cover {cfg.epochs} epochs")
+
+
+def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
+    """The options that make a trained θ(t) a good ODE (multilevel, random steps, the
+    stability penalty) are consistent with each other and with the solver."""
+    fixed = cfg.solver is None or kinds.get(cfg.solver) != "adaptive"
+    ml = list(cfg.multilevel)
+    if ml:
+        if not all(isinstance(e, int) and not isinstance(e, bool) for e in ml) or ml != sorted(
+            set(ml)
+        ):
+            raise ConfigError(f"--multilevel needs increasing epoch numbers, got {ml}")
+        if ml[0] < 2 or ml[-1] > cfg.epochs:
+            raise ConfigError(
+                f"--multilevel: θ(t) can be prolongated at the start of epochs 2..{cfg.epochs} "
+                f"(the coarse level needs an epoch, and the run ends on the fine one); got {ml}"
+            )
+    rs = list(cfg.random_steps)
+    if rs:
+        if not all(isinstance(h, (int, float)) and math.isfinite(h) and h > 0 for h in rs):
+            raise ConfigError(f"--random-steps needs positive step sizes, got {rs}")
+        if not fixed:
+            raise ConfigError(
+                f"--random-steps draws a fixed step per batch; --solver {cfg.solver} is adaptive"
+            )
+        if ml:
+            raise ConfigError(
+                "--random-steps are absolute step sizes and --multilevel halves the cells; "
+                "use one of the two"
+            )
+        if cfg.step_size is not None:
+            raise ConfigError(
+                "--random-steps replaces --step-size during training (evaluation uses "
+                "--step-size); give the training steps in --random-steps only"
+            )
+    if not (math.isfinite(cfg.stability_penalty) and cfg.stability_penalty >= 0):
+        raise ConfigError(f"--stability-penalty must be >= 0, got {cfg.stability_penalty}")
+    if cfg.stability_penalty and not fixed:
+        raise ConfigError(
+            f"--stability-penalty bounds h·ρ for a fixed step; --solver {cfg.solver} is adaptive"
+        )
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 1,0.5, got {text!r}"
+        ) from None
 
 
 def _widths(text: str) -> list[int]:
@@ -356,6 +407,22 @@ def build_parser() -> argparse.ArgumentParser:
     a("--augment", action=argparse.BooleanOptionalAction, help="flip + pad + random crop")
     a("--solver", help="training solver of every stage (default: the paper's scheme)")
     a("--step-size", type=float, help="training solver's step (default: h = 1, one per step)")
+    a(
+        "--multilevel",
+        type=_widths,
+        help="multilevel training in time: prolongate theta(t) 2x at the start of these "
+        "epochs, e.g. 5,9 (Haber, Ruthotto & Holtham 2018)",
+    )
+    a(
+        "--random-steps",
+        type=_floats,
+        help="draw the training solver's step for each batch from these, e.g. 1,0.5",
+    )
+    a(
+        "--stability-penalty",
+        type=float,
+        help="weight of the penalty keeping h*rho inside the solver's stability limit",
+    )
     a("--memory", choices=MEMORY_MODES, help="how gradients are computed through the stages")
     a("--train-fraction", type=float, help="use this fraction of the training split")
     a("--image-size", type=int, help="imagefolder only: resize images to this size (32)")

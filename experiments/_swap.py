@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+import neuralpde
 import solvers
 
 from ._checkpoint import check_state_dict, load_checkpoint
@@ -30,8 +31,9 @@ def swap_plan(
     scheme); a "training scheme" row comes first unless it is the "euler x1" row.
     """
     plan: list[dict[str, Any]] = []
-    paper_euler = arch in ("parabolic", "resnet") and solver in (None, "euler")
-    if not paper_euler:
+    dynamics = neuralpde.archs()[arch]  # what the arch is, asked of neuralpde
+    # The training scheme is its own row unless it is the "euler x1" row below.
+    if (solver or dynamics.default_method) != "euler":
         plan.append({"label": "training scheme", "method": solver, "step_size": step_size})
     step_size = 1.0 if step_size is None else step_size
     for k in (1, 2, 4, 8):
@@ -42,7 +44,7 @@ def swap_plan(
         plan.append(
             {"label": f"dopri5 rtol={rtol:g}", "method": "dopri5", "rtol": rtol, "atol": rtol / 10}
         )
-    if arch in ("hamiltonian", "second_order"):
+    if dynamics.state != "single":
         kinds = solvers.methods()
         for m in sorted(k for k, v in kinds.items() if v == "symplectic"):
             plan.append({"label": m, "method": m, "step_size": step_size})
@@ -55,7 +57,7 @@ def load_trained(checkpoint: str | Path, device="cpu"):
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
     d = state["data"]
-    net = build_model(cfg, d["in_channels"], d["num_classes"])
+    net = build_model(cfg, d["in_channels"], d["num_classes"], level=state.get("level", 0))
     check_state_dict(net, state["model"], str(checkpoint))
     net.load_state_dict(state["model"])
     return net.to(device).eval(), cfg
@@ -92,7 +94,11 @@ def solver_swap(
         if data_root is not None:
             cfg.data_root = data_root
         data = load_data(cfg)
-    plan = swap_plan(cfg.arch, cfg.step_size, cfg.solver) if plan is None else plan
+    # The network's own step: the training step, refined with θ(t) under multilevel training.
+    own = net.stages[0]
+    own_step = None if own.kind == "adaptive" else own.step_size
+    plan = swap_plan(cfg.arch, own_step, cfg.solver) if plan is None else plan
+    trained = [s.solver for s in net.stages]  # what the network was trained (and loaded) with
     rows = []
     for item in plan:
         opts = {k: v for k, v in item.items() if k not in ("label", "method", "step_size")}
@@ -100,6 +106,8 @@ def solver_swap(
         step = item.get("step_size")
         if method is not None and solvers.methods()[method] == "adaptive":
             step = None
+        # Each item is a whole discretization: from the defaults, not from the last item.
+        net.reset_solver()
         net.set_solver(method, step, **opts)
         try:
             r = evaluate_solver(net, data.test, device, batch_size)
@@ -118,7 +126,8 @@ def solver_swap(
             f"{row['solver']:<22} accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
             f"NFE {row['nfe']:7.1f}  {row['seconds']:.2f}s"
         )
-    net.set_solver(None)
+    for stage, solver in zip(net.stages, trained):
+        stage.solver = solver
     return rows
 
 

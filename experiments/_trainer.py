@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import solvers
 from . import _distributed as D
 from ._checkpoint import CheckpointError, check_state_dict, load_checkpoint, save_checkpoint
 from ._config import NON_MATH_KEYS, ConfigError, TrainConfig, lr_at
-from ._data import DataSplits, EpochBatches, batch_loader, load_data
+from ._data import DataSplits, EpochBatches, _mix, batch_loader, load_data
 
 METRIC_FIELDS = (
     "epoch",
@@ -46,8 +47,11 @@ class NonFiniteLossError(FloatingPointError):
         self.epoch, self.batch = epoch, batch
 
 
-def build_model(cfg: TrainConfig, in_channels: int, num_classes: int) -> neuralpde.PDECNN:
-    """The network a config describes (the paper's Table 1 network under ``preset="paper"``)."""
+def build_model(
+    cfg: TrainConfig, in_channels: int, num_classes: int, level: int = 0
+) -> neuralpde.PDECNN:
+    """The network a config describes (the paper's Table 1 network under ``preset="paper"``),
+    with θ(t) prolongated ``level`` times by 2 (multilevel training, :meth:`PDECNN.refine`)."""
     kw: dict[str, Any] = {"steps": cfg.steps, "bn_eps": cfg.bn_eps}
     if cfg.memory is not None:
         kw["memory"] = cfg.memory
@@ -56,30 +60,10 @@ def build_model(cfg: TrainConfig, in_channels: int, num_classes: int) -> neuralp
     else:
         net = neuralpde.PDECNN(cfg.arch, in_channels, num_classes, tuple(cfg.widths), **kw)
     if cfg.solver is not None or cfg.step_size is not None:
-        # set_solver resets every option it is not given, the memory mode included.
-        extra = {} if cfg.memory is None else {"memory": cfg.memory}
-        net.set_solver(cfg.solver, step_size=cfg.step_size, **extra)
+        net.set_solver(cfg.solver, step_size=cfg.step_size)  # keeps the memory mode
+    for _ in range(level):
+        net.refine(2)
     return net
-
-
-def time_smoothness(model: nn.Module, tau: float) -> Tensor:
-    """``Σ_j h · sqrt(((θ_{j+1} − θ_j)/h)² + τ)`` summed over every entry of every θ(t).
-
-    A smoothed total variation in time (SPEC.md, α1 term): it favours weights that change
-    little from step to step, i.e. a network that is a discretization of a smooth θ(t).
-    """
-    total = None
-    for m in model.modules():
-        if not isinstance(m, neuralpde.TimeWeights) or m.n < 2:
-            continue
-        h = m.T / m.n if m.interpolation == "constant" else m.T / (m.n - 1)
-        for p in m.parameters(recurse=False):
-            d = (p[1:] - p[:-1]) / h
-            term = h * torch.sqrt(d.pow(2) + tau).sum()
-            total = term if total is None else total + term
-    if total is None:
-        return torch.zeros(())
-    return total
 
 
 def _loader(ds, sampler, cfg: TrainConfig, device) -> DataLoader:
@@ -234,12 +218,339 @@ class _Progress:
             )
 
 
+def refinements(cfg: TrainConfig, epoch: int) -> int:
+    """How many 2× prolongations of θ(t) are in effect during 0-based ``epoch``
+    (``cfg.multilevel`` lists the 1-based epochs at whose start θ(t) is refined)."""
+    return sum(1 for e in cfg.multilevel if e - 1 <= epoch)
+
+
+def batch_step_size(cfg: TrainConfig, epoch: int, batch: int) -> float | None:
+    """The training solver's step for one batch under ``cfg.random_steps`` (``None``: the
+    run's own step). A pure function of ``(seed, epoch, batch)``, so a resumed run and
+    every process of a distributed one draw the same steps."""
+    if not cfg.random_steps:
+        return None
+    return float(cfg.random_steps[_mix(cfg.seed, 7919, epoch, batch) % len(cfg.random_steps)])
+
+
+@dataclass
+class _Run:
+    """What one training run holds between its named steps (see :func:`train`)."""
+
+    cfg: TrainConfig
+    data: DataSplits
+    device: torch.device
+    rank: int
+    world: int
+    out: Path
+    net: neuralpde.PDECNN
+    model: nn.Module = None
+    opt: torch.optim.Optimizer = None
+    params: list = field(default_factory=list)
+    penalty: neuralpde.stability.StabilityPenalty | None = None
+    level: int = 0
+    epoch: int = 0
+    batch: int = 0
+    rows: list = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    accum: dict = field(default_factory=dict)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _new_accum() -> dict[str, Any]:
+    return {"loss": 0.0, "correct": 0, "seen": 0, "skipped": 0, "seconds": 0.0}
+
+
+def _no_best() -> dict[str, Any]:
+    return {"val_accuracy": -1.0, "val_loss": math.inf, "epoch": 0}
+
+
+def _setup(cfg: TrainConfig, data: DataSplits | None, resume: bool, log) -> _Run:
+    """Devices, processes, data, the network at its refinement level and the optimizer;
+    with ``resume``, everything restored from ``last.pt``."""
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
+    threads = cfg.threads or (1 if cfg.dataset == "digits" else None)
+    if threads:
+        # 8x8 digits make tiny tensors; splitting them over threads costs more than it gains.
+        torch.set_num_threads(threads)
+    rank, world = D.setup(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    out = Path(cfg.out)
+    state = _resume_state(cfg, out) if resume else None
+
+    seed_everything(cfg.seed)
+    data = data if data is not None else load_data(cfg)
+    data.to(device)  # resident images: normalization and augmentation run on the device
+    level = refinements(cfg, state["epoch"]) if state is not None else 0
+    net = build_model(cfg, data.in_channels, data.num_classes, level=level)
+    run = _Run(cfg, data, device, rank, world, out, net, level=level)
+    if world > 1:
+        D.globalize_batchnorm(net)
+    net.to(device)
+    if cfg.stability_penalty:
+        run.penalty = neuralpde.stability.StabilityPenalty(
+            net, (data.in_channels, data.image_size, data.image_size)
+        ).to(device)
+    _new_optimizer(run)
+    run.best, run.accum = _no_best(), _new_accum()
+    if state is not None:
+        check_state_dict(net, state["model"], str(out / "last.pt"))
+        net.load_state_dict(state["model"])
+        run.opt.load_state_dict(state["optimizer"])
+        if run.penalty is not None:
+            run.penalty.load_state_dict(state["penalty"])
+        run.epoch, run.batch, run.rows = state["epoch"], state["batch"], list(state["metrics"])
+        run.best, run.accum = dict(state["best"]), dict(state["accum"])
+        _set_rng_state(state["rng"])
+        if run.main:
+            log(f"resuming {out}/last.pt at epoch {run.epoch + 1}, batch {run.batch + 1}")
+    elif run.main:
+        out.mkdir(parents=True, exist_ok=True)
+        # A new run: nothing of an earlier one in the same directory may be resumed or
+        # mistaken for this run's results.
+        for stale in ("last.pt", "best.pt", "metrics.csv", "report.json", "report.md"):
+            (out / stale).unlink(missing_ok=True)
+    if run.main:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    return run
+
+
+def _new_optimizer(run: _Run) -> None:
+    """SGD over the network's current parameters (again after a prolongation, which
+    replaces the stages' parameters), and the DDP wrapper around it."""
+    cfg, net = run.cfg, run.net
+    run.model = net
+    if run.world > 1:
+        run.model = nn.parallel.DistributedDataParallel(
+            net, device_ids=[run.device.index] if run.device.type == "cuda" else None
+        )
+    run.params = [p for p in net.parameters() if p.requires_grad]
+    lr = lr_at(cfg.lr_schedule, run.epoch)
+    run.opt = torch.optim.SGD(
+        run.params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+def _prolongate(run: _Run, log) -> None:
+    """Multilevel training: refine θ(t) 2× for each prolongation due at this epoch. The
+    momentum of the old parameters does not carry over (a fresh optimizer), and the best
+    weights are chosen anew on the fine level, where the run ends."""
+    target = refinements(run.cfg, run.epoch)
+    if target == run.level:
+        return
+    while run.level < target:
+        run.net.refine(2)
+        run.level += 1
+    _new_optimizer(run)
+    run.best = _no_best()
+    if run.main:
+        steps = run.net.stages[0].rhs.steps
+        log(f"epoch {run.epoch + 1}: θ(t) prolongated to {steps} parameter sets per stage")
+
+
+def _payload(run: _Run, kind: str, **extra) -> dict[str, Any]:
+    data = run.data
+    return {
+        "kind": kind,
+        "config": run.cfg.to_dict(),
+        "model": run.net.state_dict(),
+        "level": run.level,
+        "classes": list(data.classes),
+        "data": {
+            "in_channels": data.in_channels,
+            "num_classes": data.num_classes,
+            "image_size": data.image_size,
+        },
+        **extra,
+    }
+
+
+def _save_last(run: _Run, epoch: int, batch: int) -> None:
+    if run.main:
+        extra = {} if run.penalty is None else {"penalty": run.penalty.state_dict()}
+        save_checkpoint(
+            run.out / "last.pt",
+            _payload(
+                run,
+                "last",
+                optimizer=run.opt.state_dict(),
+                epoch=epoch,
+                batch=batch,
+                metrics=run.rows,
+                best=run.best,
+                accum=run.accum,
+                rng=_rng_state(),
+                **extra,
+            ),
+        )
+    D.barrier()
+
+
+def _loss(run: _Run, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, cross-entropy, logits)`` of one batch: the cross-entropy plus the
+    time-smoothness regularizer and the stability penalty the config asks for."""
+    cfg = run.cfg
+    logits = run.model(x)
+    ce = F.cross_entropy(logits, y)
+    loss = ce
+    if cfg.smoothness:
+        loss = loss + cfg.smoothness * neuralpde.time_smoothness(run.net, cfg.tau)
+    if run.penalty is not None:
+        loss = loss + cfg.stability_penalty * run.penalty(run.net)
+    return loss, ce, logits
+
+
+def _train_epoch(run: _Run, loader, sampler, progress, log) -> None:
+    """One epoch (from ``run.batch`` on): SGD steps, the NaN guard, weight clipping and
+    the mid-epoch checkpoints."""
+    cfg, device, net = run.cfg, run.device, run.net
+    nb = sampler.num_batches()
+    dtype = run.params[0].dtype  # torch's default dtype when the network was built
+    bn_buffers = list(net.buffers())
+    own = [s.solver for s in net.stages]
+    run.model.train()
+    t_epoch = time.perf_counter()
+    progress.start(run.epoch + 1, cfg.epochs, nb, run.batch)
+    for b, (x, y) in enumerate(loader, start=run.batch):
+        x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
+        h = batch_step_size(cfg, run.epoch, b)
+        if h is not None:
+            for s in net.stages:
+                s.set_solver(step_size=h)
+        saved = [t.clone() for t in bn_buffers] if cfg.nan == "skip" else None
+        what = None
+        try:
+            loss, ce, logits = _loss(run, x, y)
+        except (solvers.NonFiniteError, ValueError) as err:
+            # The solvers reject a non-finite stage input (NaN images, or NaN from an
+            # earlier layer) with a ValueError, a NaN mid-stage with NonFiniteError.
+            nonfinite = isinstance(err, solvers.NonFiniteError) or "NaN or Inf" in str(err)
+            if run.world > 1 or not nonfinite:
+                raise
+            what, ce = f"non-finite state in the forward pass ({err})", None
+        if what is None:
+            run.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(run.params, math.inf)
+            bad_loss, bad_grad = not torch.isfinite(ce).item(), not torch.isfinite(gnorm).item()
+            if D.any_true(bad_loss or bad_grad, device):
+                what = (
+                    f"non-finite loss ({ce.item()})"
+                    if bad_loss
+                    else f"non-finite gradient (norm {gnorm.item()})"
+                )
+        if what is not None:
+            where = f"epoch {run.epoch + 1}, batch {b + 1} of {nb}"
+            if cfg.nan == "stop":
+                raise NonFiniteLossError(
+                    f"{what} at {where}. Training stopped; {run.out}/last.pt still holds the "
+                    "last good state (resume with --resume, e.g. with a lower --lr), or "
+                    "rerun with --nan skip to skip such batches",
+                    epoch=run.epoch + 1,
+                    batch=b + 1,
+                )
+            # Skip: undo the batch-norm statistics the bad batch already updated.
+            with torch.no_grad():
+                for t, s in zip(bn_buffers, saved):
+                    t.copy_(s)
+            run.opt.zero_grad(set_to_none=True)
+            run.accum["skipped"] += 1
+            if run.main:
+                log(f"warning: {what} at {where}; batch skipped (--nan skip)")
+            progress.update(math.nan, math.nan)
+        else:
+            run.opt.step()
+            if cfg.clip_weights:
+                with torch.no_grad():
+                    for p in run.params:
+                        p.clamp_(-1.0, 1.0)
+            n = len(y)
+            run.accum["loss"] += ce.item() * n
+            run.accum["correct"] += (logits.argmax(1) == y).sum().item()
+            run.accum["seen"] += n
+            progress.update(ce.item(), run.accum["correct"] / run.accum["seen"])
+        if cfg.checkpoint_every and (b + 1) % cfg.checkpoint_every == 0 and b + 1 < nb:
+            run.accum["seconds"] += time.perf_counter() - t_epoch
+            t_epoch = time.perf_counter()
+            _save_last(run, run.epoch, b + 1)
+    if cfg.random_steps:
+        # Validation, checkpoints and the report see the run's own solver.
+        for s, solver in zip(net.stages, own):
+            s.solver = solver
+    run.accum["seconds"] += time.perf_counter() - t_epoch
+
+
+def _end_epoch(run: _Run, lr: float, progress) -> None:
+    """Validation, the metrics row, ``best.pt`` when validation improves, ``last.pt``."""
+    val = evaluate(run.net, run.data.val, run.device)
+    # Training loss/accuracy are those of this process's share under several processes.
+    accum = run.accum
+    row = {
+        "epoch": run.epoch + 1,
+        "lr": lr,
+        "train_loss": accum["loss"] / max(accum["seen"], 1),
+        "train_accuracy": accum["correct"] / max(accum["seen"], 1),
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "skipped_batches": accum["skipped"],
+        "seconds": round(accum["seconds"], 3),
+    }
+    run.rows.append(row)
+    progress.end(row, run.cfg.epochs)
+    run.epoch, run.batch, run.accum = run.epoch + 1, 0, _new_accum()
+    best = run.best
+    if (val["accuracy"], -val["loss"]) > (best["val_accuracy"], -best["val_loss"]):
+        run.best = {"val_accuracy": val["accuracy"], "val_loss": val["loss"], "epoch": run.epoch}
+        if run.main:
+            save_checkpoint(
+                run.out / "best.pt", _payload(run, "best", epoch=run.epoch, metrics=run.rows)
+            )
+    _save_last(run, run.epoch, 0)
+    if run.main:
+        _write_metrics(run.out / "metrics.csv", run.rows)
+
+
+def _final_report(run: _Run, wall0: float, cpu0: float) -> dict[str, Any]:
+    """The best-validation weights on the test set, and the report with its figures."""
+    from ._report import write_report
+
+    best_state = load_checkpoint(run.out / "best.pt")
+    check_state_dict(run.net, best_state["model"], str(run.out / "best.pt"))
+    run.net.load_state_dict(best_state["model"])
+    test = evaluate(run.net, run.data.test, run.device, outputs=True)
+    return write_report(
+        run.cfg,
+        run.net,
+        run.data,
+        run.rows,
+        test,
+        run.best,
+        run.out,
+        seconds=time.perf_counter() - wall0,
+        cpu_seconds=time.process_time() - cpu0,
+        world=run.world,
+    )
+
+
 def train(cfg: TrainConfig, data: DataSplits | None = None, *, resume: bool = False, log=print):
     """Train, keep the best-validation weights, evaluate them on the test set, write reports.
 
+    The steps, each a function of this module: set up (devices, data, network,
+    optimizer, or all of it restored from ``last.pt``); per epoch, prolongate θ(t) when
+    ``cfg.multilevel`` says so, train one epoch, validate and checkpoint; finally test
+    the best weights and write the report.
+
     Writes to ``cfg.out``: ``config.json``, ``metrics.csv``, ``last.pt`` (the full training
     state, atomically, every epoch and every ``cfg.checkpoint_every`` batches), ``best.pt``
-    (best validation accuracy), ``report.json``, ``report.md`` and figures.
+    (best validation accuracy; under multilevel training, best on the finest level),
+    ``report.json``, ``report.md`` and figures.
 
     Args:
         cfg: a checked :class:`TrainConfig` (see :func:`resolve_config`).
@@ -256,212 +567,21 @@ def train(cfg: TrainConfig, data: DataSplits | None = None, *, resume: bool = Fa
             checkpoints on disk are those of the last good state.
     """
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
-    threads = cfg.threads or (1 if cfg.dataset == "digits" else None)
-    if threads:
-        # 8x8 digits make tiny tensors; splitting them over threads costs more than it gains.
-        torch.set_num_threads(threads)
-    rank, world = D.setup(cfg.device)
-    main = rank == 0
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
-    out = Path(cfg.out)
-    state = _resume_state(cfg, out) if resume else None
-
-    seed_everything(cfg.seed)
-    data = data if data is not None else load_data(cfg)
-    data.to(device)  # resident images: normalization and augmentation run on the device
-    net = build_model(cfg, data.in_channels, data.num_classes)
-    if world > 1:
-        D.globalize_batchnorm(net)
-    net.to(device)
-    model: nn.Module = net
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    params = [p for p in net.parameters() if p.requires_grad]
-    dtype = params[0].dtype  # torch's default dtype when the network was built
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sampler = EpochBatches(len(data.train), cfg.batch_size, cfg.seed, rank, world)
-    loader = _loader(data.train, sampler, cfg, device)
-    nb = sampler.num_batches()
-
-    epoch, batch, rows = 0, 0, []
-    best = {"val_accuracy": -1.0, "val_loss": math.inf, "epoch": 0}
-    accum = {"loss": 0.0, "correct": 0, "seen": 0, "skipped": 0, "seconds": 0.0}
-    if state is not None:
-        check_state_dict(net, state["model"], str(out / "last.pt"))
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        epoch, batch, rows = state["epoch"], state["batch"], list(state["metrics"])
-        best, accum = dict(state["best"]), dict(state["accum"])
-        _set_rng_state(state["rng"])
-        if main:
-            log(f"resuming {out}/last.pt at epoch {epoch + 1}, batch {batch + 1}")
-    elif main:
-        out.mkdir(parents=True, exist_ok=True)
-        # A new run: nothing of an earlier one in the same directory may be resumed or
-        # mistaken for this run's results.
-        for stale in ("last.pt", "best.pt", "metrics.csv", "report.json", "report.md"):
-            (out / stale).unlink(missing_ok=True)
-    if main:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-
-    def payload(kind: str, **extra) -> dict[str, Any]:
-        return {
-            "kind": kind,
-            "config": cfg.to_dict(),
-            "model": net.state_dict(),
-            "classes": list(data.classes),
-            "data": {
-                "in_channels": data.in_channels,
-                "num_classes": data.num_classes,
-                "image_size": data.image_size,
-            },
-            **extra,
-        }
-
-    def save_last(epoch_: int, batch_: int) -> None:
-        if main:
-            save_checkpoint(
-                out / "last.pt",
-                payload(
-                    "last",
-                    optimizer=opt.state_dict(),
-                    epoch=epoch_,
-                    batch=batch_,
-                    metrics=rows,
-                    best=best,
-                    accum=accum,
-                    rng=_rng_state(),
-                ),
-            )
-        D.barrier()
-
-    progress = _Progress(main, log)
-    bn_buffers = [b for b in net.buffers()]
-    while epoch < cfg.epochs:
-        lr = lr_at(cfg.lr_schedule, epoch)
-        for g in opt.param_groups:
+    run = _setup(cfg, data, resume, log)
+    sampler = EpochBatches(len(run.data.train), cfg.batch_size, cfg.seed, run.rank, run.world)
+    loader = _loader(run.data.train, sampler, cfg, run.device)
+    progress = _Progress(run.main, log)
+    while run.epoch < cfg.epochs:
+        _prolongate(run, log)
+        lr = lr_at(cfg.lr_schedule, run.epoch)
+        for g in run.opt.param_groups:
             g["lr"] = lr
-        sampler.set_epoch(epoch, batch)
-        if hasattr(data.train, "set_epoch"):
-            data.train.set_epoch(epoch)
-        model.train()
-        t_epoch = time.perf_counter()
-        progress.start(epoch + 1, cfg.epochs, nb, batch)
-        for b, (x, y) in enumerate(loader, start=batch):
-            x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
-            saved = [t.clone() for t in bn_buffers] if cfg.nan == "skip" else None
-            what = None
-            try:
-                logits = model(x)
-                ce = F.cross_entropy(logits, y)
-                loss = ce
-                if cfg.smoothness:
-                    loss = loss + cfg.smoothness * time_smoothness(net, cfg.tau)
-            except (solvers.NonFiniteError, ValueError) as err:
-                # The solvers reject a non-finite stage input (NaN images, or NaN from an
-                # earlier layer) with a ValueError, a NaN mid-stage with NonFiniteError.
-                nonfinite = isinstance(err, solvers.NonFiniteError) or "NaN or Inf" in str(err)
-                if world > 1 or not nonfinite:
-                    raise
-                what, ce = f"non-finite state in the forward pass ({err})", None
-            if what is None:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(params, math.inf)
-                bad_loss, bad_grad = not torch.isfinite(ce).item(), not torch.isfinite(gnorm).item()
-                if D.any_true(bad_loss or bad_grad, device):
-                    what = (
-                        f"non-finite loss ({ce.item()})"
-                        if bad_loss
-                        else f"non-finite gradient (norm {gnorm.item()})"
-                    )
-            if what is not None:
-                where = f"epoch {epoch + 1}, batch {b + 1} of {nb}"
-                if cfg.nan == "stop":
-                    raise NonFiniteLossError(
-                        f"{what} at {where}. Training stopped; {out}/last.pt still holds the "
-                        "last good state (resume with --resume, e.g. with a lower --lr), or "
-                        "rerun with --nan skip to skip such batches",
-                        epoch=epoch + 1,
-                        batch=b + 1,
-                    )
-                # Skip: undo the batch-norm statistics the bad batch already updated.
-                with torch.no_grad():
-                    for t, s in zip(bn_buffers, saved):
-                        t.copy_(s)
-                opt.zero_grad(set_to_none=True)
-                accum["skipped"] += 1
-                if main:
-                    log(f"warning: {what} at {where}; batch skipped (--nan skip)")
-                progress.update(math.nan, math.nan)
-            else:
-                opt.step()
-                if cfg.clip_weights:
-                    with torch.no_grad():
-                        for p in params:
-                            p.clamp_(-1.0, 1.0)
-                n = len(y)
-                accum["loss"] += ce.item() * n
-                accum["correct"] += (logits.argmax(1) == y).sum().item()
-                accum["seen"] += n
-                progress.update(ce.item(), accum["correct"] / accum["seen"])
-            if cfg.checkpoint_every and (b + 1) % cfg.checkpoint_every == 0 and b + 1 < nb:
-                accum["seconds"] += time.perf_counter() - t_epoch
-                t_epoch = time.perf_counter()
-                save_last(epoch, b + 1)
-        accum["seconds"] += time.perf_counter() - t_epoch
-        val = evaluate(net, data.val, device)
-        # Training loss/accuracy are those of this process's share under several processes.
-        row = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": accum["loss"] / max(accum["seen"], 1),
-            "train_accuracy": accum["correct"] / max(accum["seen"], 1),
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "skipped_batches": accum["skipped"],
-            "seconds": round(accum["seconds"], 3),
-        }
-        rows.append(row)
-        progress.end(row, cfg.epochs)
-        epoch, batch = epoch + 1, 0
-        accum = {"loss": 0.0, "correct": 0, "seen": 0, "skipped": 0, "seconds": 0.0}
-        improved = (val["accuracy"], -val["loss"]) > (best["val_accuracy"], -best["val_loss"])
-        if improved:
-            best = {"val_accuracy": val["accuracy"], "val_loss": val["loss"], "epoch": epoch}
-            if main:
-                save_checkpoint(out / "best.pt", payload("best", epoch=epoch, metrics=rows))
-        save_last(epoch, 0)
-        if main:
-            _write_metrics(out / "metrics.csv", rows)
-
-    report = None
-    if main:
-        from ._report import write_report
-
-        best_state = load_checkpoint(out / "best.pt")
-        check_state_dict(net, best_state["model"], str(out / "best.pt"))
-        net.load_state_dict(best_state["model"])
-        test = evaluate(net, data.test, device, outputs=True)
-        report = write_report(
-            cfg,
-            net,
-            data,
-            rows,
-            test,
-            best,
-            out,
-            seconds=time.perf_counter() - wall0,
-            cpu_seconds=time.process_time() - cpu0,
-            world=world,
-        )
+        sampler.set_epoch(run.epoch, run.batch)
+        if hasattr(run.data.train, "set_epoch"):
+            run.data.train.set_epoch(run.epoch)
+        _train_epoch(run, loader, sampler, progress, log)
+        _end_epoch(run, lr, progress)
+    report = _final_report(run, wall0, cpu0) if run.main else None
     D.barrier()
     D.teardown()
     return report

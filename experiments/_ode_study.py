@@ -1,0 +1,265 @@
+"""Which training strategy makes a trained θ(t) a good ODE, and at what cost.
+
+Each (arch, strategy) pair is one run of :func:`experiments.train`; its best weights are
+then evaluated under every row of :func:`experiments.solver_swap` and under RK4 and
+dopri5 sweeps, to find the NFE each needs to come within 0.5 points of the converged
+flow. Uses the public API only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ._config import resolve_config
+from ._swap import solver_swap
+from ._trainer import train
+
+# Every strategy sets every strategy option, so that none inherits the default recipe's.
+_PLAIN = {"step_size": None, "multilevel": [], "random_steps": [], "stability_penalty": 0.0}
+
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "paper": {
+        "options": {},
+        "about": "the paper's scheme: one solver step per parameter set, h = 1 "
+        "(Ruthotto & Haber 2020)",
+    },
+    "fine-step h/2": {
+        "options": {"step_size": 0.5},
+        "about": "the training solver takes two steps per parameter set (h = 1/2)",
+    },
+    "fine-step h/4": {
+        "options": {"step_size": 0.25},
+        "about": "four steps per parameter set (h = 1/4)",
+    },
+    "multilevel": {
+        "options": {"multilevel": "auto"},
+        "about": "train 3 parameter sets at h = 1, prolongate θ(t) to 6 (h = 1/2) and 12 "
+        "(h = 1/4) by linear interpolation and continue (Haber, Ruthotto & Holtham 2018; "
+        "Chang et al. 2018)",
+    },
+    "random steps": {
+        "options": {"random_steps": [1.0, 0.5]},
+        "about": "each batch draws the training step from {1, 1/2}",
+    },
+    "stability penalty": {
+        "options": {"stability_penalty": 0.01},
+        "about": "h = 1 plus 0.01·Σ relu(h z / c − 1)², z from a warm-started power "
+        "iteration (2 per step), c the method's stability limit",
+    },
+}
+
+# How close (in accuracy) a solver must come to the converged flow to count as converged.
+CLOSE = 0.005
+# The converged flow: dopri5 with tolerances no classifier notices.
+CONVERGED = {"method": "dopri5", "rtol": 1e-5, "atol": 1e-6}
+
+
+def multilevel_epochs(epochs: int) -> list[int]:
+    """The default multilevel schedule for a run of ``epochs``: prolongate after about
+    half and three quarters of the epochs (at least one epoch per level)."""
+    if epochs < 3:
+        return [epochs] if epochs == 2 else []
+    a = max(2, round(epochs * 0.5) + 1)
+    b = max(a + 1, min(epochs, round(epochs * 0.75) + 1))
+    return [a, b] if b <= epochs else [a]
+
+
+def _options(strategy: str, epochs: int) -> dict[str, Any]:
+    opts = dict(_PLAIN, **STRATEGIES[strategy]["options"])
+    if opts["multilevel"] == "auto":
+        opts["multilevel"] = multilevel_epochs(epochs)
+    return opts
+
+
+def _nfe_to_converge(
+    ckpt: Path, data, arch_step: float, converged: float, device: str
+) -> dict[str, float | None]:
+    """The NFE per forward pass that RK4 (steps h, h/2, …, h/16) and dopri5 (rtol 1e-1 …
+    1e-5) need to come within :data:`CLOSE` of the converged accuracy (``None``: never)."""
+    out: dict[str, float | None] = {}
+    sweeps = {
+        "rk4": [
+            {"label": f"rk4 h/{2**k}", "method": "rk4", "step_size": arch_step / 2**k}
+            for k in range(5)
+        ],
+        "dopri5": [
+            {"label": f"dopri5 {r:g}", "method": "dopri5", "rtol": r, "atol": r / 10}
+            for r in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+        ],
+    }
+    for name, plan in sweeps.items():
+        out[name] = None
+        for item in plan:
+            (row,) = solver_swap(ckpt, data=data, plan=[item], device=device, log=lambda *_: None)
+            if math.isfinite(row["accuracy"]) and abs(row["accuracy"] - converged) <= CLOSE:
+                out[name] = row["nfe"]
+                break
+    return out
+
+
+def run_one(
+    arch: str,
+    strategy: str,
+    out: Path,
+    *,
+    data=None,
+    base: dict[str, Any] | None = None,
+    device: str = "cpu",
+    log=print,
+) -> dict[str, Any]:
+    """Train ``arch`` with ``strategy`` into ``out`` and measure it; returns the row."""
+    base = dict(base or {})
+    probe = resolve_config(arch=arch, **base)
+    opts = _options(strategy, probe.epochs)
+    cfg = resolve_config(arch=arch, out=str(out), device=device, **base, **opts)
+    report = train(cfg, data=data, log=lambda *_: None)
+    ckpt = out / "best.pt"
+    rows = solver_swap(ckpt, data=data, device=device, log=lambda *_: None)
+    (ref,) = solver_swap(
+        ckpt,
+        data=data,
+        device=device,
+        plan=[{"label": "converged", **CONVERGED}],
+        log=lambda *_: None,
+    )
+    finite = [r for r in rows if math.isfinite(r["accuracy"])]
+    worst = min(finite, key=lambda r: r["accuracy"]) if finite else None
+    step = rows[0]["step_size"] if rows and rows[0]["step_size"] != "" else None
+    step = float(step) if step not in (None, "") else 1.0
+    nfe = _nfe_to_converge(ckpt, data, step, ref["accuracy"], device)
+    result = {
+        "arch": arch,
+        "strategy": strategy,
+        "options": opts,
+        "seconds": report["seconds"],
+        "cpu_seconds": report["cpu_seconds"],
+        "test_accuracy": report["test_accuracy"],
+        "training_scheme": rows[0]["accuracy"],
+        "worst": None if worst is None else worst["accuracy"],
+        "worst_solver": None if worst is None else worst["solver"],
+        "failed_rows": [r["solver"] for r in rows if not math.isfinite(r["accuracy"])],
+        "converged": ref["accuracy"],
+        "rk4_nfe": nfe["rk4"],
+        "dopri5_nfe": nfe["dopri5"],
+        "swap": [{k: r[k] for k in ("solver", "accuracy", "nfe")} for r in rows],
+    }
+    log(
+        f"{arch:<13} {strategy:<18} test {result['test_accuracy']:.4f}  worst "
+        f"{result['worst']:.4f} ({result['worst_solver']})  converged {ref['accuracy']:.4f}  "
+        f"{report['cpu_seconds']:.0f} s CPU"
+    )
+    return result
+
+
+def _fmt_nfe(v: float | None) -> str:
+    return "never" if v is None else f"{v:.0f}"
+
+
+def write_study(results: list[dict[str, Any]], out: Path, title: str) -> None:
+    """``study.json``, ``study.md`` (one table) and ``study.png`` in ``out``."""
+    by_arch: dict[str, float] = {
+        r["arch"]: r["cpu_seconds"] for r in results if r["strategy"] == "paper"
+    }
+    for r in results:
+        base = by_arch.get(r["arch"])
+        r["time_ratio"] = None if not base else r["cpu_seconds"] / base
+    (out / "study.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [
+        f"# {title}",
+        "",
+        "| arch | strategy | training time (× paper) | accuracy, training scheme | worst "
+        "accuracy across the solver swap (row) | converged flow | RK4 NFE to ±0.5 pt | "
+        "dopri5 NFE to ±0.5 pt |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        ratio = "–" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}"
+        lines.append(
+            f"| {r['arch']} | {r['strategy']} | {ratio} | {r['training_scheme']:.1%} | "
+            f"{r['worst']:.1%} ({r['worst_solver']}) | {r['converged']:.1%} | "
+            f"{_fmt_nfe(r['rk4_nfe'])} | {_fmt_nfe(r['dopri5_nfe'])} |"
+        )
+    lines += ["", "Strategies:", ""]
+    for name, s in STRATEGIES.items():
+        lines.append(f"- **{name}**: {s['about']}.")
+    (out / "study.md").write_text("\n".join(lines) + "\n")
+    _plot(results, out / "study.png")
+
+
+def _plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = sorted({r["arch"] for r in results})
+    names = list(STRATEGIES)
+    markers = dict(zip(names, "osD^vP*X"))
+    fig, axes = plt.subplots(1, len(archs), figsize=(3.6 * len(archs), 3.6), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        for r in (r for r in results if r["arch"] == arch):
+            if r["time_ratio"] is None or r["worst"] is None:
+                continue
+            ax.scatter(
+                r["time_ratio"],
+                100 * r["worst"],
+                marker=markers.get(r["strategy"], "o"),
+                s=45,
+                label=r["strategy"],
+            )
+        ax.set(title=arch, xlabel="training time (× paper's scheme)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("worst test accuracy over the solver swap (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def study(
+    archs: list[str],
+    strategies: list[str],
+    out: Path,
+    *,
+    base: dict[str, Any] | None = None,
+    device: str = "cpu",
+    resume: bool = False,
+    title: str = "Training strategies for a trained θ(t) that is an ODE",
+    log=print,
+) -> list[dict[str, Any]]:
+    """Run every (arch, strategy) pair into ``out/<arch>/<strategy>/`` and write the table.
+
+    With ``resume``, pairs whose ``result.json`` exists are read back, not trained again.
+    """
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown:
+        raise ValueError(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    data = None
+    for arch in archs:
+        for strategy in strategies:
+            folder = out / arch / strategy.replace(" ", "-").replace("/", "")
+            done = folder / "result.json"
+            if resume and done.is_file():
+                results.append(json.loads(done.read_text()))
+                continue
+            if data is None and base and base.get("dataset") not in (None, "digits"):
+                from ._data import load_data
+
+                data = load_data(resolve_config(**base))
+            t0 = time.perf_counter()
+            row = run_one(arch, strategy, folder, data=data, base=base, device=device, log=log)
+            row["study_seconds"] = time.perf_counter() - t0
+            tmp = done.with_suffix(".tmp")
+            tmp.write_text(json.dumps(row, indent=2) + "\n")
+            os.replace(tmp, done)
+            results.append(row)
+    write_study(results, out, title)
+    return results
