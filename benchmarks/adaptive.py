@@ -62,6 +62,7 @@ def main() -> None:
     train(net, x_tr, y_tr, epochs=1 if args.tiny else 15)
 
     def evaluate(method, **kw):
+        net.reset_solver()  # each configuration is a whole discretization
         net.set_solver(method, **kw)
         with torch.no_grad():
             logits = net(x_te)
@@ -92,6 +93,7 @@ def main() -> None:
     for name, method, kw, *_ in results:
 
         def timed_run(method=method, kw=kw, run=runs[name]):
+            net.reset_solver()
             net.set_solver(method, **kw)
             return run()
 

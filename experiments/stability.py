@@ -39,6 +39,7 @@ from torch import Tensor
 import neuralpde
 from neuralpde import stability
 
+# The default: the paper's three dynamics and the ResNet control (any registered arch runs).
 ARCHS = ("parabolic", "hamiltonian", "second_order", "resnet")
 FIELDS = (
     "arch",
@@ -238,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         prog="python -m experiments.stability", description=__doc__.split("\n")[0]
     )
     p.add_argument("--out", default="runs/stability", help="directory for stability.csv/.png")
-    p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=sorted(neuralpde.archs()))
     p.add_argument("--depths", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--step-size", type=float, default=0.1, help="h, fixed for every depth")
     p.add_argument("--width", type=int, default=8, help="channels of the first stage (even)")

@@ -47,7 +47,9 @@ class PDECNN(nn.Module):
         num_classes: number of classes.
         widths: ``(nf_1, ..., nf_{K+1})``; ``K = len(widths) - 1`` stages.
         steps: parameter sets (time steps) per stage.
-        step_size: the training step ``h``; each stage spans ``T = steps * h``.
+        step_size: the training step ``h``, the width of θ(t)'s cells; each stage spans
+            ``T = steps * h``. It fixes the model; :meth:`set_solver`'s ``step_size`` only
+            changes how finely that model is integrated (default: this ``h``).
         interpolation: θ(t) between steps, ``"constant"`` (the paper) or ``"linear"``.
         method: solver of every stage (default: the dynamics' ``default_method``, the
             paper's scheme).
@@ -170,10 +172,14 @@ class PDECNN(nn.Module):
     def _targets(self, stage: int | None, who: str) -> list[Stage]:
         if stage is None:
             return list(self.stages)
-        if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < len(
-            self.stages
+        if (
+            isinstance(stage, bool)
+            or not isinstance(stage, int)
+            or not 0 <= stage < len(self.stages)
         ):
-            raise ValueError(f"{who}: stage must be an int in [0, {len(self.stages)}), got {stage!r}")
+            raise ValueError(
+                f"{who}: stage must be an int in [0, {len(self.stages)}), got {stage!r}"
+            )
         return [self.stages[stage]]
 
     def refine(self, factor: int) -> PDECNN:

@@ -17,7 +17,7 @@ print(logits.shape, net.solver_stats()[0])
 # Same weights, another discretization of the same ODE: twice as many Verlet steps.
 net.set_solver("verlet", step_size=0.5)
 print(net(x).shape, net.solver_stats()[0])
-net.set_solver()  # back to the paper's symplectic Euler with h = 1
+net.reset_solver()  # back to the paper's symplectic Euler with h = 1
 
 # One step of the paper's optimizer (SGD, momentum 0.9).
 opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)

@@ -53,7 +53,7 @@ for k, h in rep.suggestions().items():
     net.set_solver(step_size=h, stage=k)
 print("all steps within their limit now:", stability.report(net, (1, 8, 8)).ok)
 print(f"test accuracy re-discretized at the suggested steps: {accuracy(net):.3f}")
-net.set_solver()  # back to the training discretization
+net.reset_solver()  # back to the training discretization
 # Trained far outside the limit, the network is not a discretization of its ODE: its
 # function lives in the big steps, and the fine discretization computes something else.
 
