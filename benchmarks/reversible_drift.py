@@ -41,11 +41,9 @@ def gradient(rhs, x, method, h, memory, checkpoint_every=None):
     x = x.detach().requires_grad_(True)
     # float64 times for every run: a float32 T such as 25.6 would round up and add a step.
     t = torch.tensor([0.0, rhs.T], dtype=torch.float64)
-    options = None if checkpoint_every is None else {"checkpoint_every": checkpoint_every}
-    q, p = solvers.odeint(
-        rhs.separable, rhs.to_state(x), t, method=method, step_size=h, memory=memory,
-        options=options,
-    )  # fmt: skip
+    options = {} if checkpoint_every is None else {"checkpoint_every": checkpoint_every}
+    solver = solvers.Solver(method, step_size=h, memory=memory, options=options)
+    q, p = solvers.solve(rhs.separable, rhs.to_state(x), t, solver).ys
     y = rhs.from_state((q[-1], p[-1]))
     w = torch.linspace(-1.0, 1.0, y.numel(), dtype=y.dtype).view_as(y)
     g = torch.autograd.grad((w * y).sum(), [x, *rhs.parameters()])
@@ -56,7 +54,7 @@ def reconstruct(rhs, method, h, state):
     """Run the stepper backwards from ``state`` at T to 0 (the same cells, ``-h`` each)."""
     t = torch.tensor([rhs.T, 0.0], dtype=torch.float64)
     with torch.no_grad():
-        q, p = solvers.odeint(rhs.separable, state, t, method=method, step_size=h)
+        q, p = solvers.odeint(rhs.separable, state, t, method=method, options={"step_size": h})
     return rhs.from_state((q[-1], p[-1]))
 
 

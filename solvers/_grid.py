@@ -2,7 +2,9 @@
 
 The grid is torchdiffeq's (``FixedGridODESolver``): points ``t[0] + k h`` over the whole
 span, the last one replaced by ``t[-1]``; output times between two points are linearly
-interpolated from the two states. Without a step size the grid is the output times
+interpolated from the two states. Decreasing times walk the increasing grid of their span
+backwards (see :func:`grid`), so that forward and backward integrations over the same
+times use the same cells. Without a step size the grid is the output times
 themselves (torchdiffeq's behaviour). The Runge–Kutta methods, the symplectic steppers and
 the reversible backward all step on this grid, so one ``step_size`` means one set of
 evaluation times. One rule is added to torchdiffeq's: the grid always has at least one
@@ -91,21 +93,28 @@ def _rounder(dtype: torch.dtype):
 def grid(ts: list[float], step_size: float | None, dtype: torch.dtype) -> list[float]:
     """The step grid for output times ``ts`` (monotone) and ``step_size``, as floats.
 
-    Points ``ts[0] + k h`` rounded as torchdiffeq's ``dtype`` tensor arithmetic rounds
-    them, ``ceil((ts[-1] - ts[0]) / h + 1)`` of them but at least 2, the last replaced by
-    ``ts[-1]``; decreasing ``ts`` are stepped in negated time, as torchdiffeq does.
-    ``step_size=None``: ``ts`` itself.
+    The points of a span ``[lo, hi]`` are torchdiffeq's for increasing times: ``lo + k h``
+    rounded as its ``dtype`` tensor arithmetic rounds them, ``ceil((hi - lo) / h + 1)`` of
+    them but at least 2, the last replaced by ``hi``. Decreasing ``ts`` walk the same
+    points backwards, so a symplectic method retraces its forward cells exactly and
+    returns to its start to round-off (torchdiffeq builds a decreasing grid from ``t[0]``
+    downwards: the same points to round-off when ``h`` divides the span, the short step
+    at the other end when it does not). ``step_size=None``: ``ts`` itself.
     """
     if step_size is None or len(ts) < 2:
         return list(ts)
-    sign = -1.0 if ts[-1] < ts[0] else 1.0
+    if ts[-1] > ts[0]:
+        return _increasing(ts[0], ts[-1], step_size, dtype)
+    return _increasing(ts[-1], ts[0], step_size, dtype)[::-1]
+
+
+def _increasing(start: float, end: float, step_size: float, dtype: torch.dtype) -> list[float]:
     rnd, op_scalar = _rounder(dtype)
     h = op_scalar(step_size)  # a Python scalar enters a kernel in its compute type
-    start, end = sign * ts[0], sign * ts[-1]
     n = max(2, math.ceil(rnd(rnd(rnd(end - start) / h) + 1.0)))
     points = [rnd(rnd(rnd(float(k)) * h) + start) for k in range(n)]
     points[-1] = end
-    return [sign * x for x in points]
+    return points
 
 
 def grid_constructor(step_size: float):
@@ -113,11 +122,14 @@ def grid_constructor(step_size: float):
     ``t`` itself, so the gradient with respect to ``t[0]`` and ``t[-1]`` flows."""
 
     def construct(func, y0, t: Tensor) -> Tensor:
-        # torchdiffeq hands increasing times (it negates decreasing ones first).
-        start, end = t[0], t[-1]
-        n = max(2, math.ceil(float(((end - start) / step_size + 1).detach())))
-        points = torch.arange(0, n, dtype=t.dtype, device=t.device) * step_size + start
-        return torch.cat([points[:-1], end.reshape(1)])
+        # torchdiffeq passes the times as given (and negates what this returns itself
+        # when they decrease). The number of points reads the same floats grid() reads.
+        t0, t1 = (float(x) for x in t[[0, -1]].detach().to("cpu", torch.float64))
+        n = len(grid([t0, t1], step_size, t.dtype))
+        k = torch.arange(0, n, dtype=t.dtype, device=t.device)
+        if t1 > t0:
+            return torch.cat([(t[0] + k * step_size)[:-1], t[-1:]])
+        return torch.cat([t[:1], (t[-1] + k * step_size).flip(0)[1:]])
 
     return construct
 

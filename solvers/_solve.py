@@ -121,7 +121,7 @@ def _integrate(func, y0, t, ts, solver: Solver, params, final_only: bool):
         )
     func = tuple(func)
     time_dtype = torch.promote_types(t.dtype, y0[0].dtype)
-    plan = _split.Plan(STEPPERS[solver.method], ts, solver.step_size, time_dtype, y0[0].device)
+    plan = _split.Plan(STEPPERS[solver.method], ts, solver.step_size, t, time_dtype, y0[0].device)
     if solver.memory == "reversible":
         every = solver.options.get("checkpoint_every")
         sol, stats = _reversible.integrate(func, y0, plan, params, every, final_only)

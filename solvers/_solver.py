@@ -38,7 +38,9 @@ def _check_tolerance(name: str, tol: Any) -> None:
     if (
         isinstance(tol, bool)
         or not isinstance(tol, (int, float))
-        or not (math.isfinite(tol) and tol > 0)
+        # A chained comparison, not math.isfinite: under torch.compile a number that changed
+        # between calls is traced as a symbolic float, which comparisons accept (NaN fails).
+        or not 0 < tol < math.inf
     ):
         raise ValueError(f"{name} must be a positive finite number, got {tol!r}")
 
@@ -104,7 +106,7 @@ class Solver:
                     f"step_size must be a Python float (the grid is fixed before stepping), "
                     f"got {type(self.step_size).__name__}"
                 )
-            if not (math.isfinite(self.step_size) and self.step_size > 0):
+            if not 0 < self.step_size < math.inf:  # not math.isfinite: see _check_tolerance
                 raise ValueError(
                     f"step_size must be a positive finite number, got {self.step_size}"
                 )

@@ -24,10 +24,11 @@ class Plan:
         place: per step, the outputs it gives (:func:`_grid.placements`).
     """
 
-    def __init__(self, stepper: Stepper, ts: list[float], step_size, time_dtype, device):
+    def __init__(self, stepper: Stepper, ts: list[float], step_size, t: Tensor, time_dtype, device):
         self.stepper = stepper
         self.ts = ts
-        self.points = grid(ts, step_size, time_dtype)
+        # The grid in t's dtype, as for the Runge–Kutta methods: one grid for every method.
+        self.points = grid(ts, step_size, t.dtype)
         # Built once: per-step times are views into it, so the loop never syncs.
         times = torch.tensor(self.points, dtype=time_dtype, device=device)
         self.steps = [

@@ -77,7 +77,12 @@ def _counter(func, y0, method: str) -> _Counter:
     names += tuple(n for n in _all_adjoint_callback_names if hasattr(func, n))
     key = (names, tuple(n in valid for n in names))
     if key not in _CLASSES:
-        body = {n: _callback(n, _COUNTS.get(n) if n in valid else None) for n in names}
+        # Adaptive solvers call callback_step on every attempt: count accepts instead.
+        adaptive = "callback_accept_step" in valid
+        counts = {n: _COUNTS.get(n) if n in valid else None for n in names}
+        if adaptive and "callback_step" in counts:
+            counts["callback_step"] = None
+        body = {n: _callback(n, counts[n]) for n in names}
         _CLASSES[key] = type("_CountingFunc", (_Counter,), body)
     return _CLASSES[key](func, y0, method)
 

@@ -13,11 +13,12 @@ import torch
 
 import neuralpde
 import solvers
-from solvers import _reversible
-from solvers._steppers import STEPPERS, Stepper
+from solvers import Solver, _reversible
+from solvers._methods import STEPPERS
+from solvers._steppers import Stepper
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["symplectic_euler", "leapfrog", "verlet", "yoshida4"]
+METHODS = sorted(STEPPERS)  # every registered stepper
 ARCHS = {"hamiltonian": neuralpde.HamiltonianRHS, "second_order": neuralpde.SecondOrderRHS}
 F64 = torch.float64
 
@@ -123,11 +124,9 @@ def test_odeint_plain_functions_several_outputs_and_backwards_time():
     p0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
     for t in (torch.tensor([0.0, 0.35, 1.0, 1.2], dtype=F64), torch.tensor([1.0, 0.2, -0.5])):
         grads = []
-        for memory, options in [("autograd", None), ("reversible", {"params": (A, B)})]:
-            q, p = solvers.odeint(
-                func, (q0, p0), t, method="yoshida4", step_size=0.1, memory=memory,
-                options=options,
-            )  # fmt: skip
+        for memory, params in [("autograd", None), ("reversible", (A, B))]:
+            solver = Solver("yoshida4", step_size=0.1, memory=memory)
+            q, p = solvers.solve(func, (q0, p0), t, solver, params=params).ys
             loss = (q**2).sum() + (p * torch.arange(p.numel()).view_as(p)).sum()
             grads.append(torch.autograd.grad(loss, (q0, p0, A, B)))
         for a, b in zip(*grads):
@@ -140,17 +139,18 @@ def test_odeint_gathers_module_parameters():
     assert _reversible.gather_params(rhs.separable) == tuple(rhs.parameters())
     state = rhs.to_state(torch.randn(1, 4, 3, 3, dtype=F64))
     t = torch.tensor([0.0, 1.5], dtype=F64)
-    q, p = solvers.odeint(
-        rhs.separable, state, t, method="verlet", step_size=0.5, memory="reversible"
-    )
+    q, p = solvers.solve(
+        rhs.separable, state, t, Solver("verlet", step_size=0.5, memory="reversible")
+    ).ys
     grads = torch.autograd.grad(q[-1].sum() + p[-1].sum(), list(rhs.parameters()))
     assert all(g.norm() > 0 for g in grads)
 
 
 class _GenericVerlet(Stepper):
-    """Verlet with no kick decomposition known to the reversible module (generic path)."""
+    """Verlet as a plain Stepper: no tableau, so the reversible backward takes the generic
+    path (reconstruct with the step of -h, then differentiate the step again)."""
 
-    name = "generic_verlet"
+    name = "test_generic_verlet"
     order = 2
     evals = (1, 2)
 
@@ -158,21 +158,47 @@ class _GenericVerlet(Stepper):
         return STEPPERS["verlet"].step(func, t, h, state)
 
 
-def test_generic_path_for_a_stepper_without_kicks():
+def test_generic_path_for_a_stepper_without_a_tableau():
     torch.manual_seed(0)
     rhs = neuralpde.HamiltonianRHS(4, 4, 0.25).to(F64)
     x = torch.randn(2, 4, 4, 4, dtype=F64, requires_grad=True)
-    t = torch.tensor([0.0, 1.0], dtype=F64)
-    ref = solvers.odeint(rhs.separable, rhs.to_state(x), t, method="verlet", step_size=0.25)
-    grid = [(0.0, 0.25, 4)]
-    times = torch.arange(4, dtype=F64) * 0.25
-    out = _reversible.odeint_reversible(
-        _GenericVerlet(), rhs.separable, rhs.to_state(x), grid, times
-    )
+    t = torch.tensor([0.0, 0.6, 1.0], dtype=F64)  # 0.6 is interpolated between two steps
+    ref = solvers.solve(rhs.separable, rhs.to_state(x), t, Solver("verlet", step_size=0.25)).ys
+    solvers.register_stepper(_GenericVerlet())
+    try:
+        solver = Solver("test_generic_verlet", step_size=0.25, memory="reversible")
+        out = solvers.solve(rhs.separable, rhs.to_state(x), t, solver).ys
+    finally:
+        del STEPPERS["test_generic_verlet"]
     params = [x, *rhs.parameters()]
-    g_ref = torch.autograd.grad(ref[0][-1].sum() + 2 * ref[1][-1].sum(), params)
-    g_gen = torch.autograd.grad(out[0][-1].sum() + 2 * out[1][-1].sum(), params)
+    g_ref = torch.autograd.grad(ref[0].sum() + 2 * ref[1][1:].sum(), params)
+    g_gen = torch.autograd.grad(out[0].sum() + 2 * out[1][1:].sum(), params)
     for a, b in zip(g_gen, g_ref):
+        assert rel(a, b) <= 1e-10
+
+
+def test_a_users_splitting_method_gets_reversible_memory():
+    """Registered from its tableau alone (position Verlet), with interpolated outputs."""
+    user = solvers.SplittingStepper(
+        "test_position_verlet_rev",
+        order=2,
+        tableau=[("drift", 0.5, 0.5), ("kick", 1.0, 0.5), ("drift", 0.5, 0.5)],
+    )
+    torch.manual_seed(0)
+    A = torch.randn(3, 3, dtype=F64, requires_grad=True)
+    func = (lambda t, p: torch.tanh(p @ A) * (1 + t), lambda t, q: -torch.sin(q) * (2 - t))
+    y0 = tuple(torch.randn(2, 3, dtype=F64, requires_grad=True) for _ in range(2))
+    t = torch.tensor([0.0, 0.35, 1.0], dtype=F64)
+    solvers.register_stepper(user)
+    try:
+        grads = []
+        for memory, params in [("autograd", None), ("reversible", (A,))]:
+            solver = Solver(user.name, step_size=0.1, memory=memory)
+            q, p = solvers.solve(func, y0, t, solver, params=params).ys
+            grads.append(torch.autograd.grad((q**2).sum() + p.sum(), (*y0, A)))
+    finally:
+        del STEPPERS[user.name]
+    for a, b in zip(*grads):
         assert rel(a, b) <= 1e-10
 
 
@@ -271,28 +297,26 @@ def test_adjoint_memory_gradient_is_approximate():
 
 
 def test_errors_are_clear():
-    t = torch.tensor([0.0, 1.0])
-    f = (lambda t, p: p, lambda t, q: -q)
-    y0 = (torch.ones(2), torch.zeros(2))
     with pytest.raises(ValueError, match="reversible.*'euler'.*symplectic"):
-        solvers.odeint(
-            lambda t, y: -y, torch.ones(2), t, method="euler", step_size=0.1, memory="reversible"
-        )
+        Solver("euler", step_size=0.1, memory="reversible")
     with pytest.raises(ValueError, match="reversible.*'dopri5'"):
-        solvers.odeint(lambda t, y: -y, torch.ones(2), t, method="dopri5", memory="reversible")
+        Solver("dopri5", memory="reversible")
     with pytest.raises(ValueError, match="memory='reversible'"):
-        solvers.odeint(f, y0, t, method="verlet", step_size=0.1, memory="adjoint")
-    with pytest.raises(ValueError, match="adjoint=True"):
-        solvers.odeint(f, y0, t, method="verlet", step_size=0.1, adjoint=True, memory="reversible")
+        Solver("verlet", step_size=0.1, memory="adjoint")
     with pytest.raises(ValueError, match="memory must be one of"):
-        solvers.odeint(f, y0, t, method="verlet", step_size=0.1, memory="checkpoint")
+        Solver("verlet", step_size=0.1, memory="checkpoint")
     with pytest.raises(ValueError, match="checkpoint_every"):
-        solvers.odeint(
-            f, y0, t, method="verlet", step_size=0.1, memory="reversible",
-            options={"checkpoint_every": 0},
-        )  # fmt: skip
+        Solver("verlet", step_size=0.1, memory="reversible", options={"checkpoint_every": 0})
     with pytest.raises(ValueError, match="takes no options"):
-        solvers.odeint(f, y0, t, method="verlet", step_size=0.1, options={"checkpoint_every": 2})
+        Solver("verlet", step_size=0.1, options={"checkpoint_every": 2})
+    with pytest.raises(ValueError, match="params= names the tensors"):
+        solvers.solve(
+            (lambda t, p: p, lambda t, q: -q),
+            (torch.ones(2), torch.zeros(2)),
+            [0.0, 1.0],
+            Solver("verlet", step_size=0.1),
+            params=(),
+        )
 
     with pytest.raises(ValueError, match="stage 0: memory='reversible'.*ParabolicRHS.*adjoint"):
         neuralpde.PDECNN("parabolic", 1, 2, (4, 4), memory="reversible")
@@ -303,7 +327,7 @@ def test_errors_are_clear():
     net = neuralpde.PDECNN("second_order", 1, 2, (4, 4, 4))
     with pytest.raises(ValueError, match="stage 1: memory='adjoint'.*'leapfrog'.*reversible"):
         net.set_solver(stage=1, memory="adjoint")
-    with pytest.raises(ValueError, match="checkpoint_every is an option of memory='reversible'"):
+    with pytest.raises(ValueError, match=r"takes no options.*memory='reversible' takes checkpoint"):
         net.set_solver(checkpoint_every=4)
 
 
@@ -312,8 +336,8 @@ def test_per_stage_memory_and_reset():
     assert [s.memory for s in net.stages] == ["reversible", "reversible"]
     net.set_solver(stage=0, method="rk4", memory="adjoint")
     assert [s.memory for s in net.stages] == ["adjoint", "reversible"]
-    net.set_solver()  # everything not given returns to its default
-    assert [s.memory for s in net.stages] == ["autograd", "autograd"]
+    net.set_solver(step_size=0.5)  # a setting not named is kept
+    assert [s.memory for s in net.stages] == ["adjoint", "reversible"]
 
 
 def test_inplace_update_between_forward_and_backward_is_caught():

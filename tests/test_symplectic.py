@@ -1,11 +1,41 @@
-"""Symplectic steppers: bounded energy, exact reversibility, gradients."""
+"""Symplectic steppers: bounded energy, exact reversibility, gradients, splitting tableaux.
+
+Every test runs over the whole stepper registry, plus a user's splitting method registered
+for the test: what a registered method gets with no code of its own.
+"""
+
+import contextlib
 
 import pytest
 import torch
 
 import solvers
+from solvers._methods import STEPPERS
 
-SYMPLECTIC = ["symplectic_euler", "leapfrog", "verlet", "yoshida4"]
+USER = solvers.SplittingStepper(
+    "test_position_verlet",
+    order=2,
+    tableau=[("drift", 0.5, 0.5), ("kick", 1.0, 0.5), ("drift", 0.5, 0.5)],
+)
+SYMPLECTIC = sorted(STEPPERS) + [USER.name]
+
+
+@contextlib.contextmanager
+def registered(name):
+    """The stepper called ``name``, registering the user's one for the duration."""
+    if name != USER.name:
+        yield STEPPERS[name]
+        return
+    solvers.register_stepper(USER)
+    try:
+        yield USER
+    finally:
+        del STEPPERS[USER.name]
+
+
+def split_solve(func, y0, t, method, h):
+    with registered(method):
+        return solvers.solve(func, y0, t, solvers.Solver(method, step_size=h)).ys
 
 
 def oscillator():
@@ -21,14 +51,14 @@ def energy_error(method, problem, h=0.1, n=10_000):
     y0 = (torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64))
     t = torch.arange(n + 1, dtype=torch.float64) * h
     if method in SYMPLECTIC:
-        q, p = solvers.odeint(func, y0, t, method=method, step_size=h)
+        q, p = split_solve(func, y0, t, method, h)
     else:
         f_q, f_p = func
 
         def joint(t, y):
             return (f_q(t, y[1]), f_p(t, y[0]))
 
-        q, p = solvers.odeint(joint, y0, t, method=method, step_size=h)
+        q, p = solvers.odeint(joint, y0, t, method=method, options={"step_size": h})
     return (H(q, p) - H(*y0)).abs().flatten()
 
 
@@ -53,8 +83,9 @@ def test_euler_and_rk4_drift_at_same_step(problem):
     assert float(e_rk4[-1]) > 1.8 * float(e_rk4[5000])
 
 
+@pytest.mark.parametrize("h", [0.01, 0.07])  # 0.07 leaves a short step: the same cell back
 @pytest.mark.parametrize("method", SYMPLECTIC)
-def test_forward_then_backward_returns_to_start(method):
+def test_forward_then_backward_returns_to_start(method, h):
     torch.manual_seed(0)
     W = torch.randn(5, 5, dtype=torch.float64)
 
@@ -65,9 +96,9 @@ def test_forward_then_backward_returns_to_start(method):
         return -torch.sin(W.T @ q) * torch.cos(t)
 
     y0 = (torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64))
-    fwd = solvers.odeint((f_q, f_p), y0, torch.tensor([0.0, 3.0]), method=method, step_size=0.01)
+    fwd = split_solve((f_q, f_p), y0, torch.tensor([0.0, 3.0]), method, h)
     yT = (fwd[0][-1], fwd[1][-1])
-    back = solvers.odeint((f_q, f_p), yT, torch.tensor([3.0, 0.0]), method=method, step_size=0.01)
+    back = split_solve((f_q, f_p), yT, torch.tensor([3.0, 0.0]), method, h)
     assert torch.allclose(back[0][-1], y0[0], rtol=0, atol=1e-12)
     assert torch.allclose(back[1][-1], y0[1], rtol=0, atol=1e-12)
     # And the trip was not trivial.
@@ -76,6 +107,7 @@ def test_forward_then_backward_returns_to_start(method):
 
 @pytest.mark.parametrize("method", SYMPLECTIC)
 def test_gradcheck(method):
+    # 0.25 does not divide 0.5 - 0: the output at 0.5 is interpolated between two steps.
     torch.manual_seed(0)
     W = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
     q0 = torch.randn(3, dtype=torch.float64, requires_grad=True)
@@ -83,10 +115,7 @@ def test_gradcheck(method):
 
     def run(q0, p0, W):
         func = (lambda t, p: torch.tanh(W @ p), lambda t, q: -W.T @ q * torch.cos(t))
-        q, p = solvers.odeint(
-            func, (q0, p0), torch.tensor([0.0, 0.5, 1.0]), method=method, step_size=0.25
-        )
-        return q, p
+        return split_solve(func, (q0, p0), torch.tensor([0.0, 0.4, 1.0]), method, 0.25)
 
     assert torch.autograd.gradcheck(run, (q0, p0, W))
 
@@ -126,3 +155,57 @@ def test_second_order_methods_converge_to_cosine():
             lambda t, y: -y, y0, v0, t, method=method, step_size=0.01
         )
         assert abs(float(y[-1]) - torch.cos(torch.tensor(2.0)).item()) < tol, method
+
+
+@pytest.mark.parametrize("method", SYMPLECTIC)
+def test_inverse_undoes_the_step_and_negative_h_is_the_inverse(method):
+    torch.manual_seed(2)
+    W = torch.randn(4, 4, dtype=torch.float64)
+    func = (lambda t, p: torch.tanh(W @ p) * (1 + t), lambda t, q: -torch.sin(W.T @ q) + t)
+    y = (torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64))
+    t, h = torch.tensor(0.3, dtype=torch.float64), 0.2
+    with registered(method) as stepper:
+        y1 = stepper.step(func, t, h, y)
+        for back in (stepper.inverse(func, t, h, y1), stepper.step(func, t + h, -h, y1)):
+            for a, b in zip(back, y):
+                assert torch.allclose(a, b, rtol=0, atol=1e-14)
+        assert (y1[0] - y[0]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("method", SYMPLECTIC)
+def test_tableau_gives_evals_and_symmetry(method):
+    with registered(method) as stepper:
+        kinds = [k for k, _, _ in stepper.tableau]
+        assert stepper.evals == (kinds.count("drift"), kinds.count("kick"))
+        adjoint = [(k, a, 1 - c) for k, a, c in reversed(stepper.tableau)]
+        assert stepper.symmetric == all(
+            k1 == k2 and abs(a1 - a2) < 1e-12 and abs(c1 - c2) < 1e-12
+            for (k1, a1, c1), (k2, a2, c2) in zip(stepper.tableau, adjoint)
+        )
+    assert STEPPERS["verlet"].symmetric and STEPPERS["yoshida4"].symmetric
+    assert not STEPPERS["symplectic_euler"].symmetric
+
+
+@pytest.mark.parametrize(
+    "tableau,match",
+    [
+        ([("drift", 1.0, 0.5), ("jump", 1.0, 0.5)], "kind 'drift' or 'kick'"),
+        ([("drift", 1.0, 1.0), ("kick", 1.0, 0.5)], "strictly inside"),
+        ([("drift", 0.5, 0.5), ("kick", 1.0, 0.5)], "drift coefficients sum to 0.5"),
+        ([("drift", 1.0, 0.5), ("kick", float("nan"), 0.5)], "finite coefficient"),
+    ],
+)
+def test_bad_tableau_is_refused(tableau, match):
+    with pytest.raises(ValueError, match=match):
+        solvers.SplittingStepper("bad", order=1, tableau=tableau)
+
+
+def test_register_refuses_taken_names_and_classes():
+    with pytest.raises(ValueError, match="already exists"):
+        solvers.register_stepper(
+            solvers.SplittingStepper("rk4", 1, [("drift", 1, 0.5), ("kick", 1, 0.5)])
+        )
+    with pytest.raises(ValueError, match="already exists"):
+        solvers.register_stepper(STEPPERS["verlet"])
+    with pytest.raises(TypeError, match="Stepper instance"):
+        solvers.register_stepper(solvers.SplittingStepper)

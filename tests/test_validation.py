@@ -139,131 +139,173 @@ CASES = [
         ValueError,
         "unknown method 'rk45'; valid methods are: .*dopri5",
     ),
+    (lambda: solvers.Solver(None), ValueError, "unknown method None"),
     (
-        lambda: solvers.odeint(lambda t, y: -y, torch.ones(2), T01, method=None),
-        ValueError,
-        "unknown method None",
-    ),
-    (
-        lambda: solvers.odeint(
-            lambda t, y: -y, torch.ones(2, dtype=torch.long), T01, method="rk4", step_size=0.1
+        lambda: solvers.solve(
+            lambda t, y: -y, torch.ones(2, dtype=torch.long), T01, solvers.Solver("rk4")
         ),
         TypeError,
         "y0 must be floating point",
     ),
     (
-        lambda: solvers.odeint(lambda t, y: -y, [1.0], T01, method="rk4", step_size=0.1),
+        lambda: solvers.solve(lambda t, y: -y, [1.0], T01, solvers.Solver("rk4")),
         TypeError,
         "y0 must be a tensor",
     ),
     (
-        lambda: solvers.odeint(
-            lambda t, y: -y, torch.ones(2), torch.tensor([0, 1]), method="rk4", step_size=0.1
-        ),
+        lambda: solvers.odeint(lambda t, y: -y, torch.ones(2), torch.tensor([0, 1])),
         TypeError,
         "t must be a floating-point tensor",
     ),
     (
-        lambda: solvers.odeint(
-            lambda t, y: -y,
-            torch.ones(2),
-            torch.tensor([0.0, float("inf")]),
-            method="rk4",
-            step_size=0.1,
-        ),
+        lambda: solvers.odeint(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, float("inf")])),
         ValueError,
         "t must be finite",
     ),
     (
-        lambda: solvers.odeint(
-            lambda t, y: -y, torch.ones(2), torch.tensor([[0.0, 1.0]]), method="rk4", step_size=0.1
-        ),
+        lambda: solvers.odeint(lambda t, y: -y, torch.ones(2), torch.tensor([[0.0, 1.0]])),
         ValueError,
         "1-d",
     ),
     (
-        lambda: solvers.odeint(
-            lambda t, y: -y,
-            torch.ones(2),
-            torch.tensor([0.0, 1.0, 0.5]),
-            method="rk4",
-            step_size=0.1,
-        ),
+        lambda: solvers.odeint(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0, 0.5])),
         ValueError,
         "strictly increasing",
     ),
     (
-        lambda: solvers.odeint(lambda t, y: -y, torch.ones(2), T01, method="rk4"),
-        ValueError,
-        "needs step_size",
+        lambda: solvers.solve(lambda t, y: -y, torch.ones(2), T01, "rk4"),
+        TypeError,
+        "solver must be a solvers.Solver",
     ),
     (
-        lambda: solvers.odeint(lambda t, y: -y, torch.ones(2), T01, method="dopri5", step_size=0.1),
+        lambda: solvers.Solver("dopri5", step_size=0.1),
         ValueError,
-        "step_size is for fixed-step methods",
-    ),
-    (
-        lambda: solvers.odeint(
-            split_func(), (torch.ones(2), torch.ones(2)), T01, method="verlet", step_size=-0.1
-        ),
-        ValueError,
-        "step_size must be a positive",
+        "step_size=0.1 is for fixed-step methods",
     ),
     (
         lambda: solvers.odeint(
-            split_func(),
-            (torch.ones(2), torch.ones(2)),
-            T01,
-            method="verlet",
-            step_size=torch.tensor(0.1),
+            lambda t, y: -y, torch.ones(2), T01, method="dopri5", options={"step_size": 0.1}
         ),
+        ValueError,
+        "is for fixed-step methods",
+    ),
+    (
+        lambda: solvers.Solver("rk4", step_size=0.1).replace(method="dopri5"),
+        ValueError,
+        r"replace\(method='dopri5'\) keeps step_size=0.1.*pass step_size=None",
+    ),
+    (
+        lambda: solvers.Solver("rk4").replace(steps=3),
+        TypeError,
+        "Solver has no settings",
+    ),
+    (lambda: solvers.Solver("verlet", step_size=-0.1), ValueError, "step_size must be a positive"),
+    (
+        lambda: solvers.Solver("verlet", step_size=torch.tensor(0.1)),
         TypeError,
         "Python float",
     ),
     (
-        lambda: solvers.odeint(split_func(), torch.ones(2), T01, method="verlet", step_size=0.1),
+        lambda: solvers.Solver("rk4", options={"step_size": 0.1}),
+        ValueError,
+        r"Solver\(step_size=...\), not in options",
+    ),
+    (lambda: solvers.Solver("rk4", rtol=float("nan")), ValueError, "rtol must be a positive"),
+    (
+        lambda: solvers.Solver("dopri5", atol=torch.tensor([1e-6, -1.0])),
+        ValueError,
+        "atol must be positive and finite in every entry",
+    ),
+    (lambda: solvers.Solver("rk4", options=[1]), TypeError, "options must be a dict"),
+    (
+        lambda: solvers.Solver("rk4", backward={"method": "rk4"}),
+        ValueError,
+        "backward= sets the adjoint solve and needs memory='adjoint'",
+    ),
+    (
+        lambda: solvers.Solver("rk4", memory="adjoint", backward={"step": 1}),
+        ValueError,
+        "backward takes keys",
+    ),
+    (
+        lambda: solvers.solve(split_func(), torch.ones(2), T01, solvers.Solver("verlet")),
         TypeError,
         "split state",
     ),
     (
-        lambda: solvers.odeint(
-            lambda t, y: -y, (torch.ones(2), torch.ones(2)), T01, method="verlet", step_size=0.1
+        lambda: solvers.solve(
+            lambda t, y: -y, (torch.ones(2), torch.ones(2)), T01, solvers.Solver("verlet")
         ),
         TypeError,
         r"func=\(f_q, f_p\)",
     ),
     (
-        lambda: solvers.odeint(
-            split_func(),
-            (torch.ones(2), torch.ones(2)),
-            T01,
-            method="leapfrog",
-            step_size=0.1,
-            options={"a": 1},
-        ),
+        lambda: solvers.Solver("leapfrog", step_size=0.1, options={"a": 1}),
         ValueError,
         "takes no options",
     ),
     (
-        lambda: solvers.odeint(
-            split_func(), (torch.ones(2), torch.ones(2)), T01, method="rk4", step_size=0.1
+        lambda: solvers.solve(
+            split_func(), (torch.ones(2), torch.ones(2)), T01, solvers.Solver("rk4")
         ),
         TypeError,
         "takes one function",
     ),
+    (lambda: solvers.Solver("rk4", memory="fast"), ValueError, "memory must be one of"),
     (
-        lambda: solvers.odeint(
-            lambda t, y: -y, torch.ones(2), T01, method="rk4", step_size=0.1, memory="fast"
+        lambda: solvers.solve(
+            lambda t, y: -y, torch.ones(2), T01, solvers.Solver("rk4"), save="last"
         ),
         ValueError,
-        "memory must be one of",
+        "save must be one of",
     ),
     (
-        lambda: solvers.odeint(
-            lambda t, y: -y, torch.full((2,), float("nan")), T01, method="rk4", step_size=0.1
+        lambda: solvers.solve(
+            lambda t, y: -y, torch.full((2,), float("nan")), T01, solvers.Solver("rk4")
         ),
         solvers.NonFiniteError,
         "NaN or Inf before the first step",
+    ),
+    (
+        lambda: solvers.odeint(lambda t, y: -y.unsqueeze(-1), torch.ones(4), T01, method="euler"),
+        ValueError,
+        r"returned shape \(4, 1\) .* for a state of shape \(4,\)",
+    ),
+    (
+        lambda: solvers.odeint(lambda t, y: -y[0], (torch.ones(4), torch.ones(5)), T01),
+        TypeError,
+        "must return a tuple of 2 tensors like the state, got Tensor",
+    ),
+    (
+        lambda: solvers.odeint(
+            lambda t, y: -y.double(), torch.ones(4), T01, method="rk4", options={"step_size": 0.5}
+        ),
+        ValueError,
+        "dtype torch.float64 for a state of shape .* dtype torch.float32",
+    ),
+    (
+        lambda: solvers.solve(
+            split_func(),
+            (torch.ones(2), torch.ones(2)),
+            T01.clone().requires_grad_(),
+            solvers.Solver("verlet", step_size=0.1),
+        ),
+        ValueError,
+        "gradients with respect to t are not supported by the symplectic methods",
+    ),
+    (
+        lambda: solvers.odeint(
+            split_func(), (torch.ones(2), torch.ones(2)), T01, method="verlet", event_fn=len
+        ),
+        ValueError,
+        "event_fn is supported by the torchdiffeq methods",
+    ),
+    (
+        lambda: solvers.solve(
+            lambda t, y: -y, torch.ones(2), T01, solvers.Solver("rk4", memory="adjoint")
+        ),
+        TypeError,
+        "wrap it in a module, or pass the tensors as params=",
     ),
     (
         lambda: solvers.odeint_second_order(
@@ -277,7 +319,7 @@ CASES = [
             lambda t, y: -y, torch.ones(2), torch.ones(2), T01, method="rk4", step_size=0.1
         ),
         ValueError,
-        "unknown method 'rk4'; valid methods are: leapfrog",
+        "'rk4' is not a symplectic method; valid methods are: leapfrog",
     ),
     (
         lambda: solvers.odeint_second_order(3, torch.ones(2), torch.ones(2), T01, step_size=0.1),

@@ -18,12 +18,16 @@ assert dy.shape == y.shape
 
 # --8<-- [start:odeint]
 t = torch.tensor([0.0, 1.0, 2.0, 3.0])
-sol, stats = solvers.odeint(rhs, y, t, method="euler", step_size=1.0, return_stats=True)
-print(sol.shape)  # (len(t), batch, channels, height, width) = (4, 4, 8, 16, 16)
-print(stats)  # {'nfe': 3, 'steps': 3}
+ys = solvers.odeint(rhs, y, t, method="euler", options={"step_size": 1.0})  # torchdiffeq's call
+print(ys.shape)  # (len(t), batch, channels, height, width) = (4, 4, 8, 16, 16)
+# The same solve as a value: a Solver, and a Solution with the statistics.
+solver = solvers.Solver("euler", step_size=1.0)
+sol = solvers.solve(rhs, y, t, solver)
+assert torch.equal(sol.ys, ys)
+print(sol.stats)  # Stats(nfe=3, steps=3, rejected=None, nfe_q=None, nfe_p=None)
 # Only the end state, without building the (len(t), ...) solution: what a stage asks for.
-end = solvers.odeint(rhs, y, t, method="euler", step_size=1.0, final_only=True)
-assert torch.equal(end, sol[-1])  # (batch, channels, height, width)
+end = solvers.solve(rhs, y, t, solver, save="final").y_final
+assert torch.equal(end, ys[-1])  # (batch, channels, height, width)
 # --8<-- [end:odeint]
 
 # --8<-- [start:stage]
@@ -39,7 +43,11 @@ ham = neuralpde.HamiltonianRHS(channels=8)
 q, p = ham.to_state(y)  # the channel halves Y | Z: (batch, 4, height, width) each
 f_q, f_p = ham.separable  # dq/dt = f_q(t, p), dp/dt = f_p(t, q)
 (qs, ps) = solvers.odeint(
-    (f_q, f_p), (q, p), torch.tensor([0.0, 3.0]), method="symplectic_euler", step_size=1.0
+    (f_q, f_p),
+    (q, p),
+    torch.tensor([0.0, 3.0]),
+    method="symplectic_euler",
+    options={"step_size": 1.0},
 )
 by_hand = ham.from_state((qs[-1], ps[-1]))  # (batch, 8, height, width)
 torch.testing.assert_close(neuralpde.Stage(ham)(y), by_hand)

@@ -61,7 +61,7 @@ for method in ("leapfrog", "verlet", "yoshida4"):
     drift[method] = (energy(y.flatten(0, 1), v.flatten(0, 1)) / energy(y0, v0) - 1).abs()
 for method in ("euler", "rk4"):
     y, v = solvers.odeint(
-        lambda t, s: (s[1], accel(t, s[0])), (y0, v0), t, method=method, step_size=h
+        lambda t, s: (s[1], accel(t, s[0])), (y0, v0), t, method=method, options={"step_size": h}
     )
     drift[method] = (energy(y.flatten(0, 1), v.flatten(0, 1)) / energy(y0, v0) - 1).abs()
 for method, e in drift.items():
@@ -102,9 +102,11 @@ for name, (cls, method) in cases.items():
             back = torch.tensor([rhs.T, 0.0], dtype=torch.float64)
             func = rhs.separable if rhs.split else rhs
             with torch.no_grad():
-                out = solvers.odeint(func, rhs.to_state(xs), there, method=method, step_size=0.1)
+                out = solvers.odeint(
+                    func, rhs.to_state(xs), there, method=method, options={"step_size": 0.1}
+                )
                 end = tuple(s[-1] for s in out) if rhs.split else out[-1]
-                ret = solvers.odeint(func, end, back, method=method, step_size=0.1)
+                ret = solvers.odeint(func, end, back, method=method, options={"step_size": 0.1})
                 x_back = rhs.from_state(tuple(s[-1] for s in ret) if rhs.split else ret[-1])
             errs.append(float((x_back.double() - x).norm() / x.norm()))
         recon[(name, dtype)] = errs

@@ -59,7 +59,7 @@ t = torch.linspace(0.0, 2.0, 21)
 plt.figure(figsize=(5, 3.5))
 for k in (2, 8, 24):
     mode = torch.cos(math.pi * k * (idx + 0.5) / n)[:, None].expand(n, n)[None, None]
-    sol = solvers.odeint(heat, mode, t, method="rk4", step_size=0.05)
+    sol = solvers.odeint(heat, mode, t, method="rk4", options={"step_size": 0.05})
     amp = (sol * mode).flatten(1).sum(1) / (mode * mode).sum()
     lam = 4 * math.sin(math.pi * k / (2 * n)) ** 2
     print(
@@ -87,7 +87,7 @@ for name, (rhs, T) in filters.items():
     # steps when asked for times in between, which would blend two images.
     h = min(0.9 * rhs.stable_step, T / 40)
     times = h * torch.arange(0, math.ceil(T / h) + 1)
-    sol = solvers.odeint(rhs, u0, times, method="euler", step_size=h)
+    sol = solvers.odeint(rhs, u0, times, method="euler", options={"step_size": h})
     scores = [psnr(u[0, 0]) for u in sol]
     i = int(np.argmax(scores))
     curves[name] = (times, scores)
