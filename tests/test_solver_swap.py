@@ -5,6 +5,7 @@ import csv
 import pytest
 import torch
 
+import solvers
 from experiments import load_checkpoint, resolve_config, train
 from experiments._swap import solver_swap, swap_plan, write_swap
 from experiments.solver_swap import main
@@ -74,3 +75,36 @@ def test_write_swap_skips_failed_rows_in_the_plot(tmp_path):
     ]  # fmt: skip
     write_swap(rows, tmp_path, "t")
     assert (tmp_path / "solver_swap.csv").read_text().count("\n") == 3
+
+
+def test_swap_restores_the_solver_the_network_was_trained_with(tmp_path, monkeypatch):
+    # The swap used to end with net.set_solver(None): the paper's scheme, not the network's.
+    import experiments._swap as swap
+
+    out = tmp_path / "verlet"
+    cfg = resolve_config(
+        arch="hamiltonian", widths=[4, 8], epochs=1, train_fraction=0.1, out=str(out),
+        solver="verlet", step_size=0.5, memory="reversible",
+    )  # fmt: skip
+    train(cfg, log=lambda *_: None)
+    loaded = []
+
+    def spy(checkpoint, device="cpu"):
+        net, cfg = load_trained(checkpoint, device)
+        loaded.append((net, [s.solver for s in net.stages]))
+        return net, cfg
+
+    load_trained = swap.load_trained
+    monkeypatch.setattr(swap, "load_trained", spy)
+    plan = [
+        {"label": "rk4", "method": "rk4", "step_size": 1.0},
+        {"label": "dopri5", "method": "dopri5", "rtol": 1e-2, "atol": 1e-3},
+    ]
+    rows = solver_swap(out / "best.pt", plan=plan, log=lambda *_: None)
+    assert [r["method"] for r in rows] == ["rk4", "dopri5"]
+    assert all(r["accuracy"] == r["accuracy"] for r in rows)  # both ran (no NaN)
+    ((net, trained),) = loaded
+    assert trained[0] == solvers.Solver(
+        "verlet", step_size=0.5, rtol=1e-3, atol=1e-4, memory="reversible"
+    )
+    assert [s.solver for s in net.stages] == trained
