@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--widths", type=_widths, help="cpu budget: other stage and final widths")
     a("--train-fraction", type=float, help="use this fraction of the 40,000 training images")
     a("--threads", type=int, help="CPU threads (cpu budget: 2)")
-    a("--device", help="cpu, cuda, cuda:N (default: cpu)")
+    a("--device", help="cpu, cuda, cuda:N (default: cuda for --budget paper if available)")
     a("--seed", type=int, help="seed of initialization and data order (default 0)")
     return p
 
