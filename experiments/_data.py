@@ -80,34 +80,80 @@ def _mix(*ints: int) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
-def _draw(generator: torch.Generator, pad: int) -> tuple[bool, int, int]:
-    # augment's random numbers, in its order: flip, then the crop's row and column offset.
-    flip = bool(torch.rand((), generator=generator) < 0.5)
-    i, j = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
-    return flip, i, j
+def _hash32(x: np.ndarray) -> np.ndarray:
+    # Wellons' "lowbias32" integer hash (https://nullprogram.com/blog/2018/07/31/), in
+    # uint32 arithmetic that wraps modulo 2^32 as the hash intends.
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
 
 
-def augment(x: Tensor, generator: torch.Generator) -> Tensor:
-    """The paper's augmentation: random horizontal flip, zero padding by 1/16 of the size
-    on each side, random crop back to the original size.
+def augment_params(seed: int, epoch: int, index, pad: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The random numbers of :func:`augment` for items ``index`` of epoch ``epoch``: a pure
+    function of ``(seed, epoch, index)`` (a per-epoch key from :func:`_mix`, then an
+    integer hash of each index), so independent of batches, processes and resumption.
+
+    Args:
+        index: ``(batch,)`` positions in the split (ints below 2^32).
+        pad: the padding; offsets are drawn from ``0 .. 2 pad``.
+
+    Returns:
+        ``flip (batch,) bool``, ``rows (batch,)``, ``cols (batch,)`` int64 crop offsets,
+        on the CPU.
+    """
+    key = _mix(seed, epoch)
+    lo, hi = np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32 & 0xFFFFFFFF)
+    i = np.asarray(index, dtype=np.int64).astype(np.uint32)
+    h = _hash32(_hash32(i ^ lo) ^ hi).astype(np.int64)
+    n = 2 * pad + 1
+    # 16 and 15 bits modulo n = 2 pad + 1: a bias below n / 2^15, far under the noise.
+    t = torch.from_numpy(np.stack([h & 1, (h >> 1 & 0xFFFF) % n, (h >> 17) % n]))
+    return t[0].bool(), t[1], t[2]
+
+
+def augment(x: Tensor, flip: bool, row: int, col: int) -> Tensor:
+    """The paper's augmentation: horizontal flip (if ``flip``), zero padding by 1/16 of the
+    size on each side (at least 1 pixel), crop back to the original size at ``(row, col)``
+    of the padded image.
 
     Args:
         x: ``(channels, height, width)``, already normalized (so the zero padding is the
             mean colour).
-        generator: the source of randomness (one per sample: see :class:`Split`).
+        flip, row, col: the random numbers (:func:`augment_params`; ``row``, ``col`` in
+            ``0 .. 2 pad``).
     """
     c, h, w = x.shape
     pad = max(1, h // 16)
-    flip, i, j = _draw(generator, pad)
     if flip:
         x = x.flip(-1)
     x = F.pad(x, (pad, pad, pad, pad))
-    return x[:, i : i + h, j : j + w]
+    return x[:, row : row + h, col : col + w]
+
+
+def _crop_source(flip: Tensor, rows: Tensor, cols: Tensor, h: int, w: int):
+    # For each output pixel of augment: the flat index of the input pixel it copies
+    # (clamped) and whether that pixel is inside the image (else it is zero padding).
+    # Flipping before zero padding is flipping after it: column q of the flipped padded
+    # image is column w + 2 pad - 1 - q of the padded one.
+    pad = max(1, h // 16)
+    r = rows[:, None] + torch.arange(h, device=rows.device) - pad
+    q = cols[:, None] + torch.arange(w, device=rows.device)
+    q = torch.where(flip[:, None], w + pad - 1 - q, q - pad)
+    inside = ((r >= 0) & (r < h))[:, :, None] & ((q >= 0) & (q < w))[:, None, :]
+    index = r.clamp(0, h - 1)[:, :, None] * w + q.clamp(0, w - 1)[:, None, :]
+    return index.view(len(rows), 1, h * w), inside.view(len(rows), 1, h, w)
+
+
+def _gather(x: Tensor, index: Tensor) -> Tensor:
+    b, c, h, w = x.shape
+    return x.flatten(2).gather(2, index.expand(b, c, h * w)).view(b, c, h, w)
 
 
 def augment_batch(x: Tensor, flip: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """:func:`augment` of a whole batch with given random numbers, as tensor operations on
-    ``x``'s device (one pad and one gather).
+    """:func:`augment` of a whole batch, as tensor operations on ``x``'s device (one
+    gather and one mask; nothing padded).
 
     Args:
         x: ``(batch, channels, height, width)``, normalized.
@@ -115,20 +161,11 @@ def augment_batch(x: Tensor, flip: Tensor, rows: Tensor, cols: Tensor) -> Tensor
             ``[0, 2 pad]`` with ``pad = max(1, height // 16)``.
 
     Returns:
-        ``(batch, channels, height, width)``; item ``k`` equals :func:`augment` of
-        ``x[k]`` whose generator draws ``flip[k], rows[k], cols[k]``.
+        ``(batch, channels, height, width)``; item ``k`` equals
+        ``augment(x[k], flip[k], rows[k], cols[k])`` bit for bit.
     """
-    b, c, h, w = x.shape
-    pad = max(1, h // 16)
-    wp = w + 2 * pad
-    xp = F.pad(x, (pad, pad, pad, pad))
-    r = rows[:, None] + torch.arange(h, device=x.device)
-    q = cols[:, None] + torch.arange(w, device=x.device)
-    # Flipping before zero padding is flipping after it: column q of the flipped padded
-    # image is column wp - 1 - q of the padded one.
-    q = torch.where(flip[:, None], wp - 1 - q, q)
-    index = (r[:, :, None] * wp + q[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
-    return xp.flatten(2).gather(2, index).view(b, c, h, w)
+    index, inside = _crop_source(flip, rows, cols, x.shape[-2], x.shape[-1])
+    return _gather(x, index).masked_fill_(~inside, 0.0)
 
 
 class _Batch:
@@ -178,8 +215,9 @@ def batch_loader(ds, sampler, *, workers: int = 0, device="cpu", seed: int = 0) 
 class Split(Dataset):
     """Items ``indices`` of resident images, normalized, optionally augmented.
 
-    Augmentation of item ``i`` in epoch ``e`` draws from a generator seeded with
-    ``(seed, e, i)``: independent of worker processes, batch position and resumption.
+    Augmentation of item ``i`` in epoch ``e`` is a pure function of ``(seed, e, i)``
+    (:func:`augment_params`): independent of worker processes, batch position and
+    resumption.
     ``split[i]`` is one item (on the CPU); ``split.__getitems__([i, ...])`` a whole batch,
     normalized and augmented with tensor operations on the images' device, equal to the
     items stacked.
@@ -237,22 +275,25 @@ class Split(Dataset):
         j = self.indices[i]
         x = (self._float(self.images[j].cpu()) - self.mean) / self.std
         if self.augment:
-            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, i))
-            x = augment(x, g)
+            pad = max(1, x.shape[-2] // 16)
+            flip, r, q = augment_params(self.seed, self.epoch, [i], pad)
+            x = augment(x, bool(flip), int(r), int(q))
         return x, int(self.labels[j])
 
     def __getitems__(self, items: list[int]) -> _Batch:
         rows, labels, mean, std = self._on
         pos = torch.as_tensor(items, dtype=torch.int64)
         j = rows[pos.to(rows.device)]
-        x = (self._float(self.images[j]) - mean) / std
-        if self.augment:
-            pad = max(1, x.shape[-2] // 16)
-            g = torch.Generator()
-            draws = [_draw(g.manual_seed(_mix(self.seed, self.epoch, int(i))), pad) for i in items]
-            flip, r, q = (torch.tensor(v).to(x.device, non_blocking=True) for v in zip(*draws))
-            x = augment_batch(x, flip, r, q)
-        return _Batch(x, labels[j])
+        u = self.images.index_select(0, j)  # several times faster than images[j] for uint8
+        if not self.augment:
+            return _Batch((self._float(u) - mean) / std, labels[j])
+        # augment_batch, with the crop gathered from the uint8 pixels (a quarter of the
+        # bytes) before normalizing: the same values, as normalization is per pixel.
+        h, w = u.shape[-2:]
+        flip, r, q = augment_params(self.seed, self.epoch, items, max(1, h // 16))
+        index, inside = _crop_source(*(t.to(u.device) for t in (flip, r, q)), h, w)
+        x = (self._float(_gather(u, index)) - mean) / std
+        return _Batch(x.masked_fill_(~inside, 0.0), labels[j])
 
 
 def _uint8_stats(images: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:

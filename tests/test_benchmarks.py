@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["overhead", "layer", "solvers_overhead", "compile", "adaptive", "gpu"]
+SCRIPTS = ["overhead", "layer", "solvers_overhead", "compile", "adaptive", "gpu", "data_path"]
 
 
 @pytest.mark.slow

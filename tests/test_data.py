@@ -17,7 +17,7 @@ import torch
 import torchvision
 
 from experiments import DatasetNotFoundError, load_data, resolve_config
-from experiments._data import EpochBatches, augment
+from experiments._data import EpochBatches, augment, augment_params
 
 N_PER_BATCH = 10
 
@@ -145,35 +145,42 @@ def test_stl10_binary_files(tmp_path, monkeypatch):
     assert torch.allclose(x, want, atol=1e-5)
 
 
-def test_augment_is_flip_pad_crop_and_reproducible():
+def test_augment_is_flip_pad_crop():
     x = torch.arange(3 * 32 * 32, dtype=torch.float32).view(3, 32, 32) + 1
-    seen_flip = set()
-    for s in range(20):
-        y = augment(x, torch.Generator().manual_seed(s))
-        assert y.shape == x.shape
-        assert torch.equal(y, augment(x, torch.Generator().manual_seed(s)))
-        # y is a window of the zero-padded (pad 32/16 = 2) image, flipped or not.
-        padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-        hits = [
-            (flip, i, j)
-            for flip in (False, True)
-            for i in range(5)
-            for j in range(5)
-            if torch.equal(y, (padded.flip(-1) if flip else padded)[:, i : i + 32, j : j + 32])
-        ]
-        assert len(hits) == 1
-        seen_flip.add(hits[0][0])
-    assert seen_flip == {False, True}
+    # A window of the zero-padded (pad 32/16 = 2) image, flipped or not.
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for flip in (False, True):
+        for i in range(5):
+            for j in range(5):
+                want = (padded.flip(-1) if flip else padded)[:, i : i + 32, j : j + 32]
+                assert torch.equal(augment(x, flip, i, j), want)
+    assert torch.equal(augment(x, False, 2, 2), x)
+
+
+def test_augment_params_are_uniform_and_a_function_of_seed_epoch_index():
+    index = torch.arange(20_000)
+    flip, rows, cols = augment_params(7, 3, index, pad=2)
+    assert abs(flip.float().mean() - 0.5) < 0.02
+    # Every one of the 25 crops about equally often (1/25 each; sd of a share ~0.0014).
+    share = torch.bincount(rows * 5 + cols, minlength=25).float() / len(index)
+    assert ((share - 0.04).abs() < 0.006).all()
+    again = augment_params(7, 3, index.flip(0), pad=2)
+    assert torch.equal(again[1], rows.flip(0)) and torch.equal(again[0], flip.flip(0))
+    # Another epoch or seed: independent draws (a quarter of the flips agree by chance).
+    for other in (augment_params(7, 4, index, 2), augment_params(8, 3, index, 2)):
+        assert abs((other[0] == flip).float().mean() - 0.5) < 0.02
+        assert abs((other[1] == rows).float().mean() - 0.2) < 0.02
 
 
 def test_augmentation_depends_on_seed_epoch_index_only(tmp_path, monkeypatch):
     _write_cifar(tmp_path, monkeypatch)
     data = load_data(resolve_config(dataset="cifar10", data_root=str(tmp_path), seed=3))
-    a = data.train[5][0]
+    a = torch.stack([data.train[i][0] for i in range(10)])
     torch.manual_seed(123)  # the global RNG plays no part
-    assert torch.equal(a, data.train[5][0])
+    assert torch.equal(a, torch.stack([data.train[i][0] for i in range(10)]))
     data.train.set_epoch(1)
-    assert not torch.equal(a, data.train[5][0])
+    # Each item has 50 outcomes (flip x 25 crops): ten equal ones would be chance 50^-10.
+    assert not torch.equal(a, torch.stack([data.train[i][0] for i in range(10)]))
 
 
 def test_epoch_batches_split_evenly_and_resume():

@@ -301,24 +301,13 @@ def test_batched_augmentation_equals_per_item(size, epoch):
 
 
 def test_augment_batch_covers_every_flip_and_offset():
-    x = torch.randn(1, 2, 16, 16).expand(2 * 9, -1, -1, -1).contiguous()  # pad 1
+    x = torch.randn(2 * 9, 2, 16, 20)  # pad 1, not square
     flip = torch.tensor([f for f in (False, True) for _ in range(9)])
     rows = torch.tensor([i for _ in range(2) for i in range(3) for _ in range(3)])
     cols = torch.tensor([j for _ in range(2) for _ in range(3) for j in range(3)])
     out = augment_batch(x, flip, rows, cols)
     for k in range(len(flip)):
-        g = _generator_drawing(bool(flip[k]), int(rows[k]), int(cols[k]), pad=1)
-        assert torch.equal(out[k], augment(x[k], g))
-
-
-def _generator_drawing(flip, i, j, pad):
-    # Search the seeds for one whose draws are (flip, i, j): augment's own generator type.
-    from experiments._data import _draw
-
-    for s in range(10_000):
-        if _draw(torch.Generator().manual_seed(s), pad) == (flip, i, j):
-            return torch.Generator().manual_seed(s)
-    raise AssertionError("no seed draws these numbers")
+        assert torch.equal(out[k], augment(x[k], bool(flip[k]), int(rows[k]), int(cols[k])))
 
 
 def test_loader_batches_equal_items_and_default_collate_still_works():
