@@ -62,3 +62,29 @@ def test_explain_reports_no_graph_break():
     explanation = torch._dynamo.explain(net)(x)
     assert explanation.graph_break_count == 0
     assert explanation.graph_count == 1
+
+
+@pytest.mark.slow
+def test_solver_change_recompiles():
+    """A compiled network follows set_solver: new step sizes and methods, same as eager.
+
+    From the second change of a number on, dynamo traces it as a symbolic float (automatic
+    dynamic); checks on it must be comparisons, which it can trace (``math.isfinite`` on a
+    symbolic float was an ``Unsupported`` error on the third step size).
+    """
+    torch._dynamo.reset()
+    net = _net("hamiltonian", "symplectic_euler")
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    changes = [
+        ({}, 2),
+        ({"step_size": 0.5}, 4),
+        ({"step_size": 0.25}, 8),
+        ({"method": "verlet", "step_size": 1 / 3}, 6),
+    ]
+    for change, steps in changes:
+        net.set_solver(**change)
+        out = compiled(x)
+        stats = net.solver_stats()[0]
+        assert stats["method"] == net.stages[0].method and stats["steps"] == steps, change
+        torch.testing.assert_close(out, net(x), rtol=1e-13, atol=1e-13, msg=str(change))
