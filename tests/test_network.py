@@ -1,5 +1,7 @@
 """PDECNN: the paper's schemes unrolled by hand, shapes, dtypes, errors, gradients."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,9 +95,28 @@ def test_float32_float64_and_device_follow_module(arch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_forward_backward():
-    net = small("hamiltonian").cuda()
-    net(torch.randn(2, 3, 8, 8, device="cuda")).sum().backward()
+@pytest.mark.parametrize(
+    "arch, memory",
+    [("parabolic", "autograd"), ("resnet", "autograd"), ("second_order", "autograd"),
+     ("hamiltonian", "autograd"), ("hamiltonian", "reversible")],
+)  # fmt: skip
+def test_cuda_equals_cpu(arch, memory):
+    """Logits and every parameter's gradient on the GPU equal the CPU's (float64)."""
+    net = small(arch, memory=memory)
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 4])
+
+    def run(device):
+        m = copy.deepcopy(net).to(device)
+        out = m(x.to(device))
+        F.cross_entropy(out, y.to(device)).backward()
+        return out.cpu(), {n: p.grad.cpu() for n, p in m.named_parameters()}
+
+    out_cpu, g_cpu = run("cpu")
+    out_gpu, g_gpu = run("cuda")
+    assert torch.allclose(out_gpu, out_cpu, rtol=1e-10, atol=1e-12)
+    for name, g in g_cpu.items():
+        assert torch.allclose(g_gpu[name], g, rtol=1e-8, atol=1e-11), name
+    assert any(g.abs().max() > 0 for n, g in g_cpu.items() if n.startswith("stages."))
 
 
 def test_wrong_input_rank_and_channels():
