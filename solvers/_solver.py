@@ -206,6 +206,15 @@ class Solver:
 
     __hash__ = None  # type: ignore[assignment]  # options may hold tensors
 
+    def __reduce__(self):
+        # The read-only mappings cannot be pickled: rebuild from plain dicts, so that
+        # copy.deepcopy and torch.save of a module holding a Solver work.
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("options", "backward"):
+            if fields[name] is not None:
+                fields[name] = dict(fields[name])
+        return (_rebuild, (fields,))
+
     def __repr__(self) -> str:
         parts = [f"{self.method!r}"]
         for f in dataclasses.fields(self)[1:]:
@@ -217,6 +226,10 @@ class Solver:
             shown = dict(value) if isinstance(value, MappingProxyType) else value
             parts.append(f"{f.name}={shown!r}")
         return f"Solver({', '.join(parts)})"
+
+
+def _rebuild(fields: dict[str, Any]) -> Solver:
+    return Solver(**fields)
 
 
 def _kw(d: Mapping[str, Any]) -> str:

@@ -111,3 +111,20 @@ def test_network_change_is_all_or_nothing():
     with pytest.raises(ValueError, match="stage 1: memory='adjoint'.*'verlet'"):
         net.set_solver("verlet")
     assert [s.solver for s in net.stages] == before
+
+
+def test_network_with_its_solvers_copies_and_pickles(tmp_path):
+    # A stage holds a solvers.Solver (read-only options): copy.deepcopy (EMA, model
+    # snapshots) and torch.save of the whole module must carry it over unchanged.
+    import copy
+
+    net = neuralpde.PDECNN("hamiltonian", 1, 2, (4, 4, 4), memory="reversible")
+    net.set_solver(checkpoint_every=2, stage=0)
+    net.set_solver("dopri5", step_size=None, memory="autograd", max_num_steps=50, stage=1)
+    twin = copy.deepcopy(net)
+    torch.save(net, tmp_path / "net.pt")
+    loaded = torch.load(tmp_path / "net.pt", weights_only=False)
+    for other in (twin, loaded):
+        assert [s.solver for s in other.stages] == [s.solver for s in net.stages]
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(twin(x), net(x))
