@@ -1,0 +1,229 @@
+"""Training strategies that make a trained θ(t) an ODE: options, the penalty, the verdict,
+exact resumption of each strategy."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import neuralpde
+from experiments import ConfigError, load_checkpoint, resolve_config, train
+from experiments._trainer import batch_step_size
+from neuralpde import PDECNN, ConvergenceVerdict, convergence_check
+from neuralpde.stability import StabilityPenalty, report
+
+# ---------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"multilevel": [1]}, "can be prolongated at the start of epochs 2..12"),
+        ({"multilevel": [13]}, "can be prolongated at the start of epochs 2..12"),
+        ({"multilevel": [6, 4]}, "increasing epoch numbers"),
+        ({"multilevel": [4, 4]}, "increasing epoch numbers"),
+        ({"random_steps": [1.0, -0.5]}, "positive step sizes"),
+        ({"random_steps": [1.0], "solver": "dopri5"}, "adaptive"),
+        ({"random_steps": [1.0], "multilevel": [5]}, "use one of the two"),
+        ({"random_steps": [1.0], "step_size": 0.5}, "replaces --step-size"),
+        ({"stability_penalty": -1.0}, "must be >= 0"),
+        ({"stability_penalty": 0.1, "solver": "dopri5"}, "adaptive"),
+    ],
+)
+def test_strategy_options_are_checked_with_a_named_error(given, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(**given)
+
+
+def test_random_steps_are_a_pure_function_of_seed_epoch_and_batch():
+    cfg = resolve_config(random_steps=[1.0, 0.5, 0.25], seed=3)
+    draws = [batch_step_size(cfg, e, b) for e in range(3) for b in range(40)]
+    assert draws == [batch_step_size(cfg, e, b) for e in range(3) for b in range(40)]
+    assert set(draws) == {1.0, 0.5, 0.25}
+    other = resolve_config(random_steps=[1.0, 0.5, 0.25], seed=4)
+    assert draws != [batch_step_size(other, e, b) for e in range(3) for b in range(40)]
+    assert batch_step_size(resolve_config(), 0, 0) is None
+
+
+def test_paper_preset_is_exactly_the_papers_scheme():
+    cfg = resolve_config(dataset="cifar10", preset="paper")
+    assert (cfg.step_size, cfg.multilevel, cfg.random_steps, cfg.stability_penalty) == (
+        None,
+        [],
+        [],
+        0.0,
+    )
+    assert cfg.steps == 3 and cfg.solver is None
+
+
+# ---------------------------------------------------------------- the penalty
+
+
+def _hot(arch, scale, widths=(4, 4)):
+    torch.manual_seed(0)
+    net = PDECNN(arch, 1, 3, widths)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() == 5:
+                p.mul_(scale)
+    return net
+
+
+@pytest.mark.parametrize("arch", ["parabolic", "hamiltonian", "second_order"])
+def test_penalty_converges_to_the_reports_rate_and_vanishes_inside_the_limit(arch):
+    net = _hot(arch, 3.0)
+    pen = StabilityPenalty(net, (1, 8, 8), iters=50)
+    value = pen(net)
+    # With the iteration converged, the penalty is Σ relu(h z / c − 1)² of the report's
+    # rows (z from rho: ρ for parabolic, sqrt(ρ1ρ2) or sqrt(ρ) for hyperbolic).
+    rows = report(net, (1, 8, 8))
+    expect = 0.0
+    for r in rows.rows:
+        if r["layer"] in ("K", "K1"):
+            expect += max(0.0, r["h"] / r["max_step"] - 1.0) ** 2
+    assert value.item() > 0
+    torch.testing.assert_close(value.item(), expect, rtol=1e-3, atol=0)
+    # A step far inside every limit: no penalty at all.
+    net.set_solver(step_size=1e-3)
+    assert pen(net).item() == 0.0
+
+
+def test_penalty_gradient_shrinks_the_spectral_radius():
+    net = _hot("parabolic", 3.0)
+    pen = StabilityPenalty(net, (1, 8, 8), iters=20)
+    w = net.stages[0].rhs.theta.weight
+    before = report(net, (1, 8, 8)).rows[0]["rho"]
+    opt = torch.optim.SGD([w], lr=1e-3)
+    for _ in range(5):
+        opt.zero_grad()
+        pen(net).backward()
+        opt.step()
+    after = report(net, (1, 8, 8)).rows[0]["rho"]
+    assert after < before
+
+
+def test_penalty_skips_the_resnet_control_and_adaptive_stages_and_restarts_after_refine():
+    assert StabilityPenalty(_hot("resnet", 3.0), (1, 8, 8))(_hot("resnet", 3.0)).item() == 0.0
+    net = _hot("parabolic", 3.0)
+    pen = StabilityPenalty(net, (1, 8, 8))
+    net.set_solver("dopri5", step_size=None)
+    assert pen(net).item() == 0.0
+    net.set_solver("euler")
+    net.refine(2)  # 6 parameter sets per stage now: the vectors start again
+    assert pen(net).item() > 0
+    assert pen.v0_theta_weight.shape[0] == 6  # a buffer: saved with the training state
+    assert "v0_theta_weight" in pen.state_dict()
+
+
+@pytest.mark.parametrize("bad", [{"iters": 0}, {"margin": 0.0}])
+def test_penalty_rejects_bad_settings(bad):
+    with pytest.raises(ValueError):
+        StabilityPenalty(_hot("parabolic", 1.0), (1, 8, 8), **bad)
+
+
+# ---------------------------------------------------------------- the verdict
+
+
+def test_verdict_from_scores_in_plain_words():
+    good = ConvergenceVerdict(training=0.99, refined=0.985, rk4=0.99, reference=0.988)
+    assert good.converged and str(good).startswith("converged")
+    bad = ConvergenceVerdict(training=0.99, refined=0.47, rk4=0.96, reference=0.53)
+    assert not bad.converged
+    text = str(bad)
+    assert text.startswith("NOT converged") and "52.0 points" in text and "multilevel" in text
+    assert round(bad.step_gap, 4) == 0.52 and round(bad.ode_gap, 4) == 0.46
+
+
+def test_convergence_check_on_networks_that_are_and_are_not_odes():
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 8, 8)
+    # Zero kernels: F ≡ 0, every solver computes the same map.
+    still = PDECNN("parabolic", 1, 10, (8, 8)).eval()
+    with torch.no_grad():
+        still.stages[0].rhs.theta.weight.zero_()
+    verdict = convergence_check(still, x)
+    assert verdict.converged and verdict.training == verdict.reference == 1.0
+    # Large kernels at h = 1: forward Euler is far from the flow.
+    wild = _hot("parabolic", 4.0, widths=(8, 16, 16)).eval()
+    solver = wild.stages[0].solver
+    verdict = convergence_check(wild, x)
+    assert not verdict.converged and verdict.training < 0.9
+    assert wild.stages[0].solver == solver  # the stages' own solver is restored
+    with pytest.raises(ValueError, match="one label per image"):
+        convergence_check(wild, x, torch.zeros(3, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- exact resumption
+
+OPTIONS = {"widths": [8, 8], "epochs": 3, "batch_size": 32, "checkpoint_every": 4, "seed": 5}
+ARGS = ["--widths", "8,8", "--epochs", "3", "--batch-size", "32", "--checkpoint-every", "4",
+        "--seed", "5"]  # fmt: skip
+STRATEGIES = {
+    "multilevel": ({"multilevel": [2, 3]}, ["--multilevel", "2,3"]),
+    "random steps": ({"random_steps": [1.0, 0.5]}, ["--random-steps", "1,0.5"]),
+    "stability penalty": ({"stability_penalty": 0.05}, ["--stability-penalty", "0.05"]),
+}
+
+
+def _metrics(path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r.pop("seconds")
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_each_strategy_resumes_exactly_after_sigkill(strategy, tmp_path):
+    options, args = STRATEGIES[strategy]
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    cmd = [sys.executable, "-m", "experiments.train", *ARGS, *args, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    killed_at, deadline = None, time.monotonic() + 300
+    # Kill in the second or third epoch, mid-epoch: after the first prolongation.
+    while killed_at is None and proc.poll() is None and time.monotonic() < deadline:
+        try:
+            s = load_checkpoint(out / "last.pt")
+            if s["epoch"] >= 1 and s["batch"] > 0:
+                killed_at = (s["epoch"], s["batch"])
+        except Exception:
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert killed_at is not None, "the run ended before a mid-epoch checkpoint was seen"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--resume", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    clean = resolve_config(**OPTIONS, **options, out=str(tmp_path / "clean"))
+    train(clean, log=lambda *_: None)
+    assert _metrics(out / "metrics.csv") == _metrics(tmp_path / "clean" / "metrics.csv")
+    a = load_checkpoint(out / "best.pt")
+    b = load_checkpoint(tmp_path / "clean" / "best.pt")
+    assert a["level"] == b["level"] == (2 if strategy == "multilevel" else 0)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_multilevel_run_ends_on_the_fine_level_and_loads_back(tmp_path):
+    cfg = resolve_config(
+        widths=[4, 4], epochs=3, train_fraction=0.2, multilevel=[2, 3], out=str(tmp_path)
+    )
+    train(cfg, log=lambda *_: None)
+    state = load_checkpoint(tmp_path / "best.pt")
+    assert state["level"] == 2 and state["epoch"] == 3  # best chosen on the finest level
+    from experiments._swap import load_trained
+
+    net, _ = load_trained(tmp_path / "best.pt")
+    assert net.stages[0].rhs.steps == 12 and net.stages[0].step_size == 0.25
+    assert isinstance(net, neuralpde.PDECNN)
