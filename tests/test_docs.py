@@ -253,7 +253,7 @@ def test_shape_heuristic_is_not_vacuous():
     assert SHAPE.search("y: ``(batch, channels, height, width)``")
     assert SHAPE.search("``(n_times, *shape)``") and SHAPE.search("``(c_out, c_in, 3, 3)``")
     assert not SHAPE.search("the pair ``(f_q, f_p)``")
-    assert _takes_tensors(solvers.odeint) and not _takes_tensors(neuralpde.count_parameters)
+    assert _takes_tensors(solvers.solve) and not _takes_tensors(neuralpde.count_parameters)
 
 
 # --- runnable examples of the pages ---------------------------------------------------------
