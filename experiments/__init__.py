@@ -15,6 +15,7 @@ from ._data import DataSplits as DataSplits
 from ._data import load_data as load_data
 from ._swap import solver_swap as solver_swap
 from ._swap import swap_plan as swap_plan
+from ._swap import swap_verdict as swap_verdict
 from ._trainer import NonFiniteLossError as NonFiniteLossError
 from ._trainer import build_model as build_model
 from ._trainer import evaluate as evaluate
@@ -35,5 +36,6 @@ __all__ = [
     "save_checkpoint",
     "solver_swap",
     "swap_plan",
+    "swap_verdict",
     "train",
 ]

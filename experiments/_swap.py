@@ -28,14 +28,19 @@ def swap_plan(
     methods at the training step. Each item: ``label``, ``method`` and solver options.
 
     ``step_size`` and ``solver`` are those of training (``None``: h = 1 and the paper's
-    scheme); a "training scheme" row comes first unless it is the "euler x1" row.
+    scheme); "training scheme" and "training scheme x2" (half the step) rows come first
+    unless the training scheme is forward Euler ("euler x1" and "euler x2").
     """
     plan: list[dict[str, Any]] = []
     dynamics = neuralpde.archs()[arch]  # what the arch is, asked of neuralpde
     # The training scheme is its own row unless it is the "euler x1" row below.
-    if (solver or dynamics.default_method) != "euler":
+    own_euler = (solver or dynamics.default_method) == "euler"
+    if not own_euler:
         plan.append({"label": "training scheme", "method": solver, "step_size": step_size})
     step_size = 1.0 if step_size is None else step_size
+    if not own_euler and (solver is None or solvers.methods()[solver] != "adaptive"):
+        # Half the training step with the training method: the row the verdict reads.
+        plan.append({"label": "training scheme x2", "method": solver, "step_size": step_size / 2})
     for k in (1, 2, 4, 8):
         plan.append({"label": f"euler x{k}", "method": "euler", "step_size": step_size / k})
     plan.append({"label": "midpoint", "method": "midpoint", "step_size": step_size})
@@ -165,3 +170,32 @@ def write_swap(rows: list[dict[str, Any]], out: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(out / "solver_swap.png", dpi=110)
     plt.close(fig)
+
+
+def swap_verdict(
+    rows: list[dict[str, Any]], tolerance: float = 0.01
+) -> neuralpde.ConvergenceVerdict:
+    """Whether the network of a :func:`solver_swap` table is a converged discretization of
+    its ODE (:class:`neuralpde.ConvergenceVerdict`): its training scheme against half the
+    step and against dopri5 at rtol 1e-4; ``print()`` it for the verdict in plain words.
+
+    Raises:
+        ValueError: ``rows`` lack one of the rows the verdict reads (a custom plan).
+    """
+    by = {r["solver"]: r["accuracy"] for r in rows}
+    first = rows[0]["solver"] if rows else None
+    refined = "euler x2" if first == "euler x1" else "training scheme x2"
+    need = [first, refined, "rk4", "dopri5 rtol=0.0001"]
+    missing = [n for n in need if n not in by]
+    if missing:
+        raise ValueError(
+            f"swap_verdict: the table has no {missing} row(s); run solver_swap with its "
+            "default plan (swap_plan)"
+        )
+    return neuralpde.ConvergenceVerdict(
+        training=by[first],
+        refined=by[refined],
+        rk4=by["rk4"],
+        reference=by["dopri5 rtol=0.0001"],
+        tolerance=tolerance,
+    )

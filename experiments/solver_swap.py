@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ._checkpoint import CheckpointError
 from ._data import DatasetNotFoundError
-from ._swap import solver_swap, write_swap
+from ._swap import solver_swap, swap_verdict, write_swap
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     write_swap(rows, out, f"solver swap: {args.checkpoint}")
     print(f"\nwrote {out}/solver_swap.csv and {out}/solver_swap.png")
+    finite = [r for r in rows if r["accuracy"] == r["accuracy"]]
+    if finite:
+        worst = min(finite, key=lambda r: r["accuracy"])
+        print(f"worst row: {worst['solver']} at {worst['accuracy']:.2%}")
+    print(f"\nverdict: {swap_verdict(rows)}")
     return 0
 
 

@@ -1,0 +1,84 @@
+"""The main job's cost: ``python -m experiments.train`` (the default recipe, with the
+stability penalty that makes the trained network an ODE) against the same job trained
+with the paper's scheme alone (``--stability-penalty 0``: today's default before it), and
+against the fine-step alternative (``--step-size 0.5``), each run in its own process.
+
+    python benchmarks/main_job.py [--repeats 3] [--tiny]
+
+Runs alternate (shuffled per round) so slow phases of a shared machine hit every
+candidate; the table gives the median wall and CPU seconds per whole job, the ratio to
+the paper-scheme job (median of per-round ratios) and the test accuracy. The target:
+the default job at most 1.5x the paper-scheme job, and under 60 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import header, interleaved, median, paired_ratio, parser, setup, table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    args = p.parse_args()
+    setup(args)
+    repeats = args.repeats or (1 if args.tiny else 3)
+    header("main job: default recipe against the paper's scheme")
+    small = ["--epochs", "1", "--widths", "4,8", "--train-fraction", "0.2"] if args.tiny else []
+    candidates = {
+        "default (stability penalty)": [],
+        "paper scheme (penalty 0)": ["--stability-penalty", "0"],
+        "fine step h/2 (penalty 0)": ["--stability-penalty", "0", "--step-size", "0.5"],
+    }
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    results: dict[str, list[dict]] = {k: [] for k in candidates}
+    cpu: dict[str, list[float]] = {k: [] for k in candidates}
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def job(name: str, extra: list[str]):
+            def run() -> None:
+                out = Path(tmp) / name.split()[0]
+                cmd = [sys.executable, "-m", "experiments.train", *small, *extra, "--out", str(out)]
+                t0 = os.times()
+                subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
+                t1 = os.times()
+                cpu[name].append(
+                    (t1.children_user - t0.children_user)
+                    + (t1.children_system - t0.children_system)
+                )
+                results[name].append(json.loads((out / "report.json").read_text()))
+
+            return run
+
+        t0 = time.perf_counter()
+        times = interleaved(
+            {k: job(k, v) for k, v in candidates.items()}, repeats=repeats, warmup=0
+        )
+        wall = time.perf_counter() - t0
+    base = "paper scheme (penalty 0)"
+    rows = []
+    for name in candidates:
+        rows.append(
+            {
+                "job": name,
+                "wall s (median)": median(times[name]),
+                "CPU s (median)": median(cpu[name]),
+                "wall ratio": paired_ratio(times[name], times[base]),
+                "CPU ratio": paired_ratio(cpu[name], cpu[base]),
+                "test accuracy": median([r["test_accuracy"] for r in results[name]]),
+            }
+        )
+    table(rows)
+    print(f"{repeats} round(s), {wall:.0f} s in all; load average now {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
