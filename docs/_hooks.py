@@ -73,6 +73,17 @@ def _sign(match: re.Match) -> str:
     return f'{head}<mo form="prefix">{match[2]}</mo>'
 
 
+# Function names: latex2mathml writes \max and \operatorname{diag} as <mo>, which MathML
+# Core spaces like a binary operator ("+  max  a"), and \sin x as <mi>sin</mi><mi>x</mi>,
+# which it sets with no gap ("sinx"). TeX sets a name with a thin space before an ordinary
+# argument and none before a delimiter (The TeXbook, ch. 18); so do these two passes.
+_NAME_MO = re.compile(r"<mo>([A-Za-z]{2,})</mo>")
+_NAME_GAP = re.compile(
+    r"(?<!<msub>)(?<!<msup>)(?<!<msubsup>)(?<!<munder>)(?<!<munderover>)"
+    r"(<mi>[A-Za-z]{2,}</mi>)(?=<mi|<mn|<mrow|<msub|<msup|<mfrac|<msqrt)"
+)
+
+
 def _mathml(tex: str, display: str, where: str) -> str:
     tex = html.unescape(tex).strip()
     try:
@@ -81,7 +92,11 @@ def _mathml(tex: str, display: str, where: str) -> str:
         raise PluginError(f"{where}: latex2mathml cannot convert \\({tex}\\): {err!r}") from err
     if _UNKNOWN.search(out):
         raise PluginError(f"{where}: \\({tex}\\) uses a TeX command latex2mathml does not know")
-    return _SIGN.sub(_sign, out.replace(' xmlns="http://www.w3.org/1998/Math/MathML"', ""))
+    out = _SIGN.sub(_sign, out.replace(' xmlns="http://www.w3.org/1998/Math/MathML"', ""))
+    # TeX sets "/" as an ordinary symbol ("2/z"); MathML Core would space it as an operator.
+    out = out.replace("<mo>&#x0002F;</mo>", '<mo lspace="0" rspace="0">&#x0002F;</mo>')
+    out = _NAME_MO.sub(r"<mi>\1</mi>", out)
+    return _NAME_GAP.sub(r'\1<mspace width="0.1667em"></mspace>', out)
 
 
 def _toc_to_mathml(items, where: str) -> None:

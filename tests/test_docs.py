@@ -114,6 +114,33 @@ def test_formulas_are_mathml_without_the_network(site):
     assert checked >= 5
 
 
+def _hooks():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "_hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_math_hook_typesets_like_tex_and_refuses_unknown_commands():
+    from mkdocs.exceptions import PluginError
+
+    mathml = _hooks()._mathml
+    # A sign after an opening delimiter or a relation is a sign, not a binary minus.
+    assert '<mo form="prefix">&#x02212;</mo><mn>1</mn>' in mathml("[-1, 1]", "inline", "p")
+    assert 'form="prefix"' not in mathml("(a) - b", "inline", "p")
+    # Function names are names, with a thin space before an argument (none before "(").
+    assert "<mi>max</mi><mspace" in mathml(r"\max a", "inline", "p")
+    assert "<mi>diag</mi><mo" in mathml(r"\operatorname{diag}(a)", "inline", "p")
+    assert mathml(r"\frac{1}{2}", "block", "p").startswith('<math display="block">')
+    # A command latex2mathml does not know fails the build, naming page and formula.
+    with pytest.raises(PluginError, match=r"concepts.md.*\\notacommand"):
+        mathml(r"x + \notacommand y", "inline", "concepts.md")
+    with pytest.raises(PluginError, match="cannot convert"):
+        mathml("x^{", "inline", "concepts.md")
+
+
 def _nav_files(entries) -> list[str]:
     """Every page of an mkdocs ``nav`` (nested lists of ``{title: page}`` or ``page``)."""
     found = []
