@@ -9,6 +9,7 @@ of :mod:`solvers`.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import ClassVar
 
@@ -466,7 +467,8 @@ def register_arch(name: str, cls: type[RHS]) -> type[RHS]:
 
     Raises:
         ValueError: an empty name or one already taken.
-        TypeError: ``cls`` is not a subclass of :class:`RHS`.
+        TypeError: ``cls`` is not a subclass of :class:`RHS`, or its constructor does not
+            take ``(channels, steps, step_size, interpolation)``.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"register_arch: name must be a non-empty string, got {name!r}")
@@ -477,6 +479,7 @@ def register_arch(name: str, cls: type[RHS]) -> type[RHS]:
             f"register_arch: {name!r} is already registered (as {_ARCHS[name].__name__}); "
             "choose another name"
         )
+    _check_constructor(cls, "register_arch")
     _ARCHS[name] = cls
     return cls
 
@@ -494,9 +497,22 @@ def arch_name(cls: type[RHS]) -> str:
     return cls.__name__
 
 
+def _check_constructor(cls: type[RHS], who: str) -> None:
+    """Raise a TypeError unless ``cls(channels, steps, step_size, interpolation)`` binds."""
+    try:
+        inspect.signature(cls).bind(8, 3, 1.0, "constant")
+    except TypeError as err:
+        raise TypeError(
+            f"{who}: a network builds each stage as {cls.__name__}(channels, steps, "
+            f"step_size, interpolation), which {cls.__name__} does not take ({err}); give it "
+            "that constructor, or put it in a Stage of your own"
+        ) from None
+
+
 def resolve_arch(arch: str | type[RHS], who: str) -> type[RHS]:
     """The dynamics class for a registered name or an :class:`RHS` subclass."""
     if isinstance(arch, type) and issubclass(arch, RHS):
+        _check_constructor(arch, who)
         return arch
     if isinstance(arch, str) and arch in _ARCHS:
         return _ARCHS[arch]

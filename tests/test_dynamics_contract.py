@@ -177,6 +177,12 @@ def test_own_arch_in_pdecnn_by_class_and_by_registered_name(registered):
         neuralpde.register_arch("linear", torch.nn.Linear)
     with pytest.raises(ValueError, match="non-empty"):
         neuralpde.register_arch("", Reaction)
+    # A network builds stages as cls(channels, steps, step_size, interpolation): a class
+    # that cannot be built that way (an image filter) is refused with that said.
+    with pytest.raises(TypeError, match=r"HeatRHS\(channels, steps, step_size, interpolation\)"):
+        neuralpde.register_arch("heat", neuralpde.HeatRHS)
+    with pytest.raises(TypeError, match="put it in a Stage of your own"):
+        neuralpde.PDECNN(neuralpde.HeatRHS, 1, 3, (4, 4))
     with pytest.raises(ValueError, match="unknown arch 'elliptic'.*register_arch"):
         neuralpde.PDECNN("elliptic", 1, 3, (4, 4))
     archs = neuralpde.archs()
