@@ -110,6 +110,16 @@ def both(call):
 
 
 # --- odeint_tests.py: TestSolverError ------------------------------------------------------
+# Low-order adaptive methods take 10^4-10^5 steps on these problems at the default
+# tolerances (seconds to minutes each): run once, forward in float64, and marked slow.
+HEAVY = {
+    ("bosh3", "sine"),
+    ("bosh3", "linear"),
+    ("adaptive_heun", "sine"),
+    ("adaptive_heun", "linear"),
+}
+
+
 def _solver_cases():
     for reverse in (False, True):
         for dtype in (F32, F64):
@@ -117,7 +127,10 @@ def _solver_cases():
                 if dtype == F32 and method == "dopri8":
                     continue
                 for ode in PROBLEMS if method in ADAPTIVE else ("constant",):
-                    yield reverse, dtype, method, ode
+                    if (method, ode) not in HEAVY:
+                        yield reverse, dtype, method, ode
+                    elif dtype == F64 and not reverse:
+                        yield pytest.param(reverse, dtype, method, ode, marks=pytest.mark.slow)
 
 
 @pytest.mark.parametrize("reverse,dtype,method,ode", list(_solver_cases()))
