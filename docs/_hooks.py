@@ -73,6 +73,8 @@ def _sign(match: re.Match) -> str:
     return f'{head}<mo form="prefix">{match[2]}</mo>'
 
 
+# "/", "|" and "\\|" as latex2mathml writes them when they are not \left/\right fences.
+_ORD = re.compile(r'<mo(?: stretchy="false")?>(&#x0002F;|&#x0007C;|&#x02016;)</mo>')
 # Function names: latex2mathml writes \max and \operatorname{diag} as <mo>, which MathML
 # Core spaces like a binary operator ("+  max  a"), and \sin x as <mi>sin</mi><mi>x</mi>,
 # which it sets with no gap ("sinx"). TeX sets a name with a thin space before an ordinary
@@ -84,17 +86,30 @@ _NAME_GAP = re.compile(
 )
 
 
+# \lvert and \rvert reach latex2mathml's output as two identical "|" operators, spaced as
+# infix ("|1 + ihω |  > 1"). As \left and \right they become an opening and a closing
+# fence around their content, and a script attaches to the whole: |R|^2.
+_BARS = re.compile(r"(\\(?:left|right|[bB]igg?[lr]?)\s*)?\\([lr])(vert|Vert)(?![A-Za-z])")
+
+
+def _bar(match: re.Match) -> str:
+    if match[1]:  # already sized or fenced
+        return match[0]
+    return f"\\{'left' if match[2] == 'l' else 'right'}\\{match[2]}{match[3]}"
+
+
 def _mathml(tex: str, display: str, where: str) -> str:
     tex = html.unescape(tex).strip()
     try:
-        out = convert(tex, display=display)
+        out = convert(_BARS.sub(_bar, tex), display=display)
     except Exception as err:
         raise PluginError(f"{where}: latex2mathml cannot convert \\({tex}\\): {err!r}") from err
     if _UNKNOWN.search(out):
         raise PluginError(f"{where}: \\({tex}\\) uses a TeX command latex2mathml does not know")
     out = _SIGN.sub(_sign, out.replace(' xmlns="http://www.w3.org/1998/Math/MathML"', ""))
-    # TeX sets "/" as an ordinary symbol ("2/z"); MathML Core would space it as an operator.
-    out = out.replace("<mo>&#x0002F;</mo>", '<mo lspace="0" rspace="0">&#x0002F;</mo>')
+    # TeX sets "/" and a bare "|" or "\\|" as ordinary symbols ("2/z", "|1 + ihω| > 1");
+    # MathML Core would space them as operators.
+    out = _ORD.sub(r'<mo lspace="0" rspace="0" stretchy="false">\1</mo>', out)
     out = _NAME_MO.sub(r"<mi>\1</mi>", out)
     return _NAME_GAP.sub(r'\1<mspace width="0.1667em"></mspace>', out)
 

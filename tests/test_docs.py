@@ -134,6 +134,10 @@ def test_math_hook_typesets_like_tex_and_refuses_unknown_commands():
     assert "<mi>max</mi><mspace" in mathml(r"\max a", "inline", "p")
     assert "<mi>diag</mi><mo" in mathml(r"\operatorname{diag}(a)", "inline", "p")
     assert mathml(r"\frac{1}{2}", "block", "p").startswith('<math display="block">')
+    # \lvert ... \rvert are an opening and a closing fence; a script takes the whole.
+    bars = mathml(r"\frac{2}{\lVert K \rVert_2^2} + \lvert R \rvert^2", "inline", "p")
+    assert bars.count('form="prefix"') == bars.count('form="postfix"') == 2
+    assert bars.count("<msubsup><mrow><mo") == 1 and bars.count("<msup><mrow><mo") == 1
     # A command latex2mathml does not know fails the build, naming page and formula.
     with pytest.raises(PluginError, match=r"concepts.md.*\\notacommand"):
         mathml(r"x + \notacommand y", "inline", "concepts.md")
