@@ -1,10 +1,10 @@
-"""Overhead of solvers.odeint: our Verlet against a plain Python loop of the same arithmetic.
+"""Overhead of solvers.solve: our Verlet against a plain Python loop of the same arithmetic.
 
 The state is a pair ``(q, p)`` of ``(64, 32, 32, 32)`` tensors and the right-hand side a
 harmonic oscillator (``dq/dt = p``, ``dp/dt = -q``): as cheap as a right-hand side gets,
 so whatever the solver adds shows. Both run the same kick–drift–kick formulas; the ratio
 is the median of per-round ratios (target <= 1.05), with the finite check on (the default,
-one reduction over the output) and off, and with ``final_only=True`` (no stacked output).
+one reduction over the output) and off, and with ``save="final"`` (no stacked output).
 "plain again" times the plain loop a second time: its ratio is this run's noise floor.
 
     python benchmarks/solvers_overhead.py [--tiny] [--repeats N] [--threads N]
@@ -45,27 +45,20 @@ def main() -> None:
     h = 0.05
     t = [0.0, steps * h]
 
-    def ours(check, final_only=False):
-        return lambda: solvers.odeint(
-            (f_q, f_p),
-            (q0, p0),
-            t,
-            method="verlet",
-            step_size=h,
-            check_finite=check,
-            final_only=final_only,
-        )
+    def ours(check, save="all"):
+        solver = solvers.Solver("verlet", step_size=h, check_finite=check)
+        return lambda: solvers.solve((f_q, f_p), (q0, p0), t, solver, save=save)
 
-    q, p = ours(True)()
+    q, p = ours(True)().ys
     q_ref, p_ref = plain_verlet(q0, p0, h, steps)
     if not (torch.equal(q[-1], q_ref) and torch.equal(p[-1], p_ref)):
-        raise AssertionError("solvers.odeint's Verlet differs from the plain loop")
+        raise AssertionError("solvers.solve's Verlet differs from the plain loop")
     del q, p, q_ref, p_ref
     times = interleaved(
         {
             "ours": ours(True),
             "ours, no check": ours(False),
-            "ours, final_only": ours(True, final_only=True),
+            "ours, save='final'": ours(True, save="final"),
             "plain": lambda: plain_verlet(q0, p0, h, steps),
             "plain again": lambda: plain_verlet(q0, p0, h, steps),
         },

@@ -348,3 +348,28 @@ def test_odeint_second_order_is_the_split_solve():
     assert torch.equal(y, q) and torch.equal(v, p)
     with pytest.raises(ValueError, match="not a symplectic method"):
         solvers.odeint_second_order(lambda t, y: -y, Y0, Y0, t, method="rk4", step_size=0.1)
+
+
+def test_torchdiffeq_warning_that_the_solution_may_be_incorrect_reaches_the_user():
+    """implicit_adams on a stiff problem: its fixed-point iteration does not converge.
+
+    The warning comes through (and the test configuration turns every warning into an
+    error, so no test passes with it unseen).
+    """
+    for call in (
+        lambda: solvers.solve(
+            lambda t, y: -1000 * y,
+            torch.ones(2),
+            [0.0, 1.0],
+            Solver("implicit_adams", step_size=0.1),
+        ),
+        lambda: solvers.odeint(
+            lambda t, y: -1000 * y,
+            torch.ones(2),
+            torch.tensor([0.0, 1.0]),
+            method="implicit_adams",
+            options={"step_size": 0.1},
+        ),
+    ):
+        with pytest.warns(UserWarning, match="Solution may be incorrect"):
+            call()
