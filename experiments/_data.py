@@ -1,7 +1,11 @@
-"""Data sets with the paper's splits and augmentation, through torchvision's own classes.
+"""Data sets with the paper's splits and augmentation: torchvision's CIFAR/STL-10 classes,
+image folders (``_images.py``) and scikit-learn's digits.
 
-Order and augmentation are pure functions of ``(seed, epoch, index)``: a run resumed in the
-middle of an epoch, or split over several processes, sees exactly the same batches.
+Every split holds its images resident as one tensor (``uint8`` for photographs); a batch
+is normalized and augmented as tensor operations where the images are (the training
+device when they fit there). Order and augmentation are pure functions of
+``(seed, epoch, index)``: a run resumed in the middle of an epoch, or split over several
+processes, sees exactly the same batches.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ class DataSplits:
     """Training, validation and test sets of one data set.
 
     Each item is ``(image (channels, height, width) float32, label int)``. The splits that
-    :func:`load_data` returns are :class:`Split` s of resident images: a batch of indices is
+    :func:`load_data` returns are :class:`Split` objects over resident images: a batch of indices is
     also served whole (``split.__getitems__(indices)``, what ``DataLoader`` calls under a
     batch sampler) as tensors on the images' device, see :meth:`to`.
 

@@ -21,8 +21,7 @@ import torch
 from torch import Tensor
 
 # torchvision's ImageFolder extensions, plus GIF (torchvision.io decodes it too).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
-IMAGE_EXTENSIONS += (".gif",)
+IMAGE_EXTENSIONS = tuple(".jpg .jpeg .png .ppm .pgm .bmp .tif .tiff .webp .gif".split())
 # One root of class folders: 20 % of each class is the test split, 20 % of the rest the
 # validation split (64 / 16 / 20 in all).
 TEST_FRACTION = 0.2
@@ -279,6 +278,13 @@ def load_image_folder(root: str, size: int) -> FolderImages:
     sub = {d for d in _visible_dirs(base)}
     if "train" in sub:
         given = [p for p in ("train", "val", "test") if p in sub]
+        other = sorted(sub - {"train", "val", "test"})
+        if other:
+            warnings.warn(
+                f"imagefolder: folders {other} under {root} are not train/, val/ or test/ "
+                "and were not loaded",
+                stacklevel=2,
+            )
         if len(given) == 1:
             raise _not_found(
                 f"imagefolder: {os.path.join(root, 'train')} has neither "

@@ -197,6 +197,11 @@ def test_files_that_are_not_images_are_reported(tmp_path):
     with pytest.warns(UserWarning, match=r"2 file\(s\) .* not loaded: train/a/labels.csv, "):
         data = _load(tmp_path)
     assert len(data.train) + len(data.val) == 2
+    (tmp_path / "train/a/labels.csv").unlink()
+    (tmp_path / "train/loose.png").unlink()
+    _write(tmp_path, {"extra/a": 1})
+    with pytest.warns(UserWarning, match=r"folders \['extra'\] under .* were not loaded"):
+        _load(tmp_path)
 
 
 def _count_decodes(monkeypatch):
@@ -328,6 +333,16 @@ def test_loader_batches_equal_items_and_default_collate_still_works():
         next(iter(DataLoader(split, batch_size=40)))[0],
         torch.stack([split[i][0] for i in range(40)]),
     )
+
+
+def test_worker_processes_serve_the_same_batches():
+    split = _split()
+    split.set_epoch(1)
+    sampler = EpochBatches(len(split), 16, seed=2)
+    sampler.set_epoch(1)
+    here = [x for x, _ in batch_loader(split, sampler)]
+    there = [x for x, _ in batch_loader(split, sampler, workers=2)]
+    assert len(here) == 3 and all(torch.equal(a, b) for a, b in zip(here, there))
 
 
 def test_digits_float_images_take_the_same_path():
