@@ -185,7 +185,13 @@ def test_no_integration(method, reverse, dtype, ode):
 
 
 # --- odeint_tests.py: TestStepLocations ---------------------------------------------------
-@pytest.mark.parametrize("method", ADAPTIVE)
+# adaptive_heun takes about 10^5 steps here (a minute per case): slow.
+SLOW_HEUN = [
+    m if m != "adaptive_heun" else pytest.param(m, marks=pytest.mark.slow) for m in ADAPTIVE
+]
+
+
+@pytest.mark.parametrize("method", SLOW_HEUN)
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_step_locations(method, dtype):
     if dtype == F32 and method == "dopri8":
@@ -300,7 +306,7 @@ def test_compare_adjoint_gradient():
 # --- event_tests.py -------------------------------------------------------------------------
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", [F32, F64])
-@pytest.mark.parametrize("method", FIXED + ADAPTIVE)
+@pytest.mark.parametrize("method", FIXED + tuple(SLOW_HEUN))
 @pytest.mark.parametrize("ode", ["constant", "sine"])
 def test_event_handling(reverse, dtype, method, ode):
     tol = {"explicit_adams": 7e-2, "euler": 5e-3}.get(method, 1e-4)
@@ -387,7 +393,7 @@ class _NeuralF(torch.nn.Module):
         return out * t.mul(20).sin() if self.oscillate else out
 
 
-@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("method", SLOW_HEUN)
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_large_norm_takes_more_steps(method, dtype):
     if dtype == F32 and method == "dopri8":
@@ -459,7 +465,7 @@ def test_options_step_size(method, t):
         # Decreasing times walk the increasing grid backwards (the same cells as forward):
         # torchdiffeq's points to round-off, as 0.1 divides the span.
         assert torch.allclose(ours, theirs, rtol=1e-6, atol=0)
-    assert torch.allclose(ours[-1], y0 * math.exp(-1.0), rtol=0.1)
+    assert torch.allclose(ours[-1], y0 * math.exp(-float(t[-1] - t[0])), rtol=0.1)
 
 
 def test_single_output_time_returns_y0():
@@ -506,8 +512,19 @@ def test_user_callbacks_are_called(method, opts, reverse):
         warnings.simplefilter("ignore", UserWarning)
         ref = torchdiffeq.odeint(theirs, y0, t, method=method, options=opts)
         out = solvers.odeint(ours, y0, t, method=method, options=opts)
-    assert same(out, ref)
-    assert ours.calls == theirs.calls
+    if reverse and "step_size" in opts:
+        # Decreasing times walk the increasing grid backwards: torchdiffeq's points to
+        # round-off (0.1 divides the span), so the same calls at the same times to round-off.
+        assert torch.allclose(out, ref, rtol=1e-6, atol=0)
+        for name, calls in ours.calls.items():
+            assert len(calls) == len(theirs.calls[name])
+            if calls:
+                assert torch.allclose(
+                    torch.tensor(calls), torch.tensor(theirs.calls[name]), rtol=0, atol=1e-6
+                )
+    else:
+        assert same(out, ref)
+        assert ours.calls == theirs.calls
     assert ours.calls["callback_step"]  # called at all
     if method in ("dopri5", "bosh3"):
         assert ours.calls["callback_accept_step"] and ours.calls["callback_reject_step"]
