@@ -5,7 +5,7 @@ one budget on an image folder and writes ``results.md``, ``results.json`` and th
 
     python -m experiments.table1 --data-root ../shared/data/cifar10-jpeg --budget cpu
 
-``--budget cpu`` is a reduced recipe for 2 CPU cores (widths 16-32-64-64, 5 epochs);
+``--budget cpu`` is a reduced recipe for 2 CPU cores (widths 16-32-64-64, 4 epochs);
 ``--budget paper`` is the paper's full recipe (for a GPU). ``--resume`` continues a
 half-done table: finished networks are kept, a half-done one resumes from its ``last.pt``;
 ``--report-only`` writes the results of a table still training (best weights so far).

@@ -112,7 +112,7 @@ def test_resume_keeps_finished_networks_and_continues_the_half_done_one(folder, 
 def test_cpu_budget_is_the_paper_recipe_reduced():
     cfg = resolve_config(arch="parabolic", dataset="imagefolder", **budget_options("cpu"))
     assert cfg.widths == [16, 32, 64, 64] and cfg.steps == 3
-    assert cfg.lr_schedule == [[3, 0.1], [1, 0.02], [1, 0.004]] and cfg.epochs == 5
+    assert cfg.lr_schedule == [[2, 0.1], [1, 0.02], [1, 0.004]] and cfg.epochs == 4
     assert (cfg.batch_size, cfg.momentum, cfg.smoothness, cfg.weight_decay) == (
         125,
         0.9,
