@@ -98,6 +98,7 @@ class Solver:
     def __post_init__(self) -> None:
         kind = kind_of(self.method)
         set_ = object.__setattr__
+        set_(self, "_kind", kind)  # read on every solve: looked up once
         if self.step_size is not None:
             if isinstance(self.step_size, (bool, Tensor)) or not isinstance(
                 self.step_size, (int, float)
@@ -151,6 +152,11 @@ class Solver:
                 isinstance(every, bool) or not isinstance(every, int) or every < 1
             ):
                 raise ValueError(f"checkpoint_every must be a positive int or None, got {every!r}")
+        elif "checkpoint_every" in options:
+            raise ValueError(
+                f"checkpoint_every is an option of memory='reversible' with a symplectic "
+                f"method, not of {self.method!r}"
+            )
         elif kind == "fixed" and "grid_constructor" in options and self.step_size is not None:
             raise ValueError("give either step_size or options['grid_constructor'], not both")
         set_(self, "options", MappingProxyType(options))
@@ -178,7 +184,7 @@ class Solver:
     @property
     def kind(self) -> str:
         """``"fixed"``, ``"adaptive"`` or ``"symplectic"`` (see :func:`solvers.methods`)."""
-        return kind_of(self.method)
+        return self._kind
 
     def replace(self, **changes: Any) -> Solver:
         """A copy with ``changes`` applied and validated again; other settings are kept.
