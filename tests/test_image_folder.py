@@ -335,6 +335,21 @@ def test_loader_batches_equal_items_and_default_collate_still_works():
     )
 
 
+def test_processes_each_serve_their_slice_of_the_same_augmented_batch():
+    # torchrun: rank r takes the r-th half of every global batch, augmented as one process.
+    split = _split()
+    split.set_epoch(4)
+    one = EpochBatches(len(split), 20, seed=3)
+    ranks = [EpochBatches(len(split), 20, seed=3, rank=r, world=2) for r in range(2)]
+    for s in (one, *ranks):
+        s.set_epoch(4)
+    single = [x for x, _ in batch_loader(split, one)]
+    halves = [[x for x, _ in batch_loader(split, s)] for s in ranks]
+    assert len(single) == 2
+    for b, x in enumerate(single):
+        assert torch.equal(torch.cat([halves[0][b], halves[1][b]]), x)
+
+
 def test_worker_processes_serve_the_same_batches():
     split = _split()
     split.set_epoch(1)
