@@ -222,6 +222,7 @@ class Split(Dataset):
     Augmentation of item ``i`` in epoch ``e`` is a pure function of ``(seed, e, i)``
     (:func:`augment_params`): independent of worker processes, batch position and
     resumption.
+
     ``split[i]`` is one item (on the CPU); ``split.__getitems__([i, ...])`` a whole batch,
     normalized and augmented with tensor operations on the images' device, equal to the
     items stacked.
