@@ -64,6 +64,7 @@ class TrainConfig:
     multilevel: list[int] = field(default_factory=list)
     random_steps: list[float] = field(default_factory=list)
     stability_penalty: float = 0.0
+    stability_margin: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -356,6 +357,8 @@ def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
             )
     if not (math.isfinite(cfg.stability_penalty) and cfg.stability_penalty >= 0):
         raise ConfigError(f"--stability-penalty must be >= 0, got {cfg.stability_penalty}")
+    if not (math.isfinite(cfg.stability_margin) and cfg.stability_margin > 0):
+        raise ConfigError(f"--stability-margin must be positive, got {cfg.stability_margin}")
     if cfg.stability_penalty and not fixed:
         raise ConfigError(
             f"--stability-penalty bounds h·ρ for a fixed step; --solver {cfg.solver} is adaptive"
@@ -422,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--stability-penalty",
         type=float,
         help="weight of the penalty keeping h*rho inside the solver's stability limit",
+    )
+    a(
+        "--stability-margin",
+        type=float,
+        help="the penalty allows h*rho up to this fraction of the stability limit (1)",
     )
     a("--memory", choices=MEMORY_MODES, help="how gradients are computed through the stages")
     a("--train-fraction", type=float, help="use this fraction of the training split")

@@ -32,10 +32,6 @@ STRATEGIES: dict[str, dict[str, Any]] = {
         "options": {"step_size": 0.5},
         "about": "the training solver takes two steps per parameter set (h = 1/2)",
     },
-    "fine-step h/4": {
-        "options": {"step_size": 0.25},
-        "about": "four steps per parameter set (h = 1/4)",
-    },
     "multilevel": {
         "options": {"multilevel": "auto"},
         "about": "train 3 parameter sets at h = 1, prolongate θ(t) to 6 (h = 1/2) and 12 "
@@ -47,16 +43,14 @@ STRATEGIES: dict[str, dict[str, Any]] = {
         "about": "each batch draws the training step from {1, 1/2}",
     },
     "stability penalty": {
-        "options": {"stability_penalty": 0.01},
-        "about": "h = 1 plus 0.01·Σ relu(h z / c − 1)², z from a warm-started power "
-        "iteration (2 per step), c the method's stability limit",
+        "options": {"stability_penalty": 0.1},
+        "about": "h = 1 plus 0.1·Σ relu(h z / c − 1)², z from a warm-started power "
+        "iteration (2 per batch), c the method's stability limit",
     },
 }
 
 # How close (in accuracy) a solver must come to the converged flow to count as converged.
 CLOSE = 0.005
-# The converged flow: dopri5 with tolerances no classifier notices.
-CONVERGED = {"method": "dopri5", "rtol": 1e-5, "atol": 1e-6}
 
 
 def multilevel_epochs(epochs: int) -> list[int]:
@@ -80,7 +74,8 @@ def _nfe_to_converge(
     ckpt: Path, data, arch_step: float, converged: float, device: str
 ) -> dict[str, float | None]:
     """The NFE per forward pass that RK4 (steps h, h/2, …, h/16) and dopri5 (rtol 1e-1 …
-    1e-5) need to come within :data:`CLOSE` of the converged accuracy (``None``: never)."""
+    1e-4) need to come within :data:`CLOSE` of the converged accuracy (``None``: never
+    within that sweep)."""
     out: dict[str, float | None] = {}
     sweeps = {
         "rk4": [
@@ -89,7 +84,7 @@ def _nfe_to_converge(
         ],
         "dopri5": [
             {"label": f"dopri5 {r:g}", "method": "dopri5", "rtol": r, "atol": r / 10}
-            for r in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+            for r in (1e-1, 1e-2, 1e-3, 1e-4)
         ],
     }
     for name, plan in sweeps.items():
@@ -120,13 +115,8 @@ def run_one(
     report = train(cfg, data=data, log=lambda *_: None)
     ckpt = out / "best.pt"
     rows = solver_swap(ckpt, data=data, device=device, log=lambda *_: None)
-    (ref,) = solver_swap(
-        ckpt,
-        data=data,
-        device=device,
-        plan=[{"label": "converged", **CONVERGED}],
-        log=lambda *_: None,
-    )
+    # The converged flow: the table's dopri5 at rtol 1e-4 (atol 1e-5).
+    ref = next(r for r in rows if r["solver"] == "dopri5 rtol=0.0001")
     finite = [r for r in rows if math.isfinite(r["accuracy"])]
     worst = min(finite, key=lambda r: r["accuracy"]) if finite else None
     step = rows[0]["step_size"] if rows and rows[0]["step_size"] != "" else None
@@ -137,7 +127,9 @@ def run_one(
         "strategy": strategy,
         "options": opts,
         "seconds": report["seconds"],
-        "cpu_seconds": report["cpu_seconds"],
+        # The training loop alone (no data loading, validation or report): what a
+        # strategy changes.
+        "train_seconds": report["train_seconds"],
         "test_accuracy": report["test_accuracy"],
         "training_scheme": rows[0]["accuracy"],
         "worst": None if worst is None else worst["accuracy"],
@@ -151,7 +143,7 @@ def run_one(
     log(
         f"{arch:<13} {strategy:<18} test {result['test_accuracy']:.4f}  worst "
         f"{result['worst']:.4f} ({result['worst_solver']})  converged {ref['accuracy']:.4f}  "
-        f"{report['cpu_seconds']:.0f} s CPU"
+        f"{report['train_seconds']:.0f} s training"
     )
     return result
 
@@ -163,11 +155,11 @@ def _fmt_nfe(v: float | None) -> str:
 def write_study(results: list[dict[str, Any]], out: Path, title: str) -> None:
     """``study.json``, ``study.md`` (one table) and ``study.png`` in ``out``."""
     by_arch: dict[str, float] = {
-        r["arch"]: r["cpu_seconds"] for r in results if r["strategy"] == "paper"
+        r["arch"]: r["train_seconds"] for r in results if r["strategy"] == "paper"
     }
     for r in results:
         base = by_arch.get(r["arch"])
-        r["time_ratio"] = None if not base else r["cpu_seconds"] / base
+        r["time_ratio"] = None if not base else r["train_seconds"] / base
     (out / "study.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
         f"# {title}",

@@ -296,7 +296,9 @@ def _setup(cfg: TrainConfig, data: DataSplits | None, resume: bool, log) -> _Run
     net.to(device)
     if cfg.stability_penalty:
         run.penalty = neuralpde.stability.StabilityPenalty(
-            net, (data.in_channels, data.image_size, data.image_size)
+            net,
+            (data.in_channels, data.image_size, data.image_size),
+            margin=cfg.stability_margin,
         ).to(device)
     _new_optimizer(run)
     run.best, run.accum = _no_best(), _new_accum()
