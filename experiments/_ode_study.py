@@ -17,7 +17,7 @@ from typing import Any
 
 from ._config import resolve_config
 from ._swap import solver_swap
-from ._trainer import train
+from ._trainer import NonFiniteLossError, train
 
 # Every strategy sets every strategy option, so that none inherits the default recipe's.
 _PLAIN = {"step_size": None, "multilevel": [], "random_steps": [], "stability_penalty": 0.0}
@@ -112,7 +112,11 @@ def run_one(
     probe = resolve_config(arch=arch, **base)
     opts = _options(strategy, probe.epochs)
     cfg = resolve_config(arch=arch, out=str(out), device=device, **base, **opts)
-    report = train(cfg, data=data, log=lambda *_: None)
+    try:
+        report = train(cfg, data=data, log=lambda *_: None)
+    except NonFiniteLossError as err:
+        log(f"{arch:<13} {strategy:<18} diverged: {err}")
+        return {"arch": arch, "strategy": strategy, "options": opts, "diverged": str(err)}
     ckpt = out / "best.pt"
     rows = solver_swap(ckpt, data=data, device=device, log=lambda *_: None)
     # The converged flow: the table's dopri5 at rtol 1e-4 (atol 1e-5).
@@ -155,11 +159,14 @@ def _fmt_nfe(v: float | None) -> str:
 def write_study(results: list[dict[str, Any]], out: Path, title: str) -> None:
     """``study.json``, ``study.md`` (one table) and ``study.png`` in ``out``."""
     by_arch: dict[str, float] = {
-        r["arch"]: r["train_seconds"] for r in results if r["strategy"] == "paper"
+        r["arch"]: r["train_seconds"]
+        for r in results
+        if r["strategy"] == "paper" and "diverged" not in r
     }
     for r in results:
         base = by_arch.get(r["arch"])
-        r["time_ratio"] = None if not base else r["train_seconds"] / base
+        ok = base and "diverged" not in r
+        r["time_ratio"] = r["train_seconds"] / base if ok else None
     (out / "study.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
         f"# {title}",
@@ -170,6 +177,11 @@ def write_study(results: list[dict[str, Any]], out: Path, title: str) -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
+        if "diverged" in r:
+            lines.append(
+                f"| {r['arch']} | {r['strategy']} | diverged (non-finite loss) | | | | | |"
+            )
+            continue
         ratio = "–" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}"
         lines.append(
             f"| {r['arch']} | {r['strategy']} | {ratio} | {r['training_scheme']:.1%} | "
@@ -195,7 +207,7 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(archs), figsize=(3.6 * len(archs), 3.6), squeeze=False)
     for ax, arch in zip(axes[0], archs):
         for r in (r for r in results if r["arch"] == arch):
-            if r["time_ratio"] is None or r["worst"] is None:
+            if r["time_ratio"] is None or r.get("worst") is None:
                 continue
             ax.scatter(
                 r["time_ratio"],
