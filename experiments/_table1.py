@@ -408,7 +408,7 @@ def _markdown(r: dict[str, Any], ref: str) -> str:
         f"{'on' if p['augment'] else 'off'}, weight clipping "
         f"{'on' if p['clip_weights'] else 'off'}, BatchNorm ε {p['bn_eps']:g}, seed {p['seed']}",
         f"- machine: {r['machine']}, device {r['device']}",
-        f"- wall time of this call {r['seconds'] / 60:.1f} min; 1-minute load average "
+        f"- wall time of this call's training {r['seconds'] / 60:.1f} min; 1-minute load average "
         f"during it {load['min']}–{load['max']} (mean {load['mean']}, {load['samples']} samples)",
         "",
         "Test accuracy and test cross-entropy of the best-validation weights; the paper's "
