@@ -155,7 +155,17 @@ class SplittingStepper(Stepper):
         return [(_HALVES[k], t + (1.0 - c) * h, a * h) for k, a, c in reversed(self.tableau)]
 
     def step(self, func: SplitFunc, t: Tensor, h: float, state: SplitState) -> SplitState:
-        """Advance ``(q, p)`` from ``t`` by ``h``; see :meth:`Stepper.step`."""
+        """Advance ``state = (q, p)`` from ``t`` by ``h``; see :meth:`Stepper.step`.
+
+        Args:
+            func: ``(f_q, f_p)``.
+            t: 0-d tensor, the start of the step's cell ``[t, t + h]``.
+            h: the step, a Python float (``h < 0``: the adjoint method, inverting the step).
+            state: ``(q, p)``, two tensors ``(*shape)`` each.
+
+        Returns:
+            The new ``(q, p)``, shapes unchanged.
+        """
         f_q, f_p = func
         q, p = state
         for half, tau, coef in self.substeps(t, h):
@@ -169,6 +179,7 @@ class SplittingStepper(Stepper):
         """The state ``y`` with ``step(func, t, h, y) == state``, to round-off.
 
         Every substep is undone with the same evaluation time: ``x <- x - a h f(τ, y)``.
+        ``state = (q, p)``, two tensors ``(*shape)`` each; returns the same shapes.
         """
         f_q, f_p = func
         q, p = state
