@@ -262,11 +262,6 @@ class Stage(nn.Module):
         """``solver`` if this stage's dynamics can take it (the rules of the state live in
         :meth:`RHS.check_solver`; those of the method in :class:`solvers.Solver`)."""
         self._check_state(solver.method, solver.memory)
-        if "checkpoint_every" in solver.options and solver.memory != "reversible":
-            raise ValueError(
-                f"{self._name()}: checkpoint_every is an option of memory='reversible', "
-                f"not of memory={solver.memory!r}"
-            )
         return solver
 
     def _name(self) -> str:

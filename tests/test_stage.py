@@ -66,6 +66,9 @@ def test_method_change_keeps_the_rest_and_names_what_does_not_fit():
     assert stage.memory == "reversible" and stage.method == "leapfrog"
     stage.set_solver("rk4", memory="autograd")
     assert (stage.method, stage.memory) == ("rk4", "autograd")
+    # checkpoint_every belongs to reversible memory (a rule of solvers.Solver, asked once).
+    with pytest.raises(ValueError, match="checkpoint_every is an option of memory='reversible'"):
+        stage.set_solver(checkpoint_every=3)
 
 
 def test_reset_and_method_none_return_to_the_dynamics_own_scheme():
