@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torchdiffeq
 from torch import Tensor, nn
 
@@ -11,7 +12,7 @@ from . import _fixed_grid
 from ._errors import SolverError
 from ._grid import grid_constructor
 from ._solver import DEFAULT_MAX_NUM_STEPS, Solver, Stats
-from ._state import check_derivative
+from ._state import check_derivative, parts
 
 try:
     from torchdiffeq._impl.misc import _all_adjoint_callback_names, _all_callback_names
@@ -94,12 +95,16 @@ def integrate(
     method, kind = solver.method, solver.kind
     options = dict(solver.options)
     adjoint = solver.memory == "adjoint"
+    if sum(y.numel() for y in parts(y0)) == 0:
+        return _empty(func, y0, t, ts, method, final_only)
     if kind == "fixed" and _fixed_grid.supports(func, t, method, options, adjoint):
         # torchdiffeq's numbers without its per-step syncs and wrappers (see _fixed_grid).
         sol, nfe, steps = _fixed_grid.integrate_fixed(
             func, y0, t, ts, method, solver.step_size, options, final_only
         )
         return sol, Stats(nfe=nfe, steps=steps)
+    if method == "scipy_solver":
+        return _scipy(func, y0, t, ts, solver, final_only)
     if kind == "fixed" and solver.step_size is not None:
         # The one grid (see _grid), built from t so that t's gradient flows.
         options["grid_constructor"] = grid_constructor(solver.step_size)
@@ -133,6 +138,120 @@ def integrate(
     if final_only:
         sol = tuple(s[-1] for s in sol) if isinstance(sol, tuple) else sol[-1]
     return sol, stats
+
+
+def _empty(func, y0: Any, t: Tensor, ts: list[float], method: str, final_only: bool):
+    """An empty state (a batch of 0): nothing to integrate, the solution is ``y0`` at every
+    time. No step is taken: torchdiffeq's error norms of an empty state are NaN (reported
+    as a step-size underflow) or fail (implicit_adams, scipy); ``func`` is evaluated once,
+    to check what it returns."""
+    check_derivative(func(t[0], y0), y0, method)
+    if final_only:
+        return y0, Stats(nfe=1, steps=0, rejected=0)
+    n = len(ts)
+    sol = (
+        tuple(torch.stack([y] * n) for y in y0) if isinstance(y0, tuple) else torch.stack([y0] * n)
+    )
+    return sol, Stats(nfe=1, steps=0, rejected=0)
+
+
+_SCIPY_SOLVERS = ("LSODA", "RK45", "RK23", "DOP853", "Radau", "BDF")
+_SCIPY_OPTIONS = {"solver", "min_step", "max_step", "max_num_steps", "first_step"}
+
+
+def _scipy(func, y0: Any, t: Tensor, ts: list[float], solver: Solver, final_only: bool):
+    """``scipy.integrate``'s solvers, stepped here rather than by ``solve_ivp``.
+
+    torchdiffeq's wrapper calls ``solve_ivp`` and reshapes what comes back: when scipy
+    stops early (a blow-up, a step-size underflow) it returns fewer rows than times and
+    the wrapper returns them as if complete, and LSODA near a singularity takes millions
+    of steps. The loop below is ``solve_ivp``'s (the same steps and dense-output points,
+    so the same numbers) with a step limit and a named error at the time reached.
+    """
+    import numpy as np
+    import scipy.integrate
+
+    method = solver.method
+    if t.requires_grad:
+        raise ValueError(
+            f"{method}: gradients with respect to t are not supported by scipy_solver (scipy "
+            "integrates in NumPy, outside autograd); pass t without requires_grad, or use a "
+            "torchdiffeq method such as dopri5"
+        )
+    options = dict(solver.options)
+    extra = sorted(set(options) - _SCIPY_OPTIONS)
+    if extra:
+        raise ValueError(f"{method}: unknown options {extra}; it takes {sorted(_SCIPY_OPTIONS)}")
+    name = options.pop("solver", "LSODA")
+    max_steps = options.pop("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+    if isinstance(name, str) and name in _SCIPY_SOLVERS:
+        cls = getattr(scipy.integrate, name)
+    elif isinstance(name, type) and issubclass(name, scipy.integrate.OdeSolver):
+        cls = name
+    else:
+        raise ValueError(
+            f"{method}: options['solver'] must be one of {_SCIPY_SOLVERS} or a "
+            f"scipy.integrate.OdeSolver subclass, got {name!r}"
+        )
+    if cls is scipy.integrate.LSODA:
+        options.setdefault("min_step", 0.0)  # torchdiffeq's default
+    state = parts(y0)
+    dtype, device = state[0].dtype, state[0].device
+    shapes = [y.shape for y in state]
+    sizes = [y.numel() for y in state]
+    counter = _counter(func, y0, method)
+
+    # As torchdiffeq: decreasing times are integrated as increasing -t with -f, and the
+    # output times enter scipy in t's own dtype (its dense output computes in it).
+    sign = 1.0 if ts[-1] > ts[0] else -1.0
+
+    def fun(tt, yy):
+        tt = torch.tensor(sign * tt).to(device, dtype)
+        flat = torch.tensor(yy).to(device, dtype)
+        ys = tuple(v.reshape(sh) for v, sh in zip(flat.split(sizes), shapes))
+        with torch.no_grad():
+            out = counter(tt, ys if isinstance(y0, tuple) else ys[0])
+        f = torch.cat([o.reshape(-1) for o in parts(out)])
+        return (f if sign > 0 else -f).cpu().numpy()
+
+    def tol(x):
+        return x.detach().cpu().numpy().reshape(-1) if isinstance(x, Tensor) else x
+
+    flat0 = torch.cat([y.detach().reshape(-1) for y in state]).cpu().numpy()
+    t_eval = (sign * t).detach().cpu().numpy()
+    t0, t1 = float(t_eval[0]), float(t_eval[-1])
+    ode = cls(fun, t0, flat0, t1, rtol=tol(solver.rtol), atol=tol(solver.atol), **options)
+    rows: list[np.ndarray] = []
+    steps = 0
+    i_eval = 0
+    while ode.status == "running":
+        if steps == max_steps:
+            raise SolverError(
+                f"{method} ({cls.__name__}): more than {max_steps} steps were needed; it reached "
+                f"t={sign * ode.t:g} of {ts[-1]:g}. Raise options={{'max_num_steps': N}}, or check the "
+                "right-hand side for a blow-up (a finite-time singularity) or stiffness",
+                status="max_num_steps",
+            )
+        message = ode.step()
+        steps += 1
+        if ode.status == "failed":
+            raise SolverError(
+                f"{method} ({cls.__name__}) failed at t={sign * ode.t:g} of {ts[-1]:g}: {message}; "
+                "the solution probably blows up there, or the problem is stiff (try "
+                "options={'solver': 'Radau'} or looser rtol/atol)",
+                status="underflow",
+            )
+        i_new = int(np.searchsorted(t_eval, ode.t, side="right"))
+        chunk = t_eval[i_eval:i_new]
+        if chunk.size:
+            rows.extend(ode.dense_output()(chunk).T)
+            i_eval = i_new
+    sol = torch.tensor(np.stack(rows)).to(device, dtype)
+    out = tuple(v.reshape(len(ts), *sh) for v, sh in zip(sol.split(sizes, dim=1), shapes))
+    out = out if isinstance(y0, tuple) else out[0]
+    if final_only:
+        out = tuple(o[-1] for o in out) if isinstance(y0, tuple) else out[-1]
+    return out, Stats(nfe=counter.nfe, steps=steps)
 
 
 def _named(err: Exception, method: str, options: dict[str, Any]) -> Exception:

@@ -1,0 +1,345 @@
+"""Faults found in the field (issue 15): each kind's right value, over methods, dtypes and
+entry points (``solve``, ``odeint``, ``odeint_adjoint``, ``Stage``/``PDECNN``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchdiffeq
+from torch import nn
+
+import neuralpde
+import solvers
+
+FIXED = ["euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams"]
+ADAPTIVE = ["dopri5", "bosh3", "adaptive_heun", "fehlberg2", "dopri8"]
+SYMPLECTIC = ["symplectic_euler", "verlet", "yoshida4"]
+DTYPES = [torch.float32, torch.float64]
+
+
+class Decay(nn.Module):
+    """``y' = -w y``."""
+
+    def __init__(self, w: float = 1.0):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w))
+
+    def forward(self, t, y):
+        return -self.w * y
+
+
+def _spring():
+    return (lambda t, p: p, lambda t, q: -q)
+
+
+# ---- 1. every requested output time gets its row ---------------------------------------
+
+TINY_TIMES = [[0.0, 1e-9], [0.0, 1e-9, 2e-9], [1.0, 1.0 - 1e-7], [0.0, 1e-9, 0.35]]
+
+
+@pytest.mark.parametrize("times", TINY_TIMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", FIXED + SYMPLECTIC)
+@pytest.mark.parametrize("as_list", [False, True])
+def test_1_no_output_time_dropped(times, dtype, method, as_list):
+    t = times if as_list else torch.tensor(times, dtype=dtype)
+    if method in SYMPLECTIC:
+        y0 = (torch.ones(2, dtype=dtype), torch.zeros(2, dtype=dtype))
+        sol = solvers.solve(_spring(), y0, t, solvers.Solver(method, step_size=0.1))
+        assert sol.ys[0].shape == (len(times), 2) and sol.ys[1].shape == (len(times), 2)
+        assert torch.isfinite(sol.ys[0]).all()
+        return
+    y0 = torch.ones(2, dtype=dtype)
+    ys = solvers.solve(lambda t, y: -y, y0, t, solvers.Solver(method, step_size=0.1)).ys
+    assert ys.shape == (len(times), 2)
+    if not as_list:
+        ys2 = solvers.odeint(lambda t, y: -y, y0, t, method=method, options={"step_size": 0.1})
+        assert ys2.shape == (len(times), 2)
+        torch.testing.assert_close(ys2, ys)
+    # the state at a time 1e-9 away from its start is the start to round-off
+    torch.testing.assert_close(ys[1], y0 * math.exp(-(times[1] - times[0])), rtol=1e-5, atol=0)
+
+
+# ---- 2. gradient with respect to t: exact where cheap, else a named error ---------------
+
+
+@pytest.mark.parametrize(
+    "method", ["rk4", "euler", "midpoint", "dopri5", "bosh3", "implicit_adams"]
+)
+@pytest.mark.parametrize("memory", ["autograd", "adjoint"])
+@pytest.mark.parametrize("save", ["all", "final"])
+def test_2_t_gradient_matches_torchdiffeq(method, memory, save):
+    opts = {"step_size": 0.1} if method in FIXED else {}
+    step = opts.get("step_size")
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    f = Decay().double()
+    sol = solvers.solve(
+        f,
+        torch.ones(1, dtype=torch.float64),
+        t,
+        solvers.Solver(method, step_size=step, memory=memory),
+        save=save,
+    )
+    sol.y_final.sum().backward()
+    assert t.grad is not None
+    t_ref = t.detach().clone().requires_grad_(True)
+    ode = torchdiffeq.odeint_adjoint if memory == "adjoint" else torchdiffeq.odeint
+    kw = {"adjoint_params": tuple(f.parameters())} if memory == "adjoint" else {}
+    ref = ode(
+        f, torch.ones(1, dtype=torch.float64), t_ref, method=method, options=opts or None, **kw
+    )
+    ref[-1].sum().backward()
+    torch.testing.assert_close(t.grad, t_ref.grad)
+    if method in ("rk4", "dopri5"):
+        e = math.exp(-1)
+        torch.testing.assert_close(
+            t.grad, torch.tensor([e, -e], dtype=torch.float64), atol=1e-4, rtol=0
+        )
+
+
+def test_2_odeint_rk4_t_gradient_is_e_inverse():
+    w = torch.tensor(1.0, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], requires_grad=True)
+    y = solvers.odeint(
+        lambda t, y: -w * y, torch.ones(2), t, method="rk4", options={"step_size": 0.1}
+    )
+    y[-1].sum().backward()
+    e = 2 * math.exp(-1)
+    torch.testing.assert_close(t.grad, torch.tensor([e, -e]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method", SYMPLECTIC)
+@pytest.mark.parametrize("memory", ["autograd", "reversible"])
+def test_2_symplectic_t_gradient_is_a_named_error(method, memory):
+    t = torch.tensor([0.0, 1.0], requires_grad=True)
+    y0 = (torch.ones(2), torch.zeros(2))
+    with pytest.raises(
+        ValueError, match=f"{method}: gradients with respect to t are not supported"
+    ):
+        solvers.solve(_spring(), y0, t, solvers.Solver(method, step_size=0.1, memory=memory))
+    with pytest.raises(ValueError, match="not supported"):
+        solvers.odeint(_spring(), y0, t, method=method, options={"step_size": 0.1})
+
+
+def test_2_scipy_t_gradient_is_a_named_error():
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    y0 = torch.ones(1, dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match="scipy_solver: gradients with respect to t are not supported"
+    ):
+        solvers.odeint(lambda t, y: -y, y0, t, method="scipy_solver")
+    with pytest.raises(ValueError, match="not supported"):
+        solvers.solve(lambda t, y: -y, y0, t, solvers.Solver("scipy_solver"))
+
+
+# ---- 3. a right-hand side of the wrong shape, dtype or structure --------------------------
+
+BAD_RHS = {
+    "shape": (lambda t, y: -y.unsqueeze(-1), "returned shape \\(4, 1\\)"),
+    "dtype": (
+        lambda t, y: -y.double(),
+        "dtype torch.float64 for a state of shape \\(4,\\) and dtype torch.float32",
+    ),
+    "structure": (lambda t, y: (-y, -y), "must return one tensor"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_RHS))
+@pytest.mark.parametrize("method", FIXED + ADAPTIVE + ["scipy_solver"])
+@pytest.mark.parametrize(
+    "entry", ["solve_all", "solve_final", "solve_nothrow", "odeint", "odeint_adjoint"]
+)
+def test_3_wrong_derivative_is_named(bad, method, entry):
+    f, msg = BAD_RHS[bad]
+    y0 = torch.ones(4)
+    t = torch.tensor([0.0, 0.5, 1.0])
+    step = 0.1 if method in FIXED else None
+    with pytest.raises((ValueError, TypeError), match=msg):
+        if entry == "odeint":
+            solvers.odeint(f, y0, t, method=method, options={"step_size": step} if step else None)
+        elif entry == "odeint_adjoint":
+            if method == "scipy_solver":
+                pytest.skip("scipy_solver has no adjoint")
+            solvers.odeint_adjoint(
+                f,
+                y0,
+                t,
+                method=method,
+                options={"step_size": step} if step else None,
+                adjoint_params=(),
+            )
+        else:
+            save = "final" if entry == "solve_final" else "all"
+            solvers.solve(
+                f,
+                y0,
+                t,
+                solvers.Solver(method, step_size=step),
+                save=save,
+                throw=entry != "solve_nothrow",
+            )
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5", "euler"])
+def test_3_tuple_state_single_tensor_derivative(method):
+    y0 = (torch.ones(5), torch.ones(5))
+    step = None if method == "dopri5" else 0.1
+    with pytest.raises(
+        TypeError, match="must return a tuple of 2 tensors like the state, got Tensor"
+    ):
+        solvers.odeint(
+            lambda t, y: -y[0],
+            y0,
+            torch.tensor([0.0, 1.0]),
+            method=method,
+            options={"step_size": step} if step else None,
+        )
+
+
+@pytest.mark.parametrize("method", SYMPLECTIC)
+def test_3_symplectic_wrong_derivative_is_named(method):
+    y0 = (torch.ones(4), torch.ones(4))
+    with pytest.raises(ValueError, match="f_q changed q from shape \\(4,\\)"):
+        solvers.solve(
+            (lambda t, p: p.unsqueeze(-1), lambda t, q: -q),
+            y0,
+            [0.0, 1.0],
+            solvers.Solver(method, step_size=0.1),
+        )
+    with pytest.raises(ValueError, match="dtype torch.float64"):
+        solvers.solve(
+            (lambda t, p: p, lambda t, q: -q.double()),
+            y0,
+            [0.0, 1.0],
+            solvers.Solver(method, step_size=0.1),
+        )
+
+
+# ---- 5. an empty batch is an empty solution -----------------------------------------------
+
+
+@pytest.mark.parametrize("method", FIXED + ADAPTIVE + ["scipy_solver"])
+@pytest.mark.parametrize("save", ["all", "final"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_5_empty_batch(method, save, dtype):
+    step = 0.1 if method in FIXED else None
+    y0 = torch.ones(0, 4, dtype=dtype)
+    sol = solvers.solve(
+        lambda t, y: -y, y0, [0.0, 0.5, 1.0], solvers.Solver(method, step_size=step), save=save
+    )
+    assert sol.status == "ok" and sol.y_final.shape == (0, 4) and sol.y_final.dtype == dtype
+    if save == "all":
+        assert sol.ys.shape == (3, 0, 4)
+    ys = solvers.odeint(
+        lambda t, y: -y,
+        y0,
+        torch.tensor([0.0, 1.0], dtype=dtype),
+        method=method,
+        options={"step_size": step} if step else None,
+    )
+    assert ys.shape == (2, 0, 4)
+    if method != "scipy_solver":
+        ys = solvers.odeint_adjoint(
+            Decay().to(dtype),
+            y0,
+            torch.tensor([0.0, 1.0], dtype=dtype),
+            method=method,
+            options={"step_size": step} if step else None,
+        )
+        assert ys.shape == (2, 0, 4)
+
+
+@pytest.mark.parametrize("arch", ["parabolic", "hamiltonian", "second_order"])
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "rk4"])
+def test_5_empty_batch_network(arch, method):
+    torch.manual_seed(0)
+    kw = {} if method in ADAPTIVE else {"step_size": 1.0}
+    net = neuralpde.PDECNN(arch, 3, 10, (8, 8), method=method)
+    if method in ADAPTIVE:
+        net.set_solver(method, step_size=None)
+    out = net(torch.ones(0, 3, 8, 8))
+    assert out.shape == (0, 10)
+    del kw
+
+
+# ---- 7. scipy_solver: every time or a named failure at the time reached ---------------------
+
+
+def _blowup(t, y):
+    return y**2  # y(t) = 1 / (1 - t): a singularity at t = 1
+
+
+T_BLOWUP = [0.0, 0.5, 2.0]
+
+
+@pytest.mark.parametrize("scipy_method", ["RK45", "RK23", "DOP853", "LSODA", "Radau"])
+@pytest.mark.parametrize("save", ["all", "final"])
+def test_7_scipy_blowup_is_named(scipy_method, save):
+    y0 = torch.ones(1, dtype=torch.float64)
+    solver = solvers.Solver("scipy_solver", options={"solver": scipy_method})
+    with pytest.raises(solvers.SolverError, match=f"scipy_solver \\({scipy_method}\\)") as err:
+        solvers.solve(_blowup, y0, T_BLOWUP, solver, save=save)
+    assert (
+        "reached t=0.99" in str(err.value)
+        or "at t=0.99" in str(err.value)
+        or "at t=1" in str(err.value)
+    )
+    with pytest.raises(solvers.SolverError):
+        solvers.odeint(
+            _blowup,
+            y0,
+            torch.tensor(T_BLOWUP, dtype=torch.float64),
+            method="scipy_solver",
+            options={"solver": scipy_method},
+        )
+    sol = solvers.solve(_blowup, y0, T_BLOWUP, solver, save=save, throw=False)
+    assert sol.status in ("underflow", "max_num_steps") and sol.t_reached == 0.5
+    assert torch.isnan(sol.y_final).all()
+    if save == "all":
+        torch.testing.assert_close(
+            sol.ys[1], torch.tensor([2.0], dtype=torch.float64), rtol=1e-5, atol=0
+        )
+
+
+def test_7_scipy_step_limit_applies():
+    y0 = torch.ones(1, dtype=torch.float64)
+    solver = solvers.Solver("scipy_solver", options={"max_num_steps": 50})
+    with pytest.raises(solvers.SolverError, match="more than 50 steps") as err:
+        solvers.solve(_blowup, y0, T_BLOWUP, solver)
+    assert err.value.status == "max_num_steps"
+    sol = solvers.solve(lambda t, y: -y, y0, [0.0, 1.0], solvers.Solver("scipy_solver"))
+    assert sol.stats.steps > 0 and sol.stats.nfe > 0
+
+
+@pytest.mark.parametrize("scipy_method", ["LSODA", "RK45", "DOP853"])
+@pytest.mark.parametrize("times", [[0.0, 0.3, 1.0, 2.0], [2.0, 1.0, 0.5]])
+def test_7_scipy_same_numbers_as_torchdiffeq(scipy_method, times):
+    t = torch.tensor(times, dtype=torch.float64)
+    y0 = torch.ones(3, dtype=torch.float64)
+    opts = {"solver": scipy_method}
+    ours = solvers.odeint(lambda t, y: -t * y, y0, t, method="scipy_solver", options=opts)
+    with pytest.warns(None) if False else _quiet():
+        ref = torchdiffeq.odeint(lambda t, y: -t * y, y0, t, method="scipy_solver", options=opts)
+    assert torch.equal(ours, ref)
+
+
+def _quiet():
+    import warnings
+
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.simplefilter("ignore")  # scipy's "min_step has no effect" notice for RK methods
+    return _Exit(ctx)
+
+
+class _Exit:
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.ctx.__exit__(*exc)
