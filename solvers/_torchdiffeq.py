@@ -105,6 +105,8 @@ def integrate(
         return sol, Stats(nfe=nfe, steps=steps)
     if method == "scipy_solver":
         return _scipy(func, y0, t, ts, solver, final_only)
+    if kind == "adaptive":
+        _check_resolution(solver, parts(y0)[0].dtype)
     if kind == "fixed" and solver.step_size is not None:
         # The one grid (see _grid), built from t so that t's gradient flows.
         options["grid_constructor"] = grid_constructor(solver.step_size)
@@ -128,7 +130,7 @@ def integrate(
             counter, y0, t, rtol=solver.rtol, atol=solver.atol, method=method, options=options, **kw
         )
     except (AssertionError, RuntimeError) as err:
-        raise _named(err, method, options) from err
+        raise _named(err, method, options, _resolution(solver, parts(y0)[0].dtype)) from err
     if kind == "fixed" or method == "scipy_solver":
         # scipy reports no steps to torchdiffeq's callbacks: None rather than a wrong 0.
         steps = None if method == "scipy_solver" else counter.steps
@@ -138,6 +140,25 @@ def integrate(
     if final_only:
         sol = tuple(s[-1] for s in sol) if isinstance(sol, tuple) else sol[-1]
     return sol, stats
+
+
+def _check_resolution(solver: Solver, dtype: torch.dtype) -> None:
+    """Tolerances the state's dtype can resolve: the local error of a step is never below
+    the round-off of ``y`` (about ``eps |y|``), so an error target ``atol + rtol |y|`` far
+    below ``eps`` is never met and the step size underflows. A sixteenth of ``eps`` is
+    allowed (float32 with torchdiffeq's default ``rtol=1e-7`` works)."""
+    eps = torch.finfo(dtype).eps
+
+    def biggest(x):
+        return float(x.max()) if isinstance(x, Tensor) else float(x)
+
+    if max(biggest(solver.rtol), biggest(solver.atol)) < eps / 16:
+        raise ValueError(
+            f"{solver.method}: rtol={biggest(solver.rtol):g} and atol={biggest(solver.atol):g} "
+            f"are below what a {dtype} state resolves (eps {eps:.3g}); the step size would "
+            f"underflow. Use rtol >= {eps:.2g} (and atol to match) for {dtype}, or integrate "
+            "in float32/float64"
+        )
 
 
 def _empty(func, y0: Any, t: Tensor, ts: list[float], method: str, final_only: bool):
@@ -254,12 +275,27 @@ def _scipy(func, y0: Any, t: Tensor, ts: list[float], solver: Solver, final_only
     return out, Stats(nfe=counter.nfe, steps=steps)
 
 
-def _named(err: Exception, method: str, options: dict[str, Any]) -> Exception:
+def _resolution(solver: Solver, dtype: torch.dtype) -> str:
+    """A note for an underflow when the tolerances are within 100 eps of the dtype's
+    resolution (float16 needs rtol of about 1e-2 in practice), else ''."""
+    eps = torch.finfo(dtype).eps
+    rtol, atol = (
+        float(x.max()) if isinstance(x, Tensor) else x for x in (solver.rtol, solver.atol)
+    )
+    if max(rtol, atol) >= 100 * eps:
+        return ""
+    return (
+        f" rtol={rtol:g} and atol={atol:g} are close to the resolution of the {dtype} state "
+        f"(eps {eps:.3g}): loosen them (rtol >= {100 * eps:.2g}) or integrate in a wider dtype."
+    )
+
+
+def _named(err: Exception, method: str, options: dict[str, Any], note: str = "") -> Exception:
     msg = str(err)
     if "underflow in dt" in msg:
         return SolverError(
             f"{method}: the step size underflowed ({msg}); the right-hand side is probably "
-            "stiff or not finite. Loosen rtol/atol, or use a fixed-step method",
+            f"stiff or not finite. Loosen rtol/atol, or use a fixed-step method.{note}",
             status="underflow",
         )
     if "max_num_steps exceeded" in msg:

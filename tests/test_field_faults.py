@@ -343,3 +343,82 @@ class _Exit:
 
     def __exit__(self, *exc):
         self.ctx.__exit__(*exc)
+
+
+# ---- 10. tolerances: tensors validated like numbers; dtype resolution named -----------------
+
+BAD_TOL = [
+    torch.tensor(float("nan")),
+    torch.tensor(-1e-3),
+    torch.tensor(float("inf")),
+    torch.tensor(0.0),
+]
+
+
+@pytest.mark.parametrize("tol", BAD_TOL, ids=["nan", "negative", "inf", "zero"])
+@pytest.mark.parametrize("name", ["rtol", "atol"])
+@pytest.mark.parametrize("entry", ["Solver", "odeint", "odeint_adjoint", "Stage"])
+def test_10_tensor_tolerance_is_validated(tol, name, entry):
+    y0, t = torch.ones(2), torch.tensor([0.0, 1.0])
+    with pytest.raises(ValueError, match=f"{name} must be positive and finite"):
+        if entry == "Solver":
+            solvers.Solver("dopri5", **{name: tol})
+        elif entry == "odeint":
+            solvers.odeint(lambda t, y: -y, y0, t, **{name: tol})
+        elif entry == "odeint_adjoint":
+            solvers.odeint_adjoint(Decay(), y0, t, **{name: tol})
+        else:
+            net = neuralpde.PDECNN("parabolic", 3, 10, (8, 8))
+            net.set_solver("dopri5", step_size=None, **{name: tol})
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", ADAPTIVE)
+def test_10_tolerance_below_dtype_resolution_is_named(dtype, method):
+    y0, t = torch.ones(3, dtype=dtype), torch.tensor([0.0, 1.0], dtype=dtype)
+    msg = f"rtol=1e-07 and atol=1e-09 are below what a {dtype} state resolves"
+    with pytest.raises(ValueError, match=msg):
+        solvers.odeint(lambda t, y: -y, y0, t, method=method)
+    with pytest.raises(ValueError, match=f"below what a {dtype} state resolves"):
+        solvers.solve(
+            lambda t, y: -y, y0, t, solvers.Solver(method, rtol=torch.tensor([1e-6, 1e-6, 1e-6]))
+        )
+    # Tolerances near eps: if the step size underflows, the error names them and the dtype.
+    try:
+        solvers.solve(
+            lambda t, y: -y, y0, t, solvers.Solver(method, rtol=torch.finfo(dtype).eps, atol=1e-4)
+        )
+    except solvers.SolverError as err:
+        assert f"close to the resolution of the {dtype} state" in str(err)
+    # Tolerances the dtype resolves: a loose but finished solve.
+    sol = solvers.solve(lambda t, y: -y, y0, t, solvers.Solver(method, rtol=1e-2, atol=1e-3))
+    assert sol.status == "ok" and sol.y_final.dtype == dtype
+    # loose tolerances and 8 or 11 bits: about 0.1 off for the low-order pairs
+    atol = 0.2
+    torch.testing.assert_close(
+        sol.y_final.float(), torch.full((3,), math.exp(-1)), atol=atol, rtol=0
+    )
+
+
+@pytest.mark.parametrize("method", ADAPTIVE)
+def test_10_float32_default_tolerances_still_work(method):
+    sol = solvers.solve(lambda t, y: -y, torch.ones(3), [0.0, 1.0], solvers.Solver(method))
+    torch.testing.assert_close(sol.y_final, torch.full((3,), math.exp(-1)), atol=1e-4, rtol=0)
+
+
+def test_10_float16_network_names_the_tolerance():
+    torch.manual_seed(0)
+    net = neuralpde.PDECNN("parabolic", 3, 10, (8, 8))
+    net.set_solver("dopri5", step_size=None)
+    net = net.half().eval()
+    with pytest.raises(ValueError, match="below what a torch.float16 state resolves"):
+        net.set_solver(rtol=1e-7, atol=1e-9)
+        net(torch.ones(2, 3, 8, 8, dtype=torch.float16))
+    # the stage's own default tolerances (rtol 1e-3) are near float16's eps: named if it fails
+    net.set_solver(rtol=1e-3, atol=1e-4)
+    try:
+        out = net(torch.ones(2, 3, 8, 8, dtype=torch.float16))
+    except solvers.SolverError as err:
+        assert "close to the resolution of the torch.float16 state" in str(err)
+    else:
+        assert out.dtype == torch.float16 and torch.isfinite(out).all()
