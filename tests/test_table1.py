@@ -213,10 +213,10 @@ def test_pick_examples_covers_confident_uncertain_and_misclassified():
 def test_real_cifar10_images_beat_chance(tmp_path):
     out = tmp_path / "real"
     argv = ["--data-root", str(REAL), "--out", str(out), "--archs", "parabolic",
-            "--train-fraction", "0.05", "--epochs", "2", "--widths", "8,16", "--threads", "1"]  # fmt: skip
+            "--train-fraction", "0.1", "--epochs", "2", "--widths", "8,16,16", "--threads", "1"]  # fmt: skip
     assert main(argv) == 0
     r = json.loads((out / "results.json").read_text())
-    assert r["protocol"]["train_images"] == 2_000 and r["protocol"]["test_images"] == 10_000
+    assert r["protocol"]["train_images"] == 4_000 and r["protocol"]["test_images"] == 10_000
     assert r["networks"]["parabolic"]["test_accuracy"] > 0.2  # chance: 0.1
 
 
