@@ -51,7 +51,8 @@ def main() -> None:
 
     q, p = ours(True)().ys
     q_ref, p_ref = plain_verlet(q0, p0, h, steps)
-    if not (torch.equal(q[-1], q_ref) and torch.equal(p[-1], p_ref)):
+    # The same formulas; our steps are the grid's cells, h to the times' round-off.
+    if not (torch.allclose(q[-1], q_ref, atol=1e-5) and torch.allclose(p[-1], p_ref, atol=1e-5)):
         raise AssertionError("solvers.solve's Verlet differs from the plain loop")
     del q, p, q_ref, p_ref
     times = interleaved(

@@ -32,7 +32,10 @@ class Plan:
         # Built once: per-step times are views into it, so the loop never syncs.
         times = torch.tensor(self.points, dtype=time_dtype, device=device)
         self.steps = [
-            (times[i], _length(self.points[i + 1] - self.points[i], step_size))
+            # The cell's own length (its end points' difference), not the nominal step:
+            # a backward walk then evaluates at the forward step's times to the last bit,
+            # which reversibility needs (a 1-ulp time offset grows to 1e-8 over 300 steps).
+            (times[i], self.points[i + 1] - self.points[i])
             for i in range(len(self.points) - 1)
         ]
         self.place = placements(self.points, ts)
@@ -41,19 +44,6 @@ class Plan:
         e_q, e_p = self.stepper.evals
         n = len(self.steps)
         return Stats(nfe=n * (e_q + e_p), steps=n, nfe_q=n * e_q, nfe_p=n * e_p)
-
-
-def _length(diff: float, step_size: float | None) -> float:
-    """The signed step over a cell: the requested step size itself for a full cell.
-
-    A full cell's end points are rounded to the times' dtype (float32: ``k * 0.05`` is
-    not a multiple of 0.05); stepping by their difference would make every step a few
-    ulps different from the step asked for. Only the short cell at the end of a span that
-    the step does not divide has its own length.
-    """
-    if step_size is not None and abs(abs(diff) - step_size) <= 1e-6 * step_size:
-        return step_size if diff > 0 else -step_size
-    return diff
 
 
 def check_split(func: Any, y0: Any, method: str) -> None:
