@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ._split import Plan, run
+from ._state import uncovered_tensors
 from ._steppers import SplittingStepper
 
 
@@ -205,10 +206,19 @@ def integrate(func, y0, plan: Plan, params, checkpoint_every, final_only):
     Returns:
         ``(q, p)`` stacked at the output times, each ``(n_times, *shape)``, and the stats.
     """
+    given = params is not None
     params = gather_params(func) if params is None else tuple(params)
     for w in params:
         if not isinstance(w, Tensor):
             raise TypeError(f"params must be tensors, got {type(w).__name__}")
+    lost = uncovered_tensors(func, params)
+    if lost:
+        raise ValueError(
+            f"memory='reversible' differentiates (q0, p0) and "
+            f"{'the tensors given as params' if given else 'the parameters of the modules of f_q, f_p'}"
+            f"; {', '.join(lost)} require grad but are not among them, so their gradient would "
+            "be lost: make them nn.Parameters, or pass every tensor to differentiate as params="
+        )
     sol = _ReversibleSolve.apply(
         plan, tuple(func), checkpoint_every, final_only, len(params), y0[0], y0[1], *params
     )

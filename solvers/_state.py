@@ -81,3 +81,58 @@ def first_bad(sol: Any, final_only: bool = False) -> int | None:
     if bool(ok.all()):
         return None
     return int((~ok).nonzero()[0, 0])
+
+
+def _modules_of(f: Any) -> list[Any]:
+    from torch import nn
+
+    out = []
+    for m in (f, getattr(f, "__self__", None), getattr(f, "func", None)):
+        if isinstance(m, nn.Module):
+            out.append(m)
+    return out
+
+
+def uncovered_tensors(funcs: Any, params: Any) -> list[str]:
+    """Names of tensors that require grad, are reachable from ``funcs`` and are not in
+    ``params`` (nor parameters of their modules): their gradient would be lost silently.
+
+    Reachable: tensor attributes and buffers of the modules ``funcs`` are or belong to
+    (submodules included), and tensors in the closures of plain functions. A tensor a
+    function computes inside a call, or reaches through a global, cannot be seen.
+    """
+    from torch import nn
+
+    covered = {id(p) for p in params} if params is not None else set()
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def note(name: str, v: Any) -> None:
+        if isinstance(v, Tensor) and v.requires_grad and id(v) not in covered:
+            if id(v) not in seen and not isinstance(v, nn.Parameter):
+                seen.add(id(v))
+                found.append(name)
+
+    for f in funcs:
+        for m in _modules_of(f):
+            for prefix, sub in m.named_modules():
+                where = f"{type(m).__name__}{'.' + prefix if prefix else ''}"
+                for k, v in vars(sub).items():
+                    note(f"{where}.{k}", v)
+                for k, v in sub._buffers.items():
+                    note(f"{where}.{k}", v)
+        code = getattr(f, "__code__", None)
+        for name, cell in zip(
+            getattr(code, "co_freevars", ()), getattr(f, "__closure__", None) or ()
+        ):
+            try:
+                v = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            note(f"{getattr(f, '__qualname__', 'func')} closes over {name}", v)
+            for m in _modules_of(v):
+                for k, w in vars(m).items():
+                    note(f"{name}.{k}", w)
+        for i, v in enumerate(getattr(f, "args", ()) if hasattr(f, "func") else ()):
+            note(f"partial argument {i}", v)
+    return found

@@ -12,7 +12,7 @@ from . import _fixed_grid
 from ._errors import SolverError
 from ._grid import grid_constructor
 from ._solver import DEFAULT_MAX_NUM_STEPS, Solver, Stats
-from ._state import check_derivative, parts
+from ._state import check_derivative, parts, uncovered_tensors
 
 try:
     from torchdiffeq._impl.misc import _all_adjoint_callback_names, _all_callback_names
@@ -119,6 +119,15 @@ def integrate(
             raise TypeError(
                 "memory='adjoint' differentiates the parameters of func, which is not an "
                 "nn.Module: wrap it in a module, or pass the tensors as params="
+            )
+        lost = uncovered_tensors((func,), tuple(params) if params is not None else None)
+        if lost:
+            raise ValueError(
+                f"memory='adjoint' differentiates y0 and "
+                f"{'the tensors given as params' if params is not None else 'the parameters of func'}"
+                f"; {', '.join(lost)} require grad but are not among them, so their gradient "
+                "would be lost: make them nn.Parameters, or pass every tensor to differentiate "
+                "as params= (odeint_adjoint: adjoint_params=)"
             )
         if params is not None:
             kw["adjoint_params"] = tuple(params)

@@ -422,3 +422,88 @@ def test_10_float16_network_names_the_tolerance():
         assert "close to the resolution of the torch.float16 state" in str(err)
     else:
         assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
+# ---- 6. tensors that are not parameters: covered by params=, or a named error ---------------
+
+
+class PlainTensorDecay(nn.Module):
+    """``y' = -a y`` with ``a`` a plain tensor attribute, not a parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+
+    def forward(self, t, y):
+        return -self.a * y
+
+
+def _autograd_grad_a():
+    f = PlainTensorDecay()
+    y = solvers.solve(
+        f, torch.ones(3, dtype=torch.float64), [0.0, 1.0], solvers.Solver("rk4", step_size=0.1)
+    ).y_final
+    y.sum().backward()
+    return f.a.grad
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+@pytest.mark.parametrize("entry", ["solve", "odeint_adjoint"])
+def test_6_adjoint_plain_tensor_attribute(method, entry):
+    f = PlainTensorDecay()
+    y0, t = torch.ones(3, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    step = 0.1 if method == "rk4" else None
+    solver = solvers.Solver(method, step_size=step, memory="adjoint")
+    with pytest.raises(ValueError, match="PlainTensorDecay.a require grad but are not among them"):
+        if entry == "solve":
+            solvers.solve(f, y0, t, solver)
+        else:
+            solvers.odeint_adjoint(
+                f, y0, t, method=method, options={"step_size": step} if step else None
+            )
+    # covered by params=: the gradient is autograd's to the solver's accuracy
+    if entry == "solve":
+        y = solvers.solve(f, y0, t, solver, params=[f.a]).y_final
+    else:
+        y = solvers.odeint_adjoint(
+            f,
+            y0,
+            t,
+            method=method,
+            options={"step_size": step} if step else None,
+            adjoint_params=(f.a,),
+        )[-1]
+    y.sum().backward()
+    torch.testing.assert_close(f.a.grad, _autograd_grad_a(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        f.a.grad, torch.tensor(-3 * math.exp(-0.7), dtype=torch.float64), rtol=1e-5, atol=0
+    )
+
+
+def test_6_closure_tensor_not_in_params_is_named():
+    a = torch.tensor(0.7, requires_grad=True)
+    w = torch.tensor(0.1, requires_grad=True)
+
+    def f(t, y):
+        return -a * y - w * y
+
+    with pytest.raises(ValueError, match="closes over w require grad"):
+        solvers.odeint_adjoint(f, torch.ones(2), torch.tensor([0.0, 1.0]), adjoint_params=(a,))
+    solvers.odeint_adjoint(f, torch.ones(2), torch.tensor([0.0, 1.0]), adjoint_params=(a, w))
+
+
+@pytest.mark.parametrize("method", SYMPLECTIC)
+def test_6_reversible_closure_tensor(method):
+    k = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    func = (lambda t, p: p, lambda t, q: -k * q)
+    y0 = (torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    rev = solvers.Solver(method, step_size=0.1, memory="reversible")
+    with pytest.raises(ValueError, match="closes over k require grad"):
+        solvers.solve(func, y0, [0.0, 1.0], rev)
+    q, p = solvers.solve(func, y0, [0.0, 1.0], rev, params=[k]).y_final
+    (q.sum() + p.sum()).backward()
+    g = k.grad.clone()
+    k.grad = None
+    q, p = solvers.solve(func, y0, [0.0, 1.0], rev.replace(memory="autograd")).y_final
+    (q.sum() + p.sum()).backward()
+    torch.testing.assert_close(g, k.grad)
