@@ -96,8 +96,13 @@ def linear(t, y):
 
 # torchdiffeq's Adams methods raise their order up to 12 by default, and high-order
 # Adams–Bashforth is unstable at these steps. Its `max_order` counts history terms plus one:
-# max_order=5 gives the four-step Adams–Bashforth, of the order torchdiffeq states.
-OPTIONS = {"explicit_adams": {"max_order": 5}, "implicit_adams": {"max_order": 4}}
+# max_order=5 gives the four-step Adams–Bashforth, of the order torchdiffeq states. The
+# implicit corrector's fixed-point iteration needs more than its default 4 iterations at
+# h = 0.1 (else torchdiffeq warns that the solution may be incorrect).
+OPTIONS = {
+    "explicit_adams": {"max_order": 5},
+    "implicit_adams": {"max_order": 4, "max_iters": 20},
+}
 
 
 @pytest.mark.parametrize("method", FIXED_STEP_METHODS)
