@@ -12,7 +12,7 @@ def conv_norm_squared(weight, c, h, w):
     """‖K‖² of the zero-padded 3×3 convolution on (c, h, w) images, computed densely."""
     n = c * h * w
     eye = torch.eye(n).reshape(n, c, h, w)
-    K = torch.nn.functional.conv2d(eye, weight, padding=1).reshape(n, n)
+    K = torch.nn.functional.conv2d(eye, weight.detach(), padding=1).reshape(n, n)
     return float(torch.linalg.matrix_norm(K, ord=2)) ** 2
 
 
