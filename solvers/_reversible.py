@@ -54,6 +54,47 @@ def gather_params(func: Sequence[Callable]) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
+def _modules(func: Sequence[Callable]) -> list[nn.Module]:
+    """The modules behind ``func``: a module, a bound method's module, modules in a closure."""
+    out: list[nn.Module] = []
+    for f in func:
+        cands = [f, getattr(f, "__self__", None)]
+        for cell in getattr(f, "__closure__", None) or ():
+            try:
+                cands.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                pass
+        for m in cands:
+            if isinstance(m, nn.Module):
+                for sub in m.modules():
+                    if all(sub is not o for o in out):
+                        out.append(sub)
+    return out
+
+
+# Modules that draw random numbers in training mode: the backward pass would recompute them
+# with other draws than the forward one.
+_RANDOM = (nn.modules.dropout._DropoutNd, nn.RReLU)
+
+
+def _check_modules(modules: list[nn.Module]) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Refuse random modules in training mode; return the batch norms whose running
+    statistics the backward's recomputation must not update a second time."""
+    random = [type(m).__name__ for m in modules if m.training and isinstance(m, _RANDOM)]
+    if random:
+        raise ValueError(
+            f"memory='reversible' recomputes f_q and f_p in the backward pass, and "
+            f"{', '.join(sorted(set(random)))} in training mode would draw other random "
+            "numbers there than in the forward pass (wrong gradients): use memory='autograd', "
+            "put these modules in eval mode, or move them out of the right-hand side"
+        )
+    return [
+        m
+        for m in modules
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+
+
 def _accumulate(acc: list, grads: Sequence[Tensor | None]) -> None:
     for k, g in enumerate(grads):
         if g is not None:
@@ -120,7 +161,7 @@ def _weights(plan: Plan) -> list[list[tuple[int, float]]]:
 
 class _ReversibleSolve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, plan, func, every, final_only, n_params, q0, p0, *params):
+    def forward(ctx, plan, func, every, final_only, norms, q0, p0, *params):
         stepper = plan.stepper
         stored: list[Tensor] = []
         marks: list[int] = []
@@ -147,6 +188,7 @@ class _ReversibleSolve(torch.autograd.Function):
         ctx.save_for_backward(*stored)
         ctx.plan, ctx.func, ctx.marks, ctx.final_only = plan, func, marks, final_only
         ctx.params = params
+        ctx.norms = norms
         # Parameters are referenced, not saved: they live in the module anyway, and their
         # size grows with depth (one set per step), which would hide the saving. Their
         # version counters catch an in-place update between forward and backward instead.
@@ -178,6 +220,15 @@ class _ReversibleSolve(torch.autograd.Function):
             gq = gq if isinstance(gq, Tensor) else torch.zeros_like(q)
             gp = gp if isinstance(gp, Tensor) else torch.zeros_like(p)
         acc: list[Tensor | None] = [None] * len(params)
+        # A batch norm in training mode normalizes by the batch statistics of its input,
+        # which the recomputation reproduces; its running statistics must count the
+        # forward's batches once, so they are put back as they were after the walk.
+        running = [
+            (b, b.clone())
+            for m in ctx.norms
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+            if b is not None
+        ]
         for i in reversed(range(n)):
             t, h = plan.steps[i]
             q, p, gq, gp = reverse(stepper, func, t, h, q, p, gq, gp, params, acc)
@@ -187,6 +238,9 @@ class _ReversibleSolve(torch.autograd.Function):
                 for j, w in weights[i]:
                     gq = gq + (g_sol_q[j] if w == 1.0 else w * g_sol_q[j])
                     gp = gp + (g_sol_p[j] if w == 1.0 else w * g_sol_p[j])
+        with torch.no_grad():
+            for b, value in running:
+                b.copy_(value)
         return (None, None, None, None, None, gq, gp, *acc)
 
 
@@ -219,7 +273,8 @@ def integrate(func, y0, plan: Plan, params, checkpoint_every, final_only):
             f"; {', '.join(lost)} require grad but are not among them, so their gradient would "
             "be lost: make them nn.Parameters, or pass every tensor to differentiate as params="
         )
+    norms = _check_modules(_modules(func))
     sol = _ReversibleSolve.apply(
-        plan, tuple(func), checkpoint_every, final_only, len(params), y0[0], y0[1], *params
+        plan, tuple(func), checkpoint_every, final_only, norms, y0[0], y0[1], *params
     )
     return sol, plan.stats()

@@ -507,3 +507,66 @@ def test_6_reversible_closure_tensor(method):
     q, p = solvers.solve(func, y0, [0.0, 1.0], rev.replace(memory="autograd")).y_final
     (q.sum() + p.sum()).backward()
     torch.testing.assert_close(g, k.grad)
+
+
+# ---- 4. reversible memory and modules with side effects -------------------------------------
+
+
+class Kick(nn.Module):
+    """``dp/dt = -K(q)`` with ``K`` a small network holding ``extra`` (Dropout, BatchNorm)."""
+
+    def __init__(self, extra: nn.Module):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(4, 4).double()
+        self.extra = extra.double()
+
+    def f_q(self, t, p):
+        return p
+
+    def f_p(self, t, q):
+        return -torch.tanh(self.extra(self.lin(q)))
+
+
+def _run(kick: Kick, memory: str, method: str):
+    torch.manual_seed(1)
+    q0 = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    p0 = torch.zeros(8, 4, dtype=torch.float64)
+    solver = solvers.Solver(method, step_size=0.25, memory=memory)
+    q, p = solvers.solve((kick.f_q, kick.f_p), (q0, p0), [0.0, 1.0], solver).y_final
+    (q.square().sum() + p.sum()).backward()
+    return q0.grad, [w.grad.clone() for w in kick.parameters()]
+
+
+@pytest.mark.parametrize("method", SYMPLECTIC)
+@pytest.mark.parametrize(
+    "random",
+    [nn.Dropout(0.3), nn.AlphaDropout(0.3), nn.RReLU()],
+    ids=["Dropout", "AlphaDropout", "RReLU"],
+)
+def test_4_reversible_refuses_random_modules_in_training(method, random):
+    kick = Kick(random).train()
+    with pytest.raises(
+        ValueError, match=f"{type(random).__name__} in training mode would draw other random"
+    ):
+        _run(kick, "reversible", method)
+    # in eval mode they are deterministic: the gradient is autograd's
+    kick.eval()
+    g_rev = _run(kick, "reversible", method)
+    kick.zero_grad()
+    g_auto = _run(kick, "autograd", method)
+    torch.testing.assert_close(g_rev, g_auto)
+
+
+@pytest.mark.parametrize("method", SYMPLECTIC)
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_4_reversible_batchnorm_counts_each_batch_once(method, momentum):
+    kicks = {
+        m: Kick(nn.BatchNorm1d(4, momentum=momentum)).train() for m in ("reversible", "autograd")
+    }
+    grads = {m: _run(k, m, method) for m, k in kicks.items()}
+    torch.testing.assert_close(grads["reversible"], grads["autograd"])
+    bn_rev, bn_auto = kicks["reversible"].extra, kicks["autograd"].extra
+    torch.testing.assert_close(bn_rev.running_mean, bn_auto.running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(bn_rev.running_var, bn_auto.running_var, rtol=1e-12, atol=1e-12)
+    assert int(bn_rev.num_batches_tracked) == int(bn_auto.num_batches_tracked)
