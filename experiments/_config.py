@@ -128,6 +128,16 @@ QUICK_RECIPE: dict[str, Any] = {
 }
 
 
+# What the quick recipe changes per arch. The penalty bounds ρ(KᵀK) but not the gain of the
+# normalization, and forward Euler amplifies every oscillation of a second-order network by
+# about exp(h ω² T / 2): that network needs four steps per parameter set as well to keep
+# its accuracy under Euler and RK solvers (tutorial 02's study).
+QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {"second_order": {"step_size": 0.25}}
+# The options that choose how training discretizes θ(t); giving any of them replaces the
+# arch's default above.
+STRATEGY_KEYS = {"solver", "step_size", "multilevel", "random_steps", "stability_penalty"}
+
+
 def scale_schedule(schedule: list[list[float]], epochs: int, lr: float | None) -> list[list[float]]:
     """The same phases stretched to ``epochs`` (each >= 1 epoch) and rates scaled to ``lr``.
 
@@ -242,6 +252,8 @@ def resolve_config(base: TrainConfig | None = None, **given: Any) -> TrainConfig
         recipe = dict(PAPER_RECIPES[recipe_name], widths=None)
     else:
         recipe = dict(QUICK_RECIPE, augment=dataset != "digits")
+        if not STRATEGY_KEYS & set(given):  # the arch's default, unless one is chosen
+            recipe.update(QUICK_ARCH_OPTIONS.get(given.get("arch", "parabolic"), {}))
     cfg = TrainConfig(dataset=dataset, preset=preset, out=f"runs/{dataset}-parabolic")
     for k, v in recipe.items():
         setattr(cfg, k, v)

@@ -47,6 +47,11 @@ STRATEGIES: dict[str, dict[str, Any]] = {
         "about": "h = 1 plus 0.1·Σ relu(h z / c − 1)², z from a warm-started power "
         "iteration (2 per batch), c the method's stability limit",
     },
+    "fine-step h/4 + penalty": {
+        "options": {"step_size": 0.25, "stability_penalty": 0.1},
+        "about": "four steps per parameter set (h = 1/4) and the stability penalty: the "
+        "second-order network's default",
+    },
 }
 
 # How close (in accuracy) a solver must come to the converged flow to count as converged.

@@ -50,6 +50,13 @@ def test_random_steps_are_a_pure_function_of_seed_epoch_and_batch():
     assert batch_step_size(resolve_config(), 0, 0) is None
 
 
+def test_an_archs_default_strategy_applies_unless_one_is_chosen():
+    assert resolve_config().stability_penalty == 0.1
+    assert resolve_config(arch="second_order").step_size == 0.25
+    assert resolve_config(arch="second_order", stability_penalty=0.0).step_size is None
+    assert resolve_config(arch="second_order", solver="verlet").step_size is None
+
+
 def test_paper_preset_is_exactly_the_papers_scheme():
     cfg = resolve_config(dataset="cifar10", preset="paper")
     assert (cfg.step_size, cfg.multilevel, cfg.random_steps, cfg.stability_penalty) == (
