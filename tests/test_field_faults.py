@@ -570,3 +570,47 @@ def test_4_reversible_batchnorm_counts_each_batch_once(method, momentum):
     torch.testing.assert_close(bn_rev.running_mean, bn_auto.running_mean, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(bn_rev.running_var, bn_auto.running_var, rtol=1e-12, atol=1e-12)
     assert int(bn_rev.num_batches_tracked) == int(bn_auto.num_batches_tracked)
+
+
+class NoisyCoupled(neuralpde.RHS):
+    """A split dynamics whose ``f_p`` holds ``extra`` (Dropout or BatchNorm)."""
+
+    state = "halves"
+    default_method = "verlet"
+
+    def __init__(self, channels, extra, steps=3, step_size=1.0, interpolation="constant"):
+        super().__init__(channels, steps, step_size, interpolation)
+        half = channels // 2
+        self.theta = neuralpde.TimeWeights(
+            {"K": 0.3 * torch.randn(steps, half, half, 3, 3)}, self.T, interpolation
+        )
+        self.extra = extra
+
+    def f_q(self, t, p):
+        return p
+
+    def f_p(self, t, q):
+        K = self.theta(t)["K"]
+        z = self.extra(torch.nn.functional.conv2d(q, K, padding=1))
+        return -torch.nn.functional.conv_transpose2d(torch.tanh(z), K, padding=1)
+
+
+def test_4_stage_reversible_dropout_and_batchnorm():
+    torch.manual_seed(0)
+    x = torch.randn(4, 4, 6, 6)
+    stage = neuralpde.Stage(NoisyCoupled(4, nn.Dropout2d(0.2)), memory="reversible").train()
+    with pytest.raises(ValueError, match="Dropout2d in training mode"):
+        stage(x)
+    stage.eval()
+    stage(x).sum().backward()
+
+    stages = {}
+    for memory in ("reversible", "autograd"):
+        torch.manual_seed(0)
+        stages[memory] = neuralpde.Stage(NoisyCoupled(4, nn.BatchNorm2d(2)), memory=memory).train()
+        stages[memory](x).square().sum().backward()
+    rev, auto = stages["reversible"], stages["autograd"]
+    for (name, a), b in zip(rev.named_parameters(), auto.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-3, msg=name)  # float32
+    for a, b in zip(rev.rhs.extra.buffers(), auto.rhs.extra.buffers()):
+        torch.testing.assert_close(a, b)
