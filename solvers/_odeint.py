@@ -39,7 +39,8 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     output times; a single output time returns ``y0[None]``; callbacks on ``func``
     (``callback_step``, ``callback_accept_step``, ``callback_reject_step``) are called;
     ``event_fn`` returns ``(event_t, solution)`` (torchdiffeq's event handling). Adaptive
-    methods keep torchdiffeq's step limit and no finiteness check is made. Differences:
+    methods keep torchdiffeq's step limit (``scipy_solver``: ``max_num_steps=10_000``, as it
+    stops at a singularity instead of running on) and no finiteness check is made. Differences:
     underflow and step-limit failures raise :class:`SolverError` (a ``RuntimeError``)
     naming the fix, a right-hand side whose first result does not match the state's
     shape or dtype raises, and no output time is ever dropped. The symplectic methods of
