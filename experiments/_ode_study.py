@@ -50,7 +50,8 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "fine-step h/4 + penalty": {
         "options": {"step_size": 0.25, "stability_penalty": 0.1},
         "about": "four steps per parameter set (h = 1/4) and the stability penalty: the "
-        "second-order network's default",
+        "second-order network's default (run for that network only)",
+        "archs": ["second_order"],
     },
 }
 
@@ -224,8 +225,15 @@ def _plot(results: list[dict[str, Any]], path: Path) -> None:
         ax.set(title=arch, xlabel="training time (× paper's scheme)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("worst test accuracy over the solver swap (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8)
+    # One legend for all panels: every strategy that any panel shows.
+    seen: dict[str, Any] = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, h)
+    if seen:
+        fig.legend(
+            list(seen.values()), list(seen), loc="lower center", ncol=min(len(seen), 6), fontsize=8
+        )
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -254,6 +262,8 @@ def study(
     data = None
     for arch in archs:
         for strategy in strategies:
+            if arch not in STRATEGIES[strategy].get("archs", [arch]):
+                continue
             folder = out / arch / strategy.replace(" ", "-").replace("/", "")
             done = folder / "result.json"
             if resume and done.is_file():

@@ -72,9 +72,10 @@ class ConvergenceVerdict:
         return (
             f"NOT converged: the weights solve the training discretization, not the ODE "
             f"({facts}; tolerance {pts(self.tolerance)}). A finer solver changes its "
-            "predictions. Train with a finer discretization: multilevel refinement in time "
-            "(PDECNN.refine between training phases; `--multilevel` of experiments.train) "
-            "or a smaller training step."
+            "predictions. Retrain with the stability penalty (neuralpde.stability."
+            "StabilityPenalty; `--stability-penalty 0.1`, the default of experiments.train), "
+            "a finer training step (`--step-size`) or multilevel refinement in time "
+            "(PDECNN.refine; `--multilevel`)."
         )
 
 
