@@ -187,9 +187,7 @@ class TimeWeights(nn.Module):
             new_n = n * factor
             # Fine cell midpoints in units of the coarse cell width, measured from the
             # first coarse midpoint; clamped, so values beyond the end midpoints are held.
-            pos = ((torch.arange(new_n, dtype=torch.float64) + 0.5) / factor - 0.5).clamp(
-                0, n - 1
-            )
+            pos = ((torch.arange(new_n, dtype=torch.float64) + 0.5) / factor - 0.5).clamp(0, n - 1)
         lo = pos.floor().long().clamp(max=n - 1)
         hi = (lo + 1).clamp(max=n - 1)
         w = pos - lo.to(torch.float64)

@@ -37,17 +37,10 @@ def test_default_parabolic_network_keeps_its_accuracy_under_every_solver(tmp_pat
 
 
 @pytest.mark.slow
-def test_default_hamiltonian_network_keeps_its_accuracy_under_the_odes_solvers(tmp_path):
-    report, acc, rows = _swap("hamiltonian", tmp_path)
+@pytest.mark.parametrize("arch", ["hamiltonian", "second_order"])
+def test_default_hyperbolic_network_keeps_its_accuracy_under_the_odes_solvers(arch, tmp_path):
+    report, acc, rows = _swap(arch, tmp_path)
     assert report["test_accuracy"] >= 0.98
     low = {k: acc[k] for k in HYPERBOLIC_ROWS if acc[k] < 0.96}
     assert not low, low
     assert swap_verdict(rows).converged
-
-
-@pytest.mark.slow
-def test_default_second_order_network_keeps_its_accuracy_under_the_odes_solvers(tmp_path):
-    report, acc, rows = _swap("second_order", tmp_path)
-    assert report["test_accuracy"] >= 0.98
-    low = {k: acc[k] for k in HYPERBOLIC_ROWS if acc[k] < 0.96}
-    assert not low, low
