@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["overhead", "layer", "solvers_overhead", "compile", "adaptive", "gpu", "data_path", "main_job"]
+SCRIPTS = [
+    "overhead",
+    "layer",
+    "solvers_overhead",
+    "compile",
+    "adaptive",
+    "gpu",
+    "data_path",
+    "main_job",
+]
 
 
 @pytest.mark.slow
