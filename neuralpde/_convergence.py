@@ -31,7 +31,12 @@ class ConvergenceVerdict:
             scheme, at half its step, under RK4 at the training step, and under the
             reference solver (dopri5, rtol 1e-4, atol 1e-5).
         tolerance: the largest gap, in the same units, that still counts as converged.
+        labelled: whether the scores are accuracies (``False``: agreement with the
+            reference solver's predictions).
         converged: both gaps are at most ``tolerance``.
+
+    The verdict reads these four solvers only; a swap table's worst row (e.g. midpoint
+    at the training step) can lie further from the training scheme.
 
     ``str(verdict)`` says it in plain words, with what to do when it has not converged.
     """
@@ -41,6 +46,7 @@ class ConvergenceVerdict:
     rk4: float
     reference: float
     tolerance: float = 0.01
+    labelled: bool = True
 
     @property
     def step_gap(self) -> float:
@@ -58,11 +64,12 @@ class ConvergenceVerdict:
 
     def __str__(self) -> str:
         pts = lambda v: f"{100 * v:.1f} points"  # noqa: E731
+        what = "accuracy" if self.labelled else "agreement with the converged solution"
         facts = (
-            f"halving the training step changes the score by {pts(self.step_gap)}; the "
-            f"converged solution (dopri5, rtol 1e-4) scores {self.reference:.1%} against "
+            f"halving the training step changes the {what} by {pts(self.step_gap)}; the "
+            f"converged solution (dopri5, rtol 1e-4) gives {self.reference:.1%} against "
             f"{self.training:.1%} at the training scheme, RK4 at the training step "
-            f"{self.rk4:.1%}"
+            f"{self.rk4:.1%}; tolerance {pts(self.tolerance)}"
         )
         if self.converged:
             return (
@@ -71,7 +78,7 @@ class ConvergenceVerdict:
             )
         return (
             f"NOT converged: the weights solve the training discretization, not the ODE "
-            f"({facts}; tolerance {pts(self.tolerance)}). A finer solver changes its "
+            f"({facts}). A finer solver changes its "
             "predictions. Retrain with the stability penalty (neuralpde.stability."
             "StabilityPenalty; `--stability-penalty 0.1`, the default of experiments.train), "
             "a finer training step (`--step-size`) or multilevel refinement in time "
@@ -150,4 +157,6 @@ def convergence_check(
         )
     if not 0 < tolerance < 1:
         raise ValueError(f"convergence_check: tolerance must be in (0, 1), got {tolerance!r}")
-    return ConvergenceVerdict(**_scores(net, x, y, batch_size), tolerance=tolerance)
+    return ConvergenceVerdict(
+        **_scores(net, x, y, batch_size), tolerance=tolerance, labelled=y is not None
+    )

@@ -160,8 +160,10 @@ class TimeWeights(nn.Module):
         ``factor`` cells whose values are the linear interpolation, at the new cell
         midpoints, of the old values at the old cell midpoints (held constant beyond the
         first and last midpoint) — the multigrid prolongation of cell-centred values.
-        θ(t) then moves by at most ``|θ_{j+1} − θ_j| / 2`` near a jump and is smoother;
-        a θ that is constant in time is kept exactly (bit for bit).
+        θ(t) then moves by at most ``|θ_{j+1} − θ_j| / 2`` near a jump and is smoother
+        (copying each cell would keep θ(t) exactly, and its jumps too), so the network's
+        output changes by that much; a θ that is constant in time is kept exactly (bit for
+        bit).
 
         The parameters are replaced by new ``nn.Parameter`` objects of shape
         ``(n·factor, *shape)`` (``(factor·(n − 1) + 1, *shape)`` for linear) on the same
