@@ -43,7 +43,7 @@ def test_time_weights_lookup(n, T, frac, interp):
     values = torch.arange(n, dtype=torch.float64).reshape(n, 1) * 10.0
     tw = neuralpde.TimeWeights({"v": values}, T, interp).double()
     t = frac * T
-    got = float(tw(torch.tensor(t, dtype=torch.float64))["v"])
+    got = float(tw(torch.tensor(t, dtype=torch.float64))["v"].detach())
     if interp == "constant":
         # Right-open cells [j h, (j+1) h), clamped to the first and last.
         j = min(max(math.floor(t / (T / n)), 0), n - 1)

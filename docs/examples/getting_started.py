@@ -33,7 +33,7 @@ assert torch.equal(end, ys[-1])  # (batch, channels, height, width)
 # --8<-- [start:stage]
 stage = neuralpde.Stage(rhs)  # the paper's scheme for this dynamic: forward Euler, h = 1
 out = stage(y)  # the state at T = 3, (batch, channels, height, width)
-torch.testing.assert_close(out, sol[-1])
+torch.testing.assert_close(out, sol.ys[-1])
 stage.set_solver("rk4", step_size=0.5)  # same weights, 6 RK4 steps
 print(stage(y).shape, stage.last_stats)  # {'method': 'rk4', 'nfe': 24, 'steps': 6}
 # --8<-- [end:stage]
