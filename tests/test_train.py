@@ -23,9 +23,17 @@ from experiments import (
 )
 from experiments._config import lr_at, scale_schedule
 from experiments._data import EpochBatches
-from experiments.train import config_from_args
 
 TINY = {"widths": [8, 16], "epochs": 2, "train_fraction": 0.5, "batch_size": 16}
+
+
+def _config_from_args(argv):
+    # Imported when called: importing the submodule experiments.train at collection would
+    # rebind the package attribute `experiments.train` (the function) to the module for
+    # every test module collected after this one.
+    from experiments.train import config_from_args
+
+    return config_from_args(argv)
 
 
 def _metrics(path):
@@ -69,19 +77,19 @@ BAD_COMMAND_LINES = [
 @pytest.mark.parametrize("argv, expected", BAD_COMMAND_LINES)
 def test_bad_options_get_a_clear_error(argv, expected, capsys):
     with pytest.raises(SystemExit) as e:
-        config_from_args(argv)
+        _config_from_args(argv)
     assert e.value.code == 2
     assert expected in capsys.readouterr().err
 
 
 def test_resume_without_a_run_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        config_from_args(["--resume", "--out", str(tmp_path / "none")])
+        _config_from_args(["--resume", "--out", str(tmp_path / "none")])
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_defaults_and_paper_recipe():
-    cfg, resume = config_from_args([])
+    cfg, resume = _config_from_args([])
     assert not resume and cfg.dataset == "digits" and cfg.arch == "parabolic"
     assert cfg.out == "runs/digits-parabolic" and not cfg.augment
     p = resolve_config(dataset="cifar10", preset="paper")
