@@ -265,7 +265,8 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         f"{'' if cfg.step_size is None else f' at step {cfg.step_size}'}",
         f"- {report['train_images']} training / {report['val_images']} validation / "
         f"{report['test_images']} test images; batch {cfg.batch_size}, lr schedule "
-        f"{cfg.lr_schedule}",
+        f"{cfg.lr_schedule}{' cosine-annealed to 0 per batch' if cfg.lr_decay == 'cosine' else ''}"
+        f"{', torch.compile' if cfg.compile else ''}",
         f"- {report['seconds']} s wall ({report['cpu_seconds']} s CPU), "
         f"{report['seconds_per_epoch']} s/epoch, {report['images_per_second']} images/s on "
         f"{report['device']} ({report['processes']} process(es), {report['threads']} thread(s))",

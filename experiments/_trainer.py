@@ -24,7 +24,7 @@ import solvers
 
 from . import _distributed as D
 from ._checkpoint import CheckpointError, check_state_dict, load_checkpoint, save_checkpoint
-from ._config import NON_MATH_KEYS, ConfigError, TrainConfig, lr_at
+from ._config import NON_MATH_KEYS, ConfigError, TrainConfig, lr_now
 from ._data import DataSplits, EpochBatches, _mix, batch_loader, load_data
 
 METRIC_FIELDS = (
@@ -333,8 +333,12 @@ def _new_optimizer(run: _Run) -> None:
         run.model = nn.parallel.DistributedDataParallel(
             net, device_ids=[run.device.index] if run.device.type == "cuda" else None
         )
+    if cfg.compile:
+        # The wrapper shares net's parameters; checkpoints keep saving net's own state.
+        # Static shapes: a short last batch costs one more compilation, not a dynamic graph.
+        run.model = torch.compile(run.model, dynamic=False)
     run.params = [p for p in net.parameters() if p.requires_grad]
-    lr = lr_at(cfg.lr_schedule, run.epoch)
+    lr = lr_now(cfg, run.epoch, run.batch, 1)
     run.opt = torch.optim.SGD(
         run.params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
@@ -422,6 +426,9 @@ def _train_epoch(run: _Run, loader, sampler, progress, log) -> None:
     progress.start(run.epoch + 1, cfg.epochs, nb, run.batch)
     for b, (x, y) in enumerate(loader, start=run.batch):
         x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
+        if cfg.lr_decay != "step":
+            for g in run.opt.param_groups:
+                g["lr"] = lr_now(cfg, run.epoch, b, nb)
         h = batch_step_size(cfg, run.epoch, b)
         if h is not None:
             for s in net.stages:
@@ -491,7 +498,9 @@ def _train_epoch(run: _Run, loader, sampler, progress, log) -> None:
 
 def _end_epoch(run: _Run, lr: float, progress) -> None:
     """Validation, the metrics row, ``best.pt`` when validation improves, ``last.pt``."""
-    val = evaluate(run.net, run.data.val, run.device)
+    # One process: the training model (compiled under cfg.compile); several: the bare
+    # network, as each process validates the whole split itself.
+    val = evaluate(run.model if run.world == 1 else run.net, run.data.val, run.device)
     # Training loss/accuracy are those of this process's share under several processes.
     accum = run.accum
     row = {
@@ -575,7 +584,7 @@ def train(cfg: TrainConfig, data: DataSplits | None = None, *, resume: bool = Fa
     progress = _Progress(run.main, log)
     while run.epoch < cfg.epochs:
         _prolongate(run, log)
-        lr = lr_at(cfg.lr_schedule, run.epoch)
+        lr = lr_now(cfg, run.epoch, run.batch, sampler.num_batches())
         for g in run.opt.param_groups:
             g["lr"] = lr
         sampler.set_epoch(run.epoch, run.batch)

@@ -165,7 +165,13 @@ class PDECNN(nn.Module):
 
     def reset_solver(self, stage: int | None = None) -> None:
         """Every stage (or stage ``stage``) back to its dynamics' own scheme (the paper's):
-        see :meth:`Stage.reset_solver`."""
+        see :meth:`Stage.reset_solver`. Everything goes back, the memory mode included
+        (``"autograd"``): a network built with ``memory="reversible"`` keeps that mode
+        across a reset only with ``net.reset_solver(); net.set_solver(memory="reversible")``.
+
+        Raises:
+            ValueError: ``stage`` is not an int in ``[0, number of stages)``.
+        """
         for s in self._targets(stage, "reset_solver"):
             s.reset_solver()
 

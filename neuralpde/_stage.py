@@ -143,8 +143,9 @@ class Stage(nn.Module):
 
     def reset_solver(self) -> None:
         """Back to the dynamics' own scheme: ``rhs.default_method`` at the training step
-        ``rhs.step_size``, ``memory="autograd"``, the stage's default tolerances
-        (rtol 1e-3, atol 1e-4), no options."""
+        ``rhs.step_size``, ``memory="autograd"`` (whatever the mode was: a reset is a
+        whole new solver; name the mode again with :meth:`set_solver` to keep it), the
+        stage's default tolerances (rtol 1e-3, atol 1e-4), no options."""
         try:
             default = solvers.Solver(self.rhs.default_method, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL)
         except ValueError as err:

@@ -174,6 +174,8 @@ STRATEGIES = {
     "multilevel": ({"multilevel": [2, 3]}, ["--multilevel", "2,3"]),
     "random steps": ({"random_steps": [1.0, 0.5]}, ["--random-steps", "1,0.5"]),
     "stability penalty": ({"stability_penalty": 0.05}, ["--stability-penalty", "0.05"]),
+    # Not an ODE strategy, but a per-batch state of the same kind: the learning rate.
+    "cosine lr": ({"lr_decay": "cosine"}, ["--lr-decay", "cosine"]),
 }
 
 

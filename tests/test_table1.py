@@ -120,7 +120,9 @@ def test_resume_keeps_finished_networks_and_continues_the_half_done_one(folder, 
 def test_cpu_budget_is_the_paper_recipe_reduced():
     cfg = resolve_config(arch="parabolic", dataset="imagefolder", **budget_options("cpu"))
     assert cfg.widths == [16, 32, 64, 64] and cfg.steps == 3
-    assert cfg.lr_schedule == [[2, 0.1], [1, 0.02], [1, 0.004]] and cfg.epochs == 4
+    # The paper's first rate, cosine-annealed to 0 over 4 epochs; compiled.
+    assert cfg.lr_schedule == [[4, 0.1]] and cfg.epochs == 4
+    assert cfg.lr_decay == "cosine" and cfg.compile
     assert (cfg.batch_size, cfg.momentum, cfg.smoothness, cfg.weight_decay) == (
         125,
         0.9,
@@ -135,7 +137,7 @@ def test_cpu_budget_is_the_paper_recipe_reduced():
     )
     assert cfg.preset is None and cfg.image_size == 32
     ten = resolve_config(dataset="imagefolder", **budget_options("cpu", epochs=10))
-    assert ten.lr_schedule == [[6, 0.1], [2, 0.02], [2, 0.004]]
+    assert ten.lr_schedule == [[10, 0.1]] and ten.epochs == 10
     with pytest.raises(ValueError, match="--budget must be one of"):
         budget_options("gpu")
 
