@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--widths", type=_widths, help="cpu budget: other stage and final widths")
     a("--train-fraction", type=float, help="use this fraction of the 40,000 training images")
     a("--threads", type=int, help="CPU threads (cpu budget: 2)")
+    a(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile each network (cpu budget: on; --no-compile for short runs)",
+    )
     a("--device", help="cpu, cuda, cuda:N (default: cuda for --budget paper if available)")
     a("--seed", type=int, help="seed of initialization and data order (default 0)")
     return p
@@ -64,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             widths=args.widths,
             train_fraction=args.train_fraction,
             threads=args.threads,
+            compile=args.compile,
             device=args.device,
             seed=args.seed,
         )

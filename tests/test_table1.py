@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL = Path(os.environ.get("NEURALPDE_CIFAR10_JPEG", ROOT.parent / "shared/data/cifar10-jpeg"))
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship"]
 CLASSES += ["truck"]
-TINY = ["--epochs", "1", "--widths", "4,8", "--threads", "1"]
+# Tiny runs skip compilation (a minute per network), which the cpu budget turns on.
+TINY = ["--epochs", "1", "--widths", "4,8", "--threads", "1", "--no-compile"]
 
 
 def _config_from_args(argv):
@@ -87,6 +88,7 @@ class _Stop(Exception):
 def test_resume_keeps_finished_networks_and_continues_the_half_done_one(folder, tmp_path):
     out = tmp_path / "table"
     opts = {"widths": [4, 8], "threads": 1, "epochs": 2, "archs": ("parabolic", "resnet")}
+    opts["compile"] = False
     seen: list[str] = []
 
     def stop_in_the_second_network(line: str) -> None:
@@ -223,7 +225,8 @@ def test_pick_examples_covers_confident_uncertain_and_misclassified():
 def test_real_cifar10_images_beat_chance(tmp_path):
     out = tmp_path / "real"
     argv = ["--data-root", str(REAL), "--out", str(out), "--archs", "parabolic",
-            "--train-fraction", "0.1", "--epochs", "2", "--widths", "8,16,16", "--threads", "1"]  # fmt: skip
+            "--train-fraction", "0.1", "--epochs", "2", "--widths", "8,16,16", "--threads", "1",
+            "--no-compile"]  # fmt: skip
     assert main(argv) == 0
     r = json.loads((out / "results.json").read_text())
     assert r["protocol"]["train_images"] == 4_000 and r["protocol"]["test_images"] == 10_000
@@ -232,7 +235,7 @@ def test_real_cifar10_images_beat_chance(tmp_path):
 
 def test_report_only_reports_a_table_still_training(folder, tmp_path):
     out = tmp_path / "table"
-    opts = {"widths": [4, 8], "threads": 1, "epochs": 2}
+    opts = {"widths": [4, 8], "threads": 1, "epochs": 2, "compile": False}
     seen: list[str] = []
 
     def stop_in_the_second_network(line: str) -> None:

@@ -95,7 +95,7 @@ tmp = Path(tempfile.mkdtemp(prefix="neuralpde-06-"))
 if SMALL:
     data_root = synthetic_cifar(tmp / "images", per_class=5, test_per_class=2)
     tiny = ["--epochs", "1", "--widths", "4,8", "--threads", "1"]
-    table_args = ["--budget", "cpu", "--out", str(tmp / "table1"), *tiny]
+    table_args = ["--budget", "cpu", "--out", str(tmp / "table1"), "--no-compile", *tiny]
     size_args = ["--fractions", "0.2,0.4", "--out", str(tmp / "data_size"), *tiny]
 elif REAL.is_dir():
     data_root = REAL
@@ -104,7 +104,7 @@ elif REAL.is_dir():
 else:
     print(f"real CIFAR-10 JPEGs not found at {REAL}: training on synthetic images instead")
     data_root = synthetic_cifar(tmp / "images", per_class=50, test_per_class=10)
-    table_args = ["--budget", "cpu", "--out", str(tmp / "table1")]
+    table_args = ["--budget", "cpu", "--out", str(tmp / "table1"), "--no-compile"]
     size_args = ["--out", str(tmp / "data_size")]
 
 # %% 3. Table 1 and Figs. 1, 3, 4: four networks, one budget, each through experiments.train.
