@@ -109,6 +109,11 @@ class _DiffusionRHS(RHS):
         rho = [(exact * g, GRADIENT_RHO * g)]
         return Spectrum("dissipative", {"KᵀgK": rho}, rho, False)
 
+    def rates(self, rho) -> Tensor:
+        """``8 max g`` per step, the size-independent bound of :meth:`spectrum` (a filter
+        has no weights: a training penalty has nothing to move)."""
+        return torch.full((self.steps,), GRADIENT_RHO * self.max_diffusivity)
+
     def forward(self, t: Tensor, u: Tensor) -> Tensor:
         """``t`` 0-d tensor (unused: autonomous); ``u (batch, channels, height, width)``."""
         _check_image(u, type(self).__name__)

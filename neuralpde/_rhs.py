@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -167,15 +168,18 @@ class RHS(nn.Module):
         kind = solvers.methods().get(method)
         if kind == "symplectic" and cls.state == "single":
             raise ValueError(
-                f"{method!r} needs a split (q, p) system, but a {cls.__name__} has a single "
-                "state; use a Runge–Kutta method such as 'euler', 'rk4' or 'dopri5'"
+                f"{method!r} needs a split (q, p) system, but {cls.__name__} declares a single "
+                f"state (state = {cls.state!r}); use a Runge–Kutta method such as 'euler', "
+                "'rk4' or 'dopri5', or, if it defines f_q and f_p, declare state = 'halves' "
+                "(or 'velocity') on the class"
             )
         if memory == "reversible" and cls.state == "single":
             raise ValueError(
-                f"memory='reversible' needs a time-reversible stage, and a {cls.__name__} "
-                "stage is not reversible (its state is not split into (q, p)): its earlier "
-                "states cannot be recomputed from later ones. Use memory='adjoint' (constant "
-                "memory, approximate gradient) or memory='autograd'"
+                f"memory='reversible' needs a time-reversible stage, and the {cls.__name__} "
+                f"stage is not reversible (it declares state = {cls.state!r}, not split into "
+                "(q, p)): its earlier states cannot be recomputed from later ones. Use "
+                "memory='adjoint' (constant memory, approximate gradient) or "
+                "memory='autograd', or, if it defines f_q and f_p, declare state = 'halves'"
             )
 
     def thetas(self) -> list[TimeWeights]:
@@ -276,6 +280,26 @@ class RHS(nn.Module):
         """
         return None
 
+    def rates(self, rho: Callable[[Tensor], Tensor]) -> Tensor | None:
+        """The largest rate ``z_j`` of the linearization for each of the ``steps`` parameter
+        sets, differentiable in the weights: what :class:`~neuralpde.stability.StabilityPenalty`
+        bounds during training. It is the rate :meth:`spectrum` reports, written with
+        ``rho`` instead of a converged eigenvalue solver. ``None`` (the default): none
+        declared, and the penalty refuses a dynamics whose :meth:`spectrum` declares a
+        step limit.
+
+        Args:
+            rho: ``rho(K) -> (steps,)``: an estimate of ``ρ(KᵀK)`` per parameter set for a
+                kernel ``K (steps, c_out, c_in, kh, kw)`` (odd ``kh``, ``kw``, zero-padded
+                "same" convolution), differentiable in ``K``. Call it once per kernel, in
+                the same order on every call (each kernel keeps its own warm-started
+                power-iteration vector).
+
+        Returns:
+            ``z (steps,)``, e.g. ``rho(K)`` for ``Y' = -KᵀDK Y``, or ``None``.
+        """
+        return None
+
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, steps={self.steps}, step_size={self.step_size}, "
@@ -318,6 +342,10 @@ class ParabolicRHS(RHS):
         ``"dissipative"`` with ``z = ρ``; forward Euler needs ``h <= 2/ρ``."""
         rho = kernel_spectrum(self.theta.weight, height, width, iters=iters, tol=tol, seed=seed)
         return Spectrum("dissipative", {"K": rho}, rho, self.normalize)
+
+    def rates(self, rho):
+        """``z = ρ(KᵀK)`` per parameter set (see :meth:`spectrum`)."""
+        return rho(self.theta.weight)
 
 
 class ResNetRHS(RHS):
@@ -409,6 +437,10 @@ class HamiltonianRHS(RHS):
         rates = [(math.sqrt(a[0] * b[0]), math.sqrt(a[1] * b[1])) for a, b in zip(k1, k2)]
         return Spectrum("oscillatory", {"K1": k1, "K2": k2}, rates, True)
 
+    def rates(self, rho):
+        """``z = sqrt(ρ(K1ᵀK1) ρ(K2ᵀK2))`` per parameter set (see :meth:`spectrum`)."""
+        return (rho(self.theta_q.weight) * rho(self.theta_p.weight)).sqrt()
+
 
 class SecondOrderRHS(RHS):
     """The second-order (wave-like) network ``d²Y/dt² = F_sym(θ(t), Y)``, ``Y'(0) = 0``.
@@ -448,6 +480,10 @@ class SecondOrderRHS(RHS):
         rho = kernel_spectrum(self.theta.weight, height, width, iters=iters, tol=tol, seed=seed)
         rates = [(math.sqrt(lo), math.sqrt(hi)) for lo, hi in rho]
         return Spectrum("oscillatory", {"K": rho}, rates, True)
+
+    def rates(self, rho):
+        """``z = sqrt(ρ(KᵀK))`` per parameter set (see :meth:`spectrum`)."""
+        return rho(self.theta.weight).sqrt()
 
 
 _ARCHS: dict[str, type[RHS]] = {}

@@ -151,21 +151,39 @@ def _check_kernels(kernels: Tensor, who: str) -> None:
 
 
 def _grouped(weights: Tensor) -> Tensor:
-    # n kernels (n, c_out, c_in, 3, 3) as one grouped convolution on (1, n·c_in, h, w).
-    n, c_out, c_in = weights.shape[:3]
-    return weights.reshape(n * c_out, c_in, 3, 3)
+    # n kernels (n, c_out, c_in, kh, kw) as one grouped convolution on (1, n·c_in, h, w).
+    n, c_out, c_in, kh, kw = weights.shape
+    return weights.reshape(n * c_out, c_in, kh, kw)
+
+
+def _same_padding(weights: Tensor) -> tuple[int, int]:
+    # Zero padding that keeps the image size for odd kernels (1x1: none, 3x3: one pixel).
+    return weights.shape[-2] // 2, weights.shape[-1] // 2
+
+
+def _conv(v: Tensor, weights: Tensor) -> Tensor:
+    """``K_i v_i`` for ``v (n, c_in, h, w)`` and the ``n`` kernels ``(n, c_out, c_in, kh, kw)``
+    (odd ``kh``, ``kw``, zero-padded to the same size), as ``(n, c_out, h, w)``."""
+    n, c_in = weights.shape[0], weights.shape[2]
+    x = F.conv2d(
+        v.reshape(1, n * c_in, *v.shape[2:]),
+        _grouped(weights),
+        padding=_same_padding(weights),
+        groups=n,
+    )
+    return x.reshape(n, -1, *v.shape[2:])
 
 
 def _conv_normal_op(weights: Tensor) -> Callable[[Tensor], Tensor]:
-    """``v (n, c_in, h, w) -> K_iᵀ K_i v_i`` for the ``n`` kernels ``(n, c_out, c_in, 3, 3)``."""
-    n, c_in = weights.shape[0], weights.shape[2]
-    w = _grouped(weights)
+    """``v (n, c_in, h, w) -> K_iᵀ K_i v_i`` for ``n`` kernels ``(n, c_out, c_in, kh, kw)``
+    of odd size."""
+    n = weights.shape[0]
+    w, pad = _grouped(weights), _same_padding(weights)
 
     def op(v: Tensor) -> Tensor:
-        x = v.reshape(1, n * c_in, *v.shape[2:])
+        x = _conv(v, weights).reshape(1, -1, *v.shape[2:])
         # conv_transpose2d with the same weight and padding is the exact adjoint of conv2d.
-        x = F.conv2d(x, w, padding=1, groups=n)
-        x = F.conv_transpose2d(x, w, padding=1, groups=n)
+        x = F.conv_transpose2d(x, w, padding=pad, groups=n)
         return x.reshape(v.shape)
 
     return op

@@ -24,20 +24,19 @@ dynamics of your own computes its spectrum with :func:`kernel_spectrum`, built o
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import solvers
 
 from ._rhs import arch_name
 from ._spectra import Spectrum as Spectrum
-from ._spectra import _conv_normal_op, _grouped
+from ._spectra import _conv, _conv_normal_op
 from ._spectra import kernel_spectrum as kernel_spectrum
 from ._spectra import power_iteration as power_iteration
 from ._spectra import symbol_bound as symbol_bound
@@ -348,6 +347,14 @@ def report(
     return Report(rows)
 
 
+def _check_kernel(w: Tensor, who: str) -> None:
+    if not (isinstance(w, Tensor) and w.dim() == 5 and w.shape[-2] % 2 and w.shape[-1] % 2):
+        raise ValueError(
+            f"{who}: rho(K) needs a kernel (steps, c_out, c_in, kh, kw) with odd kh and kw, "
+            f"got {getattr(w, 'shape', type(w).__name__)}"
+        )
+
+
 def _stability_model(rhs: nn.Module, height: int, width: int) -> str | None:
     """The unit model problem the right-hand side declares (:meth:`RHS.spectrum`)."""
     spectrum = rhs.spectrum(height, width, iters=1)
@@ -360,9 +367,10 @@ class StabilityPenalty(nn.Module):
     For every stage with a step limit (see :func:`report`) and every parameter set θ_j it
     adds ``relu(h z_j / c − margin)²``, where ``h`` is the stage's fixed step, ``c`` the
     method's limit on its unit model problem (forward Euler 2, RK4 2.785, symplectic
-    Euler and leapfrog 2) and ``z_j`` the largest rate of the linearization: ``ρ(KᵀK)``
-    for a dissipative (parabolic) stage, ``sqrt(ρ(K1ᵀK1) ρ(K2ᵀK2))`` or ``sqrt(ρ(KᵀK))``
-    for an oscillatory one (Hamiltonian, second order). ``ρ`` is the Rayleigh quotient
+    Euler and leapfrog 2) and ``z_j`` the largest rate of the linearization, as the
+    dynamics declares it in :meth:`~neuralpde.RHS.rates`: ``ρ(KᵀK)`` for a parabolic
+    stage, ``sqrt(ρ(K1ᵀK1) ρ(K2ᵀK2))`` for a Hamiltonian one, ``sqrt(ρ(KᵀK))`` for a
+    second-order one; a dynamics of the user's writes its own. ``ρ`` is the Rayleigh quotient
     ``‖K v‖²`` of a unit vector ``v`` kept between calls and advanced by ``iters`` steps of
     :func:`power_iteration` per call (the warm-started power iteration of spectral
     normalization, Miyato et al., ICLR 2018), so it costs a few convolutions per step and
@@ -386,7 +394,11 @@ class StabilityPenalty(nn.Module):
     number of parameter sets changes (:meth:`~neuralpde.PDECNN.refine`).
 
     Raises:
-        ValueError: ``iters`` < 1 or ``margin`` not positive.
+        ValueError: ``iters`` < 1 or ``margin`` not positive; a dynamics whose
+            :meth:`~neuralpde.RHS.spectrum` declares a step limit but that declares no
+            :meth:`~neuralpde.RHS.rates`; ``rates`` asking ``rho`` for something that is
+            not a kernel ``(steps, c_out, c_in, kh, kw)`` of odd size, or returning other
+            than one rate per parameter set.
     """
 
     def __init__(
@@ -409,30 +421,73 @@ class StabilityPenalty(nn.Module):
         # The model of each stage's linearization, read once: it is a property of the
         # dynamics, not of the weights.
         self.models = [_stability_model(s.rhs, *hw) for s, hw in zip(stages, self.sizes)]
+        # Each stage's kernels, in the order its rates(rho) asks for them: one
+        # warm-started vector each, named after the parameter where the kernel is one.
+        self.keys: list[list[str]] = []
         for k, stage in enumerate(stages):
-            if self.models[k] is None:
-                continue
-            for name, w in self._kernels(stage):
-                self.register_buffer(self._key(k, name), self._start(w, *self.sizes[k]))
+            kernels = [] if self.models[k] is None else self._declared(stage, self.models[k])
+            names = {id(p): n for n, p in stage.rhs.named_parameters()}
+            keys = [self._key(k, names.get(id(w), f"kernel{i}")) for i, w in enumerate(kernels)]
+            for key, w in zip(keys, kernels):
+                self.register_buffer(key, self._start(w, *self.sizes[k]))
+            self.keys.append(keys)
 
     @staticmethod
     def _key(k: int, name: str) -> str:
         return f"v{k}_{name.replace('.', '_')}"
 
     @staticmethod
-    def _kernels(stage: Stage) -> list[tuple[str, Tensor]]:
-        return [
-            (name, p)
-            for name, p in stage.rhs.named_parameters()
-            if p.dim() == 5 and p.shape[-2:] == (3, 3) and p.shape[1] == p.shape[2]
-        ]
+    def _declared(stage: Stage, model: str) -> list[Tensor]:
+        """The kernels ``stage.rhs.rates`` asks ``rho`` for, checked."""
+        seen: list[Tensor] = []
+        who = type(stage.rhs).__name__
+
+        def record(w: Tensor) -> Tensor:
+            _check_kernel(w, who)
+            seen.append(w)
+            return torch.ones(w.shape[0], dtype=w.dtype, device=w.device)
+
+        if stage.rhs.rates(record) is None:
+            raise ValueError(
+                f"StabilityPenalty: {who} declares a step limit (its spectrum is "
+                f"{model!r}) but no rates(rho), the differentiable rate the penalty bounds; "
+                f"define rates(rho) on {who} (see neuralpde.RHS.rates), or train without "
+                "the penalty (stability_penalty=0)"
+            )
+        return seen
 
     def _start(self, w: Tensor, height: int, width: int) -> Tensor:
-        n, c = w.shape[:2]
+        n, c = w.shape[0], w.shape[2]
         gen = torch.Generator().manual_seed(self.seed)
         v = torch.randn((n, c, height, width), generator=gen, dtype=torch.float64)
         v = v / v.reshape(n, -1).norm(dim=1).view(n, 1, 1, 1)
         return v.to(device=w.device, dtype=w.dtype)
+
+    def _rho(self, k: int) -> Callable[[Tensor], Tensor]:
+        """Stage ``k``'s ``rho(K)``: the Rayleigh quotient ``‖K v‖²`` of each kernel's own
+        vector, advanced ``iters`` power-iteration steps (without gradient) first."""
+        keys, calls = self.keys[k], [0]
+        who = f"StabilityPenalty: stage {k}"
+
+        def rho(w: Tensor) -> Tensor:
+            i = calls[0]
+            calls[0] += 1
+            if i >= len(keys):
+                raise ValueError(f"{who}: rates(rho) called rho {i + 1} times, {len(keys)} before")
+            _check_kernel(w, who)
+            v = getattr(self, keys[i])
+            n, c = w.shape[0], w.shape[2]
+            if v.shape[:2] != (n, c):  # θ(t) was prolongated: start again
+                v = self._start(w, *self.sizes[k])
+            with torch.no_grad():
+                op = _conv_normal_op(w.detach())
+                for _ in range(self.iters):
+                    v = op(v)
+                    v = v / v.reshape(n, -1).norm(dim=1).clamp_min(1e-30).view(n, 1, 1, 1)
+            setattr(self, keys[i], v)
+            return _conv(v, w).reshape(n, -1).pow(2).sum(dim=1)
+
+        return rho
 
     def forward(self, net: nn.Module) -> Tensor:
         total = None
@@ -443,24 +498,13 @@ class StabilityPenalty(nn.Module):
             c = _unit_limit(stage.method, model)
             if not c:
                 continue
-            rhos = []
-            for name, w in self._kernels(stage):
-                key = self._key(k, name)
-                v = getattr(self, key)
-                n, ch = w.shape[:2]
-                if v.shape[:2] != (n, ch):  # θ(t) was prolongated: start again
-                    v = self._start(w, *self.sizes[k])
-                with torch.no_grad():
-                    op = _conv_normal_op(w.detach())
-                    for _ in range(self.iters):
-                        v = op(v)
-                        v = v / v.reshape(n, -1).norm(dim=1).clamp_min(1e-30).view(n, 1, 1, 1)
-                setattr(self, key, v)
-                kv = F.conv2d(v.reshape(1, n * ch, *v.shape[2:]), _grouped(w), padding=1, groups=n)
-                rhos.append(kv.reshape(n, -1).pow(2).sum(dim=1))
-            rate = torch.stack(rhos).prod(dim=0)
-            if model == "oscillatory":
-                rate = rate.sqrt()
+            rate = stage.rhs.rates(self._rho(k))
+            if not isinstance(rate, Tensor) or rate.shape != (stage.rhs.steps,):
+                raise ValueError(
+                    f"StabilityPenalty: {type(stage.rhs).__name__}.rates must return a tensor "
+                    f"of shape ({stage.rhs.steps},), one rate per parameter set; got "
+                    f"{getattr(rate, 'shape', type(rate).__name__)}"
+                )
             term = torch.relu(stage.step_size * rate / c - self.margin).pow(2).sum()
             total = term if total is None else total + term
         if total is None:

@@ -40,6 +40,10 @@ class Reaction(neuralpde.RHS):
         a = self.inner.theta.a.detach().amax(dim=1).tolist()
         return stability.Spectrum("dissipative", {"K": k}, [(lo + b, hi + b) for (lo, hi), b in zip(k, a)], False)  # fmt: skip
 
+    def rates(self, rho):
+        # The same rate as spectrum's, differentiable: ρ(KᵀK) + max a.
+        return rho(self.inner.theta.K) + self.inner.theta.a.amax(dim=1)
+
 
 class Coupled(neuralpde.RHS):
     """A split dynamics of its own: ``q' = p``, ``p' = -Kᵀ tanh(K q) - q`` on channel halves."""
@@ -296,3 +300,122 @@ def test_time_smoothness_for_every_dynamics_and_its_gradient():
         neuralpde.time_smoothness(rhs, 0.0)
     with pytest.raises(TypeError, match="expected an nn.Module"):
         neuralpde.time_smoothness([rhs], 1e-3)
+
+
+# ------------------------------------------------- the training penalty reads rates()
+
+
+class Anisotropic(neuralpde.RHS):
+    """``y' = -Kxᵀ tanh(Kx y) - Kyᵀ tanh(Ky y)`` with 1×3 and 3×1 kernels: no 3×3 kernel."""
+
+    def __init__(self, channels, steps=3, step_size=1.0, interpolation="constant"):
+        super().__init__(channels, steps, step_size, interpolation)
+        c = channels
+        self.theta = neuralpde.TimeWeights(
+            {"Kx": torch.randn(steps, c, c, 1, 3), "Ky": torch.randn(steps, c, c, 3, 1)},
+            self.T,
+            interpolation,
+        )
+
+    def forward(self, t, y):
+        w = self.theta(t)
+        out = 0
+        for k, pad in ((w["Kx"], (0, 1)), (w["Ky"], (1, 0))):
+            out = out - F.conv_transpose2d(torch.tanh(F.conv2d(y, k, padding=pad)), k, padding=pad)
+        return out
+
+    def spectrum(self, height, width, *, iters=500, tol=1e-6, seed=0):
+        rho = [(1.0, 1.0)] * self.steps  # a stand-in: the penalty reads only the model
+        return stability.Spectrum("dissipative", {"Kx, Ky": rho}, rho, False)
+
+    def rates(self, rho):
+        return rho(self.theta.Kx) + rho(self.theta.Ky)
+
+
+def _dense_rho(k, height, width):
+    """ρ(KᵀK) of each parameter set of kernel ``k``, from the dense matrix of the zero-padded
+    convolution: the reference the penalty's power iteration converges to."""
+    out = []
+    for kj in k.detach():
+        c_in = kj.shape[1]
+        eye = torch.eye(c_in * height * width, dtype=k.dtype).reshape(-1, c_in, height, width)
+        pad = (kj.shape[-2] // 2, kj.shape[-1] // 2)
+        a = F.conv2d(eye, kj, padding=pad).reshape(eye.shape[0], -1)  # rows: Kᵀ e_i
+        out.append(torch.linalg.matrix_norm(a, ord=2).item() ** 2)
+    return out
+
+
+def test_penalty_uses_the_rates_a_dynamics_declares_for_any_kernel_shape():
+    torch.manual_seed(0)
+    stage = neuralpde.Stage(Anisotropic(3, steps=2))
+    pen = stability.StabilityPenalty(stage, (3, 6, 5), iters=1000)
+    th = stage.rhs.theta
+    z = [a + b for a, b in zip(_dense_rho(th.Kx, 6, 5), _dense_rho(th.Ky, 6, 5))]
+    expect = sum(max(0.0, z_j / 2.0 - 1.0) ** 2 for z_j in z)  # euler: c = 2, h = 1
+    value = pen(stage)
+    assert expect > 0
+    # A power iteration from below: converged to 1e-4 here (near-equal eigenvalues).
+    torch.testing.assert_close(value.item(), expect, rtol=1e-4, atol=0)
+    value.backward()
+    assert th.Kx.grad.abs().sum() > 0 and th.Ky.grad.abs().sum() > 0
+    # The reaction term of a declared rate counts too (it is not only ρ(KᵀK)).
+    torch.manual_seed(1)
+    r = neuralpde.Stage(Reaction(2, steps=2))
+    with torch.no_grad():
+        r.rhs.inner.theta.a.fill_(3.0)  # z >= 3 > 2: over the Euler limit by the reaction alone
+        r.rhs.inner.theta.K.mul_(1e-3)
+    assert stability.StabilityPenalty(r, (2, 4, 4))(r).item() > 0.2
+
+
+def test_penalty_refuses_a_step_limit_without_rates_and_bad_rates():
+    class NoRates(Anisotropic):
+        rates = neuralpde.RHS.rates
+
+    with pytest.raises(
+        ValueError, match=r"declares a step limit .* no rates\(rho\).*stability_penalty=0"
+    ):
+        stability.StabilityPenalty(neuralpde.Stage(NoRates(2)), (2, 4, 4))
+
+    class Scalar(Anisotropic):
+        def rates(self, rho):
+            return (rho(self.theta.Kx) + rho(self.theta.Ky)).max()
+
+    pen = stability.StabilityPenalty(neuralpde.Stage(Scalar(2)), (2, 4, 4))
+    with pytest.raises(ValueError, match=r"must return a tensor of shape \(3,\)"):
+        pen(neuralpde.Stage(Scalar(2)))
+
+    class NotAKernel(Anisotropic):
+        def rates(self, rho):
+            return rho(self.theta.Kx[:, :, :, 0])
+
+    with pytest.raises(ValueError, match="odd kh and kw"):
+        stability.StabilityPenalty(neuralpde.Stage(NotAKernel(2)), (2, 4, 4))
+
+
+def test_own_dynamics_trains_with_the_default_penalty(registered, tmp_path):
+    class Gentle(Anisotropic):  # started inside the Euler limit, as a user would
+        def __init__(self, channels, steps=3, step_size=1.0, interpolation="constant"):
+            super().__init__(channels, steps, step_size, interpolation)
+            with torch.no_grad():
+                self.theta.Kx.mul_(0.2)
+                self.theta.Ky.mul_(0.2)
+
+    registered("anisotropic-test", Gentle)
+    torch.manual_seed(0)
+    cfg = resolve_config(arch="anisotropic-test", widths=[4, 4], epochs=1, out=str(tmp_path))
+    assert cfg.stability_penalty > 0  # the quick recipe's default
+    from experiments import train
+
+    report = train(cfg, log=lambda *_: None)
+    assert math.isfinite(report["test_loss"])
+
+
+def test_penalty_state_keeps_the_parameter_names_of_the_paper_networks():
+    net = neuralpde.PDECNN("hamiltonian", 1, 10, (4, 8, 8))  # two stages
+    pen = stability.StabilityPenalty(net, (1, 8, 8))
+    assert sorted(pen.state_dict()) == [
+        "v0_theta_p_weight",
+        "v0_theta_q_weight",
+        "v1_theta_p_weight",
+        "v1_theta_q_weight",
+    ]

@@ -1,7 +1,7 @@
 """Tutorial 07: your own dynamics — a reaction–diffusion network and a wave network of your own.
 
 A dynamics is a subclass of ``neuralpde.RHS``: its right-hand side, its state, its default
-method, its weights θ(t) and (optionally) its spectrum. Declare those, and the stage, the
+method, its weights θ(t) and (optionally) its spectrum and rates. Declare those, and the stage, the
 network, the experiments, the solver swap, the stability report, reversible memory and the
 time-smoothness regularizer all work for it as they do for the paper's three networks.
 
@@ -78,6 +78,9 @@ class ReactionDiffusionRHS(neuralpde.RHS):
         a = F.softplus(self.theta.r.detach()).amax(dim=1).tolist()
         rates = [(lo + aj, hi + aj) for (lo, hi), aj in zip(rho, a)]
         return Spectrum("dissipative", {"K": rho}, rates, normalized=False)
+
+    def rates(self, rho):  # the same z, differentiable: what the training penalty bounds
+        return rho(self.theta.K) + F.softplus(self.theta.r).amax(dim=1)
 
 
 neuralpde.register_arch("reaction_diffusion", ReactionDiffusionRHS)
@@ -173,6 +176,9 @@ class KleinGordonRHS(neuralpde.RHS):
         m2 = (self.theta.m.detach() ** 2).amax(dim=1).tolist()
         rates = [(math.sqrt(lo + a), math.sqrt(hi + a)) for (lo, hi), a in zip(rho, m2)]
         return Spectrum("oscillatory", {"K": rho}, rates, normalized=False)
+
+    def rates(self, rho):
+        return (rho(self.theta.K) + (self.theta.m**2).amax(dim=1)).sqrt()
 
 
 # Gradients through reversible memory equal plain autograd's (float64, same weights).
