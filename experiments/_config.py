@@ -488,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--compile",
         action=argparse.BooleanOptionalAction,
-        help="torch.compile the network for training and validation (1.3-1.6x on CPU)",
+        help="torch.compile the network for training and validation (1.2-1.6x per step on "
+        "CPU, after one to two minutes of compilation)",
     )
     a("--memory", choices=MEMORY_MODES, help="how gradients are computed through the stages")
     a("--train-fraction", type=float, help="use this fraction of the training split")

@@ -45,7 +45,7 @@ def data_size(
             }
             rows.append(row)
             log(
-                f"{arch:<13} {f:>5.0%} of training data ({row['train_images']:>5} images): "
+                f"{arch:<13} {f:>6.1%} of training data ({row['train_images']:>5} images): "
                 f"test accuracy {row['test_accuracy']:.4f}  ({row['seconds']:.1f}s)"
             )
     write_data_size(rows, out)

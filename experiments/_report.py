@@ -225,6 +225,8 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         "train_images": n_train,
         "val_images": len(data.val),
         "test_images": len(data.test),
+        "image_size": data.image_size,
+        "layout": getattr(data, "layout", ""),
         "skipped_batches": sum(r["skipped_batches"] for r in rows),
         "processes": world,
         "device": str(cfg.device),
@@ -252,6 +254,7 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         std,
         out / "probabilities.png",
     )
+    layout = f" (splits: {report['layout']})" if report["layout"] else ""
     lines = [
         f"# {cfg.arch} PDECNN on {cfg.dataset}",
         "",
@@ -264,7 +267,8 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         f"h = 1 per stage, trained with {cfg.solver or 'the paper scheme'}"
         f"{'' if cfg.step_size is None else f' at step {cfg.step_size}'}",
         f"- {report['train_images']} training / {report['val_images']} validation / "
-        f"{report['test_images']} test images; batch {cfg.batch_size}, lr schedule "
+        f"{report['test_images']} test images of {data.image_size}×{data.image_size} pixels"
+        f"{layout}; batch {cfg.batch_size}, lr schedule "
         f"{cfg.lr_schedule}{' cosine-annealed to 0 per batch' if cfg.lr_decay == 'cosine' else ''}"
         f"{', torch.compile' if cfg.compile else ''}",
         f"- {report['seconds']} s wall ({report['cpu_seconds']} s CPU), "

@@ -267,6 +267,8 @@ def table1(
         f"table 1 ({budget} budget): {len(data.train)} training / {len(data.val)} validation "
         f"/ {len(data.test)} test images of {data_root}; networks {', '.join(archs)} in {out}/"
     )
+    if data.layout:
+        log(f"splits: {data.layout}")
     runs: dict[str, dict[str, Any]] = {}
     with _LoadSampler() as load:
         for k, arch in enumerate([] if report_only else archs, 1):
@@ -342,6 +344,8 @@ def write_table1(cfgs, data, out: Path, *, budget, runs, seconds, load, command)
             "train_images": len(data.train),
             "val_images": len(data.val),
             "test_images": len(data.test),
+            "splits": data.layout,
+            "image_size": data.image_size,
             "epochs": first.epochs,
             "lr_schedule": first.lr_schedule,
             "lr_decay": first.lr_decay,
@@ -402,12 +406,14 @@ def _pct(x: float | None) -> str:
 def _markdown(r: dict[str, Any], ref: str) -> str:
     p = r["protocol"]
     load = r["load_average"]
+    size, splits = p.get("image_size"), p.get("splits") or "the data set's own"
     lines = [
         f"# Table 1 on CIFAR-10 images ({r['budget']} budget)",
         "",
         f"- command: `{r['command']}`" if r["command"] else "- command: (called from Python)",
         f"- data: {p['dataset']}: {p['train_images']:,} training / {p['val_images']:,} "
-        f"validation / {p['test_images']:,} test images",
+        f"validation / {p['test_images']:,} test images of {size}×{size} pixels (splits: "
+        f"{splits})",
         f"- recipe: {p['recipe']}; widths {p['widths']}, {p['epochs']} epochs, lr schedule "
         f"{p['lr_schedule']} ([epochs, lr] phases"
         f"{', cosine-annealed to 0 per batch' if p.get('lr_decay') == 'cosine' else ''}), "

@@ -291,6 +291,8 @@ def _setup(cfg: TrainConfig, data: DataSplits | None, resume: bool, log) -> _Run
     level = refinements(cfg, state["epoch"]) if state is not None else 0
     net = build_model(cfg, data.in_channels, data.num_classes, level=level)
     run = _Run(cfg, data, device, rank, world, out, net, level=level)
+    if run.main and getattr(data, "layout", "") and not resume:
+        log(f"splits: {data.layout}")
     if world > 1:
         D.globalize_batchnorm(net)
     net.to(device)

@@ -48,5 +48,7 @@ def test_data_size_on_an_image_folder_uses_the_table1_cpu_recipe(tmp_path):
     cfg = json.loads((out / "hamiltonian-0.4" / "config.json").read_text())
     assert (cfg["augment"], cfg["batch_size"], cfg["bn_eps"], cfg["clip_weights"]) == (
         False, 125, 1e-4, True)  # fmt: skip
-    assert cfg["lr_schedule"] == [[1, 0.1], [1, 0.02]] and cfg["widths"] == [4, 8]
+    assert cfg["lr_schedule"] == [[2, 0.1]] and cfg["widths"] == [4, 8]
+    # Table 1's cosine decay, without compilation (twelve short runs).
+    assert cfg["lr_decay"] == "cosine" and cfg["compile"] is False
     assert (cfg["smoothness"], cfg["weight_decay"], cfg["train_fraction"]) == (2e-4, 2e-4, 0.4)
