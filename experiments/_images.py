@@ -189,10 +189,10 @@ def decode(paths: list[str], size: int, desc: str = "decoding") -> Tensor:
                 errors.append(f"{paths[k]} ({str(err).strip().splitlines()[0][:200]})")
         return errors
 
-    # The decoders release the GIL: threads use every core without copying the result.
-    threads = max(
-        1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    )
+    # The decoders release the GIL: threads use the cores without copying the result, as
+    # many as torch is told to use (--threads), so a one-thread run stays on one core.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    threads = max(1, min(8, cores, torch.get_num_threads()))
     from tqdm import tqdm
 
     with (
