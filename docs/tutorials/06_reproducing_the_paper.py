@@ -6,7 +6,8 @@ paper's figures trained on real CIFAR-10 images.
 At full size it trains Table 1's four networks with the ``cpu`` budget on the CIFAR-10
 JPEGs in ``../shared/data/cifar10-jpeg`` (or ``$NEURALPDE_CIFAR10_JPEG``), continuing a
 half-done table in ``runs/tutorial06/table1``, then Fig. 2 in ``runs/tutorial06/data_size``:
-hours on a 2-core CPU. ``NEURALPDE_SMALL=1`` runs the same commands at tiny size on
+about 45 and 40 minutes on an idle 2-core CPU (measured: tutorial 06's page).
+``NEURALPDE_SMALL=1`` runs the same commands at tiny size on
 synthetic image folders written to a temporary directory (a minute; no data set needed).
 Figures go to ``$NEURALPDE_FIGURES`` (default: ``docs/tutorials/figures``).
 """
