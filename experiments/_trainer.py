@@ -291,7 +291,7 @@ def _setup(cfg: TrainConfig, data: DataSplits | None, resume: bool, log) -> _Run
     level = refinements(cfg, state["epoch"]) if state is not None else 0
     net = build_model(cfg, data.in_channels, data.num_classes, level=level)
     run = _Run(cfg, data, device, rank, world, out, net, level=level)
-    if run.main and getattr(data, "layout", "") and not resume:
+    if run.main and cfg.dataset == "imagefolder" and data.layout and not resume:
         log(f"splits: {data.layout}")
     if world > 1:
         D.globalize_batchnorm(net)
@@ -586,7 +586,9 @@ def train(cfg: TrainConfig, data: DataSplits | None = None, *, resume: bool = Fa
     progress = _Progress(run.main, log)
     while run.epoch < cfg.epochs:
         _prolongate(run, log)
-        lr = lr_now(cfg, run.epoch, run.batch, sampler.num_batches())
+        # The epoch's rate (its first batch's under a per-batch decay, which _train_epoch
+        # sets batch by batch): the metrics row reads the same after a mid-epoch resume.
+        lr = lr_now(cfg, run.epoch, 0, sampler.num_batches())
         for g in run.opt.param_groups:
             g["lr"] = lr
         sampler.set_epoch(run.epoch, run.batch)
