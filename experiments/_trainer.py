@@ -340,7 +340,7 @@ def _new_optimizer(run: _Run) -> None:
         # Static shapes: a short last batch costs one more compilation, not a dynamic graph.
         run.model = torch.compile(run.model, dynamic=False)
     run.params = [p for p in net.parameters() if p.requires_grad]
-    lr = lr_now(cfg, run.epoch, run.batch, 1)
+    lr = lr_now(cfg, run.epoch, 0, 1)  # the epoch's first rate; _train_epoch sets each batch's
     run.opt = torch.optim.SGD(
         run.params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
