@@ -176,6 +176,33 @@ def _reference_vjp(ctx, g, y, weight, scale, shift):
     return (*(next(grads) if n else None for n in need), None, None)
 
 
+def biased_symmetric_layer(y: Tensor, weight: Tensor, bias: Tensor, negate: bool = False) -> Tensor:
+    """``F(θ, Y) = -Kᵀ relu(K Y + b)``: the symmetric layer with N an elementwise bias.
+
+    The normalization of the stable configuration (``normalization="bias"``). Its gain is 1,
+    so the Jacobian ``-Kᵀ D K`` (``0 <= D <= I``) has its eigenvalues in ``[-ρ(KᵀK), 0]`` and
+    the rate a solver sees is ``ρ(KᵀK)`` exactly; ``F = -∇Φ`` with ``Φ = ½‖relu(KY + b)‖²``
+    convex, so a forward-Euler step with ``h ρ <= 2`` is non-expansive (the Convex
+    Potential Layer of Meunier et al., ICML 2022, is this step at ``h = 2/ρ``). A per-channel
+    scale adds nothing: it can be absorbed into ``K``.
+
+    Differentiated by plain autograd (so ``torch.func`` transforms and double backward
+    need no rule of their own).
+
+    Args:
+        y: ``(batch, c, height, width)``.
+        weight: ``(c_out, c, kh, kw)`` the kernel of K (odd sizes, zero-padded "same").
+        bias: ``(c_out,)``.
+        negate: return ``+Kᵀ relu(K Y + b)`` (the Hamiltonian network's ``dp/dt``).
+
+    Returns:
+        ``(batch, c, height, width)``.
+    """
+    pad = (weight.shape[-2] // 2, weight.shape[-1] // 2)
+    r = torch.relu(F.conv2d(y, weight, bias, padding=pad))
+    return F.conv_transpose2d(r, weight if negate else -weight, padding=pad)
+
+
 def resnet_layer(
     y: Tensor, weight1: Tensor, weight2: Tensor, scale: Tensor, shift: Tensor, eps: float = TV_EPS
 ) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch.nn.functional as F
@@ -59,7 +60,15 @@ class PDECNN(nn.Module):
             :meth:`Stage.set_solver`.
         bn_eps: ε of every BatchNorm (PyTorch's default 1e-5; the authors' code, and
             :meth:`from_paper`, use 1e-4: SPEC.md, "The whole network").
+        rhs_options: keyword arguments of every stage's dynamics beyond ``(channels, steps,
+            step_size, interpolation)``, e.g. ``{"normalization": "bias"}`` for the paper's
+            symmetric dynamics (the stable configuration, :func:`neuralpde.stability.constrain`).
         solver_options: ``step_size``/``rtol``/``atol``/torchdiffeq options for ``method``.
+
+    Raises:
+        ValueError: an unknown arch, widths the dynamics cannot take, a non-positive
+            ``bn_eps``.
+        TypeError: ``rhs_options`` the dynamics' constructor does not take.
 
     ``forward(x)``: ``x (batch, in_channels, height, width)`` -> logits
     ``(batch, num_classes)``; height and width must be divisible by ``2**(K-1)``.
@@ -77,6 +86,7 @@ class PDECNN(nn.Module):
         method: str | None = None,
         memory: str = "autograd",
         bn_eps: float = 1e-5,
+        rhs_options: dict[str, Any] | None = None,
         **solver_options: Any,
     ):
         super().__init__()
@@ -104,8 +114,19 @@ class PDECNN(nn.Module):
         self.opening = _conv_bn_relu(in_channels, widths[0], 3, bn_eps)
         self.stages = nn.ModuleList()
         self.connectors = nn.ModuleList()
+        rhs_options = dict(rhs_options or {})
+        try:
+            inspect.signature(rhs_cls).bind(
+                widths[0], steps, step_size, interpolation, **rhs_options
+            )
+        except TypeError as err:
+            raise TypeError(
+                f"PDECNN: rhs_options {sorted(rhs_options)} are not arguments of "
+                f"{rhs_cls.__name__}({err}); pass only what its constructor takes"
+            ) from None
+        self.rhs_options = rhs_options
         for k in range(len(widths) - 1):
-            stage = Stage(rhs_cls(widths[k], steps, step_size, interpolation))
+            stage = Stage(rhs_cls(widths[k], steps, step_size, interpolation, **rhs_options))
             stage.index = k
             self.stages.append(stage)
             self.connectors.append(_conv_bn_relu(widths[k], widths[k + 1], 1, bn_eps))

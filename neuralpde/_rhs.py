@@ -19,7 +19,14 @@ from torch import Tensor, nn
 
 import solvers
 
-from ._layers import TV_EPS, check_image, init_kernel, resnet_layer, symmetric_layer
+from ._layers import (
+    TV_EPS,
+    biased_symmetric_layer,
+    check_image,
+    init_kernel,
+    resnet_layer,
+    symmetric_layer,
+)
 from ._spectra import Spectrum, kernel_spectrum
 from ._weights import TimeWeights
 
@@ -27,14 +34,35 @@ from ._weights import TimeWeights
 STATES = ("single", "halves", "velocity")
 
 
+# The normalization N between K and σ in the symmetric layer: the paper's total-variation
+# normalization (gain up to |scale|/sqrt(ε)), an elementwise bias (gain 1: the rate is
+# ρ(KᵀK) exactly, what a stability guarantee needs; docs/concepts.md), or none.
+NORMALIZATIONS = ("tv", "bias", "none")
+
+
+def _check_normalization(normalization: str, who: str) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"{who}: normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
+        )
+
+
 def _symmetric_weights(
-    channels: int, n: int, T: float, interpolation: str, normalize: bool = True
+    channels: int, n: int, T: float, interpolation: str, normalization: str = "tv"
 ) -> TimeWeights:
     params = {"weight": torch.stack([init_kernel(channels, channels, 3, 3) for _ in range(n)])}
-    if normalize:
+    if normalization == "tv":
         params["scale"] = torch.ones(n, channels)
+    if normalization != "none":
         params["shift"] = torch.zeros(n, channels)
     return TimeWeights(params, T, interpolation)
+
+
+def _symmetric(y: Tensor, w: dict[str, Tensor], eps: float, negate: bool = False) -> Tensor:
+    """``∓Kᵀ σ(N(K y))`` with the normalization the weights ``w`` of θ(t) carry."""
+    if "scale" not in w and "shift" in w:
+        return biased_symmetric_layer(y, w["weight"], w["shift"], negate=negate)
+    return symmetric_layer(y, w["weight"], w.get("scale"), w.get("shift"), eps, negate=negate)
 
 
 def _check_images(y, channels: int | None, who: str, name: str) -> None:
@@ -318,30 +346,34 @@ class ParabolicRHS(RHS):
         steps: number of parameter sets (cells or knots) over ``[0, T]``.
         step_size: the training step ``h``; ``T = steps * h``.
         interpolation: ``"constant"`` (ResNet-like θ_j per step) or ``"linear"``.
-        normalize: ``False`` drops the normalization N (``F = -Kᵀ relu(K Y)``), the setting
-            of the discrete stability bound ``h <= 2 / ‖K‖²``.
+        normalization: N, ``"tv"`` (the paper's total-variation normalization, with a
+            per-channel scale and shift), ``"bias"`` (``N(z) = z + b``: gain 1, so the rate
+            is exactly ``ρ(KᵀK)`` and ``h ρ <= 2`` makes a forward-Euler step
+            non-expansive) or ``"none"`` (``F = -Kᵀ relu(K Y)``).
 
     ``forward(t, y)``: ``t`` 0-d tensor, ``y (batch, c, h, w)`` -> ``(batch, c, h, w)``.
     """
 
     default_method = "euler"
 
-    def __init__(self, channels, steps=3, step_size=1.0, interpolation="constant", normalize=True):
+    def __init__(
+        self, channels, steps=3, step_size=1.0, interpolation="constant", normalization="tv"
+    ):
         super().__init__(channels, steps, step_size, interpolation)
-        self.normalize = normalize
+        _check_normalization(normalization, type(self).__name__)
+        self.normalization = normalization
         self.eps = TV_EPS
-        self.theta = _symmetric_weights(channels, steps, self.T, interpolation, normalize)
+        self.theta = _symmetric_weights(channels, steps, self.T, interpolation, normalization)
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         check_image(y, self.channels, type(self).__name__, "y")
-        w = self.theta(t)
-        return symmetric_layer(y, w["weight"], w.get("scale"), w.get("shift"), self.eps)
+        return _symmetric(y, self.theta(t), self.eps)
 
     def spectrum(self, height, width, *, iters=500, tol=1e-6, seed=0) -> Spectrum:
         """A mode of ``Y' = -KᵀDK Y`` (``0 <= D <= I``) decays at a rate up to ``ρ(KᵀK)``:
         ``"dissipative"`` with ``z = ρ``; forward Euler needs ``h <= 2/ρ``."""
         rho = kernel_spectrum(self.theta.weight, height, width, iters=iters, tol=tol, seed=seed)
-        return Spectrum("dissipative", {"K": rho}, rho, self.normalize)
+        return Spectrum("dissipative", {"K": rho}, rho, self.normalization == "tv")
 
     def rates(self, rho):
         """``z = ρ(KᵀK)`` per parameter set (see :meth:`spectrum`)."""
@@ -400,7 +432,7 @@ class HamiltonianRHS(RHS):
 
     Args:
         channels: ``c``, even; the stage input ``(batch, c, h, w)`` is split in halves.
-        steps, step_size, interpolation: as :class:`ParabolicRHS`.
+        steps, step_size, interpolation, normalization: as :class:`ParabolicRHS`.
 
     ``forward(t, (q, p))`` -> ``(dq/dt, dp/dt)``, each ``(batch, c/2, h, w)``.
     ``separable`` is the pair ``(f_q, f_p)`` for the symplectic steppers.
@@ -409,24 +441,26 @@ class HamiltonianRHS(RHS):
     state = "halves"
     default_method = "symplectic_euler"
 
-    def __init__(self, channels, steps=3, step_size=1.0, interpolation="constant"):
+    def __init__(
+        self, channels, steps=3, step_size=1.0, interpolation="constant", normalization="tv"
+    ):
         super().__init__(channels, steps, step_size, interpolation)
+        _check_normalization(normalization, type(self).__name__)
         half = channels // 2
+        self.normalization = normalization
         self.eps = TV_EPS
-        self.theta_q = _symmetric_weights(half, steps, self.T, interpolation)
-        self.theta_p = _symmetric_weights(half, steps, self.T, interpolation)
+        self.theta_q = _symmetric_weights(half, steps, self.T, interpolation, normalization)
+        self.theta_p = _symmetric_weights(half, steps, self.T, interpolation, normalization)
 
     def f_q(self, t: Tensor, p: Tensor) -> Tensor:
         """``dq/dt = F_sym(θ1(t), p)``; ``p (batch, c/2, h, w)``."""
         check_image(p, self.channels // 2, "HamiltonianRHS.f_q", "p")
-        w = self.theta_q(t)
-        return symmetric_layer(p, w["weight"], w["scale"], w["shift"], self.eps)
+        return _symmetric(p, self.theta_q(t), self.eps)
 
     def f_p(self, t: Tensor, q: Tensor) -> Tensor:
         """``dp/dt = -F_sym(θ2(t), q)``; ``q (batch, c/2, h, w)``."""
         check_image(q, self.channels // 2, "HamiltonianRHS.f_p", "q")
-        w = self.theta_p(t)
-        return symmetric_layer(q, w["weight"], w["scale"], w["shift"], self.eps, negate=True)
+        return _symmetric(q, self.theta_p(t), self.eps, negate=True)
 
     def spectrum(self, height, width, *, iters=500, tol=1e-6, seed=0) -> Spectrum:
         """``Y' = -A Z``, ``Z' = B Y`` (``A = K1ᵀD1K1``, ``B = K2ᵀD2K2``) oscillates with
@@ -435,7 +469,7 @@ class HamiltonianRHS(RHS):
         k1 = kernel_spectrum(self.theta_q.weight, height, width, **kw)
         k2 = kernel_spectrum(self.theta_p.weight, height, width, **kw)
         rates = [(math.sqrt(a[0] * b[0]), math.sqrt(a[1] * b[1])) for a, b in zip(k1, k2)]
-        return Spectrum("oscillatory", {"K1": k1, "K2": k2}, rates, True)
+        return Spectrum("oscillatory", {"K1": k1, "K2": k2}, rates, self.normalization == "tv")
 
     def rates(self, rho):
         """``z = sqrt(ρ(K1ᵀK1) ρ(K2ᵀK2))`` per parameter set (see :meth:`spectrum`)."""
@@ -450,7 +484,7 @@ class SecondOrderRHS(RHS):
     ``Y_{j+1} = 2Y_j - Y_{j-1} + h² F(θ_j, Y_j)``, ``Y_{-1} = Y_0``.
 
     Args:
-        channels, steps, step_size, interpolation: as :class:`ParabolicRHS`.
+        channels, steps, step_size, interpolation, normalization: as :class:`ParabolicRHS`.
 
     ``forward(t, (q, p))`` -> ``(p, F_sym(θ(t), q))``, each ``(batch, c, h, w)``.
     ``separable`` is the pair ``(f_q, f_p)`` for the symplectic steppers.
@@ -459,10 +493,14 @@ class SecondOrderRHS(RHS):
     state = "velocity"
     default_method = "leapfrog"
 
-    def __init__(self, channels, steps=3, step_size=1.0, interpolation="constant"):
+    def __init__(
+        self, channels, steps=3, step_size=1.0, interpolation="constant", normalization="tv"
+    ):
         super().__init__(channels, steps, step_size, interpolation)
+        _check_normalization(normalization, type(self).__name__)
+        self.normalization = normalization
         self.eps = TV_EPS
-        self.theta = _symmetric_weights(channels, steps, self.T, interpolation)
+        self.theta = _symmetric_weights(channels, steps, self.T, interpolation, normalization)
 
     def f_q(self, t: Tensor, p: Tensor) -> Tensor:
         """``dq/dt = p``."""
@@ -471,15 +509,14 @@ class SecondOrderRHS(RHS):
     def f_p(self, t: Tensor, q: Tensor) -> Tensor:
         """``dp/dt = F_sym(θ(t), q)``; ``q (batch, c, h, w)``."""
         check_image(q, self.channels, "SecondOrderRHS.f_p", "q")
-        w = self.theta(t)
-        return symmetric_layer(q, w["weight"], w["scale"], w["shift"], self.eps)
+        return _symmetric(q, self.theta(t), self.eps)
 
     def spectrum(self, height, width, *, iters=500, tol=1e-6, seed=0) -> Spectrum:
         """``Y'' = -KᵀDK Y`` oscillates with ``ω = sqrt(λ) <= sqrt(ρ)``: ``"oscillatory"``
         with ``z = sqrt(ρ)``; leapfrog needs ``h² ρ <= 4``."""
         rho = kernel_spectrum(self.theta.weight, height, width, iters=iters, tol=tol, seed=seed)
         rates = [(math.sqrt(lo), math.sqrt(hi)) for lo, hi in rho]
-        return Spectrum("oscillatory", {"K": rho}, rates, True)
+        return Spectrum("oscillatory", {"K": rho}, rates, self.normalization == "tv")
 
     def rates(self, rho):
         """``z = sqrt(ρ(KᵀK))`` per parameter set (see :meth:`spectrum`)."""

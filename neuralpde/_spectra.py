@@ -252,3 +252,53 @@ def kernel_spectrum(
         )
     up = [math.prod(symbol_bound(k[j], height, width) for k in ks) for j in range(n)]
     return list(zip(rho.tolist(), up))
+
+
+def symbol_rho(kernels: Tensor, height: int, width: int) -> Tensor:
+    """A rigorous upper bound of ``ρ(KᵀK) = ‖K‖²`` per kernel, differentiable in the kernels.
+
+    The bound of :func:`symbol_bound` for kernels of any odd size ``kh × kw``: the
+    zero-padded "same" convolution on ``height × width`` is a restriction of the circular
+    one on the ``(height + kh//2) × (width + kw//2)`` torus, whose singular values are those
+    of the kernel's symbol ``Ŵ(ω)`` at that torus's frequencies (Sedghi, Gupta & Long,
+    "The singular values of convolutional layers", ICLR 2019). The value is the largest
+    eigenvalue of ``Ŵ(ω)ᴴŴ(ω)`` over the frequencies, computed in float64 without
+    gradient; the gradient is that of ``‖Ŵ(ω*) v‖²`` at the maximizing frequency ``ω*``
+    and top singular vector ``v``, which equals the value and is the derivative of the
+    largest singular value where it is simple (the device of spectral normalization,
+    Miyato et al., ICLR 2018, with a rigorous value instead of a power-iteration estimate).
+
+    Args:
+        kernels: ``(n, c_out, c_in, kh, kw)``, odd ``kh`` and ``kw``.
+        height, width: the image size the convolutions act on.
+
+    Returns:
+        ``(n,)`` in the kernels' dtype: ``max_ω λ_max(Ŵ(ω)ᴴŴ(ω))`` per kernel.
+    """
+    n, c_out, c_in, kh, kw = kernels.shape
+    size = (height + kh // 2, width + kw // 2)
+    with torch.no_grad():
+        # Ŵ(-ω) is the conjugate of Ŵ(ω): the half spectrum of rfft2 holds every value.
+        sym = torch.fft.rfft2(kernels.detach().to(torch.float64), s=size)
+        sym = sym.permute(0, 3, 4, 1, 2).reshape(n, -1, c_out, c_in)
+        gram = sym.mH @ sym
+        lam = torch.linalg.eigvalsh(gram)[..., -1]
+        best = lam.argmax(dim=1)
+        vec = torch.linalg.eigh(gram[torch.arange(n), best]).eigenvectors[..., -1]
+        # The frequencies of the rfft2 grid, in the order of the flattened (N1, N2 // 2 + 1).
+        f1 = torch.fft.fftfreq(size[0], dtype=torch.float64)
+        f2 = torch.fft.rfftfreq(size[1], dtype=torch.float64)
+        w1, w2 = f1[best // f2.numel()], f2[best % f2.numel()]
+        a = torch.arange(kh, dtype=torch.float64)
+        b = torch.arange(kw, dtype=torch.float64)
+        phase = torch.exp(
+            -2j
+            * math.pi
+            * (w1.view(n, 1, 1) * a.view(1, kh, 1) + w2.view(n, 1, 1) * b.view(1, 1, kw))
+        )
+        value = lam.amax(dim=1)
+    # Ŵ(ω*) v, differentiable in the kernels: (n, c_out).
+    wv = torch.einsum("noiab,nab,ni->no", kernels.to(torch.complex128), phase, vec)
+    surrogate = wv.abs().pow(2).sum(dim=1)
+    # The exact value, with the surrogate's gradient (they agree to round-off).
+    return (value + (surrogate - surrogate.detach())).to(kernels.dtype)

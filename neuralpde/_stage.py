@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 import solvers
 
@@ -304,7 +305,10 @@ class Stage(nn.Module):
                 options=opts or {},
                 check_finite=self.check_finite,
             )
-            sol = solvers.solve(func, rhs.to_state(x), t, solver, save="final")
+            # A constrained kernel (neuralpde.stability.constrain) is computed once per
+            # forward pass, not at every evaluation of the right-hand side.
+            with parametrize.cached():
+                sol = solvers.solve(func, rhs.to_state(x), t, solver, save="final")
         except solvers.NonFiniteError as err:
             raise solvers.NonFiniteError(f"{self._name()}: {err}", t=err.t, step=err.step) from err
         except solvers.SolverError as err:

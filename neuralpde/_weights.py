@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 INTERPOLATIONS = ("constant", "linear")
 
@@ -197,12 +198,18 @@ class TimeWeights(nn.Module):
         lo, hi = lo.to(device), hi.to(device)
         with torch.no_grad():
             for name in self.names:
-                old = getattr(self, name)
+                # A parametrized θ (neuralpde.stability.constrain) prolongates its raw values;
+                # the parametrization applies to the new ones as it did to the old.
+                owner = (
+                    self.parametrizations[name] if parametrize.is_parametrized(self, name) else self
+                )
+                key = "original" if owner is not self else name
+                old = getattr(owner, key)
                 a, b = old.index_select(0, lo), old.index_select(0, hi)
                 wp = w.to(device=device, dtype=old.dtype).reshape(-1, *([1] * (old.dim() - 1)))
                 # a + w·(b − a): exact where b == a, so a constant θ stays bit for bit.
                 value = a + wp * (b - a)
-                setattr(self, name, nn.Parameter(value, requires_grad=old.requires_grad))
+                setattr(owner, key, nn.Parameter(value, requires_grad=old.requires_grad))
         self.n = new_n
         if self.interpolation == "constant":
             knots = torch.arange(new_n, dtype=torch.float64) * (self.T / new_n)

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 import solvers
 
@@ -40,16 +41,20 @@ from ._spectra import _conv, _conv_normal_op
 from ._spectra import kernel_spectrum as kernel_spectrum
 from ._spectra import power_iteration as power_iteration
 from ._spectra import symbol_bound as symbol_bound
+from ._spectra import symbol_rho as symbol_rho
 from ._stage import Stage
 
 __all__ = [
+    "RateBound",
     "Report",
     "Spectrum",
     "StabilityPenalty",
+    "constrain",
     "kernel_spectrum",
     "power_iteration",
     "report",
     "symbol_bound",
+    "symbol_rho",
 ]
 
 COLUMNS = (
@@ -510,3 +515,142 @@ class StabilityPenalty(nn.Module):
         if total is None:
             return torch.zeros(())
         return total
+
+
+class RateBound(nn.Module):
+    """The parametrization ``K -> K · min(1, sqrt(cap / ρ̄(K)))`` of a stack of kernels.
+
+    ``ρ̄`` is :func:`symbol_rho`, a rigorous upper bound of ``ρ(KᵀK)`` at the stage's image
+    size, so every kernel the parametrization returns has ``ρ(KᵀK) <= cap``, whatever the
+    raw parameter holds: a kernel inside the bound is returned unchanged, one outside it is
+    scaled onto it (spectral normalization, Miyato et al., ICLR 2018, with a rigorous
+    norm; Convex Potential Layers, Meunier et al., ICML 2022, scale onto ``h = 2/‖K‖²``).
+    Registered by :func:`constrain` through ``torch.nn.utils.parametrize``.
+
+    Args:
+        cap: the largest allowed ``ρ(KᵀK)``.
+        height, width: the image size the kernels act on.
+
+    ``forward(K)``: ``K (n, c_out, c_in, kh, kw)`` -> the same shape.
+    """
+
+    def __init__(self, cap: float, height: int, width: int):
+        super().__init__()
+        if not (isinstance(cap, float) and math.isfinite(cap) and cap > 0):
+            raise ValueError(f"RateBound: cap must be a positive finite float, got {cap!r}")
+        self.cap, self.height, self.width = cap, int(height), int(width)
+
+    def forward(self, kernels: Tensor) -> Tensor:
+        rho = symbol_rho(kernels, self.height, self.width)
+        # 1 - 1e-5: the product K·scale is rounded to the kernels' dtype; the margin keeps
+        # ρ̄ of the rounded kernel below the cap.
+        scale = (self.cap * (1 - 1e-5) / rho).clamp(max=1.0).sqrt()
+        return kernels * scale.view(-1, *([1] * (kernels.dim() - 1)))
+
+    def right_inverse(self, kernels: Tensor) -> Tensor:
+        # Assigning a kernel stores it as the raw value (the bound applies when it is read).
+        return kernels
+
+    def extra_repr(self) -> str:
+        return f"cap={self.cap:.6g}, size={self.height}x{self.width}"
+
+
+def _rate_homogeneity(rhs: nn.Module, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(g1, p)``: the rates at ``ρ = 1`` for every kernel, and their degree in ``ρ``.
+
+    The built-in dynamics' rates are ``ρ``, ``sqrt(ρ1 ρ2)`` and ``sqrt(ρ)``: positively
+    homogeneous in the kernels' ``ρ`` and non-decreasing in each, so capping every ``ρ`` at
+    one common value caps the rate.
+    """
+
+    def rates_at(value: float) -> Tensor:
+        return rhs.rates(lambda w: torch.full((w.shape[0],), value, dtype=torch.float64))
+
+    g1, g4 = rates_at(1.0), rates_at(4.0)
+    p = torch.log(g4 / g1) / math.log(4.0)
+    if not (torch.isfinite(p).all() and (p > 0).all() and torch.allclose(p, p[0])):
+        raise ValueError(
+            f"constrain: {type(rhs).__name__}.rates is not positively homogeneous in the "
+            "kernels' rho (rates(4 rho) = 4**p rates(rho) with one p > 0), so capping each "
+            "kernel cannot cap the rate; constrain its kernels yourself with "
+            "neuralpde.stability.RateBound"
+        )
+    return g1, p[0]
+
+
+def constrain(net: nn.Module, input_shape: tuple[int, ...], *, fraction: float = 0.5):
+    """Make every stage stable by construction: ``h z_j <= fraction · c`` for every θ_j.
+
+    For each stage whose dynamics declares a step limit (:meth:`~neuralpde.RHS.spectrum`)
+    and its rates (:meth:`~neuralpde.RHS.rates`), every kernel the rates are computed from
+    is parametrized by :class:`RateBound` (``torch.nn.utils.parametrize``), with the cap
+    that puts the rate ``z_j`` at ``fraction`` of the limit ``c/h`` of the stage's method
+    and step: forward Euler ``c = 2`` on a parabolic stage, symplectic Euler and leapfrog
+    ``c = 2`` on an oscillatory one. The bound is rigorous (:func:`symbol_rho`), holds
+    after every optimizer step whatever the optimizer does (the parametrization reads the
+    raw parameter each forward pass), and covers the whole linearization where the
+    normalization's gain is 1 (``normalization="bias"`` or ``"none"``); with the paper's
+    TV normalization the rate describes ``K`` alone (:func:`report` says so). A step
+    finer than the stage's at constrain time only moves ``h z`` further inside the limit.
+
+    Rates must be positively homogeneous and non-decreasing in each kernel's ``ρ`` (the
+    built-in dynamics' are): every kernel is capped at one common ``ρ``. Dynamics without a
+    limit (the ResNet control) and adaptive stages are left as they are.
+
+    Args:
+        net: a :class:`~neuralpde.PDECNN`, a :class:`~neuralpde.Stage` or a sequence of
+            stages, in the scheme it will be trained with (method and step).
+        input_shape: the network input ``(channels, height, width)``; stage ``k`` runs at
+            ``height // 2**k``. The bound holds at that size.
+        fraction: of the method's limit, in ``(0, 1]``.
+
+    Returns:
+        ``net``, in place. The raw kernels are
+        ``<theta>.parametrizations.weight.original`` in ``named_parameters`` and
+        ``state_dict``: load a checkpoint of a constrained network into a network
+        constrained the same way.
+
+    Raises:
+        ValueError: ``fraction`` outside ``(0, 1]``; a stage already constrained; a
+            dynamics that declares a limit but no rates, whose rates are not homogeneous,
+            or that asks ``rho`` for a tensor that is not a kernel of its
+            :class:`~neuralpde.TimeWeights`.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise ValueError(f"constrain: fraction must be a number in (0, 1], got {fraction!r}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"constrain: fraction must be in (0, 1], got {fraction!r}")
+    stages = _stages(net)
+    sizes = _sizes(input_shape, len(stages))
+    for k, (stage, (height, width)) in enumerate(zip(stages, sizes)):
+        rhs = stage.rhs
+        model = _stability_model(rhs, height, width)
+        if model is None or stage.kind == "adaptive":
+            continue
+        c = _unit_limit(stage.method, model)
+        if not c:
+            continue
+        kernels = StabilityPenalty._declared(stage, model)
+        owners = {
+            id(getattr(w, name)): (w, name)
+            for w in rhs.thetas()
+            for name in w.names
+            if not parametrize.is_parametrized(w, name)
+        }
+        targets = []
+        for kernel in kernels:
+            if id(kernel) not in owners:
+                if any(parametrize.is_parametrized(w) for w in rhs.thetas()):
+                    raise ValueError(f"constrain: stage {k} is constrained already")
+                raise ValueError(
+                    f"constrain: {type(rhs).__name__}.rates asks rho for a tensor that is not "
+                    "a parameter of one of its TimeWeights; pass the kernel parameter "
+                    "itself (e.g. rho(self.theta.weight))"
+                )
+            targets.append(owners[id(kernel)])
+        g1, p = _rate_homogeneity(rhs, rhs.steps, torch.float64)
+        rate_cap = fraction * c / stage.step_size
+        cap = float((rate_cap / g1).min() ** (1.0 / p))
+        for w, name in targets:
+            parametrize.register_parametrization(w, name, RateBound(cap, height, width))
+    return net

@@ -133,7 +133,7 @@ def test_parabolic_jacobian_factors_as_minus_Kt_M_K(seed):
 def test_unnormalized_parabolic_jacobian_is_symmetric_nsd():
     # Without N the Jacobian is exactly -Kᵀ diag(relu'(K y)) K: symmetric and NSD.
     torch.manual_seed(0)
-    rhs = randomize(neuralpde.ParabolicRHS(2, steps=1, normalize=False))
+    rhs = randomize(neuralpde.ParabolicRHS(2, steps=1, normalization="none"))
     y = torch.randn(1, 2, 4, 4)
     J = torch.autograd.functional.jacobian(lambda x: rhs(torch.tensor(0.0), x), y).reshape(32, 32)
     assert torch.allclose(J, J.T, atol=1e-12)

@@ -142,7 +142,7 @@ def linear_growth(s, h, n_steps=400):
 @pytest.mark.parametrize("arch", ["parabolic", "second_order", "hamiltonian"])
 def test_violating_step_is_flagged_and_suggested_step_is_stable(arch):
     s = (
-        stage(arch, steps=1, gain=2.0, normalize=False)
+        stage(arch, steps=1, gain=2.0, normalization="none")
         if arch == "parabolic"
         else stage(arch, steps=1, gain=2.0)
     )
@@ -167,7 +167,7 @@ def test_violating_step_is_flagged_and_suggested_step_is_stable(arch):
 def test_unnormalized_parabolic_stage_is_nonexpansive_at_suggested_step():
     # F = -∇Φ, Φ = ½‖relu(KY)‖² convex and ρ-smooth: Euler with h <= 2/ρ is non-expansive.
     torch.manual_seed(2)
-    s = stage("parabolic", steps=3, gain=1.5, normalize=False).double()
+    s = stage("parabolic", steps=3, gain=1.5, normalization="none").double()
     s.set_solver(step_size=stability.report(s, (4, 8, 8)).suggestions()[0])
     x = torch.randn(16, 4, 8, 8, dtype=torch.float64)
     dx = 1e-1 * torch.randn_like(x)
