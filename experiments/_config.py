@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ PAPER_DATASETS = ("cifar10", "cifar100", "stl10")
 NAN_POLICIES = ("stop", "skip")
 LR_DECAYS = ("step", "cosine")
 MEMORY_MODES = ("autograd", "reversible", "adjoint")
+NORMALIZATIONS = ("tv", "bias", "none")
 
 
 @dataclass
@@ -29,7 +31,10 @@ class TrainConfig:
     half cosine, batch by batch (:func:`lr_now`); ``compile`` runs the network through
     ``torch.compile`` (inductor) in training and validation; ``smoothness`` is α1 of the paper's time-smoothness regularizer and
     ``weight_decay`` its α2; ``recipe`` names the paper data set whose recipe
-    ``preset="paper"`` uses; ``bn_eps`` is the BatchNorm ε. Each stage has ``steps`` parameter sets over ``T = steps``
+    ``preset="paper"`` uses; ``bn_eps`` is the BatchNorm ε; ``normalization`` is N of the
+    symmetric dynamics (``"tv"``, the paper's; ``"bias"``; ``"none"``) and ``rate_bound``,
+    when positive, the fraction of the training method's stability limit that every
+    parameter set's rate is held to by :func:`neuralpde.stability.constrain`. Each stage has ``steps`` parameter sets over ``T = steps``
     (h = 1, the paper's); ``solver`` and ``step_size`` say how training integrates it. Build one with :func:`resolve_config` to get the recipe's
     defaults filled in and the options checked.
     """
@@ -69,6 +74,8 @@ class TrainConfig:
     random_steps: list[float] = field(default_factory=list)
     stability_penalty: float = 0.0
     stability_margin: float = 1.0
+    normalization: str = "tv"
+    rate_bound: float = 0.0
     compile: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,7 +147,14 @@ QUICK_RECIPE: dict[str, Any] = {
 QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {"second_order": {"step_size": 0.25}}
 # The options that choose how training discretizes θ(t); giving any of them replaces the
 # arch's default above.
-STRATEGY_KEYS = {"solver", "step_size", "multilevel", "random_steps", "stability_penalty"}
+STRATEGY_KEYS = {
+    "solver",
+    "step_size",
+    "multilevel",
+    "random_steps",
+    "stability_penalty",
+    "rate_bound",
+}
 
 
 def scale_schedule(schedule: list[list[float]], epochs: int, lr: float | None) -> list[list[float]]:
@@ -296,10 +310,19 @@ def resolve_config(base: TrainConfig | None = None, **given: Any) -> TrainConfig
     else:
         cfg.lr_schedule = scale_schedule(recipe["lr_schedule"], epochs, given.get("lr"))
     cfg.epochs = epochs
+    if "normalization" not in given and not _takes_normalization(cfg.arch):
+        # The recipe's normalization is for the symmetric dynamics; the ResNet control
+        # (and a user's dynamics without the option) keeps its own.
+        cfg.normalization = "tv"
     if cfg.dataset == "imagefolder" and cfg.image_size is None:
         cfg.image_size = RECIPE_IMAGE_SIZE.get(cfg.recipe, 32)
     _check(cfg)
     return cfg
+
+
+def _takes_normalization(arch: str) -> bool:
+    cls = neuralpde.archs().get(arch)
+    return cls is not None and "normalization" in inspect.signature(cls).parameters
 
 
 def _check(cfg: TrainConfig) -> None:
@@ -407,6 +430,29 @@ def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
         raise ConfigError(f"--stability-penalty must be >= 0, got {cfg.stability_penalty}")
     if not (math.isfinite(cfg.stability_margin) and cfg.stability_margin > 0):
         raise ConfigError(f"--stability-margin must be positive, got {cfg.stability_margin}")
+    if cfg.normalization not in NORMALIZATIONS:
+        raise ConfigError(
+            f"--normalization must be one of {list(NORMALIZATIONS)}, got {cfg.normalization!r}"
+        )
+    if cfg.normalization != "tv" and not _takes_normalization(cfg.arch):
+        raise ConfigError(
+            f"--normalization {cfg.normalization}: the {cfg.arch} dynamics has no choice of "
+            "normalization (only parabolic, hamiltonian and second_order do); drop the option"
+        )
+    if not (math.isfinite(cfg.rate_bound) and 0 <= cfg.rate_bound <= 1):
+        raise ConfigError(
+            f"--rate-bound is a fraction of the stability limit in (0, 1] (0: off), got "
+            f"{cfg.rate_bound}"
+        )
+    if cfg.rate_bound and not fixed:
+        raise ConfigError(
+            f"--rate-bound holds h·z inside a fixed step's limit; --solver {cfg.solver} is adaptive"
+        )
+    if cfg.rate_bound and cfg.random_steps:
+        raise ConfigError(
+            "--rate-bound holds h·z for the training step, and --random-steps draws the step "
+            "per batch; use one of the two"
+        )
     if cfg.stability_penalty and not fixed:
         raise ConfigError(
             f"--stability-penalty bounds h·ρ for a fixed step; --solver {cfg.solver} is adaptive"
@@ -484,6 +530,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--stability-margin",
         type=float,
         help="the penalty allows h*rho up to this fraction of the stability limit (1)",
+    )
+    a(
+        "--normalization",
+        choices=NORMALIZATIONS,
+        help="N of the symmetric layer: tv (the paper's total-variation normalization), "
+        "bias (gain 1: stability can be guaranteed), none",
+    )
+    a(
+        "--rate-bound",
+        type=float,
+        help="hold every parameter set's h*z to this fraction of the training method's "
+        "stability limit, by construction (neuralpde.stability.constrain); 0: off",
     )
     a(
         "--compile",

@@ -62,7 +62,13 @@ def load_trained(checkpoint: str | Path, device="cpu"):
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
     d = state["data"]
-    net = build_model(cfg, d["in_channels"], d["num_classes"], level=state.get("level", 0))
+    net = build_model(
+        cfg,
+        d["in_channels"],
+        d["num_classes"],
+        level=state.get("level", 0),
+        image_size=d.get("image_size"),
+    )
     check_state_dict(net, state["model"], str(checkpoint))
     net.load_state_dict(state["model"])
     return net.to(device).eval(), cfg

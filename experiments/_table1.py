@@ -136,7 +136,13 @@ def _predictions(cfg, run: Path, data) -> dict[str, torch.Tensor]:
         return torch.load(pred, map_location="cpu", weights_only=True)
     # A run finished before predictions were saved: evaluate its best weights again.
     state = load_checkpoint(run / "best.pt")
-    net = build_model(cfg, data.in_channels, data.num_classes, level=state.get("level", 0))
+    net = build_model(
+        cfg,
+        data.in_channels,
+        data.num_classes,
+        level=state.get("level", 0),
+        image_size=data.image_size,
+    )
     net.load_state_dict(state["model"])
     test = evaluate(net.to(cfg.device), data.test, cfg.device, outputs=True)
     return {"probs": test["probs"], "labels": test["labels"]}
@@ -149,7 +155,7 @@ ROW_KEYS += ("train_seconds", "images_per_second")
 def _unfinished(cfg, run: Path, data) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The row and test predictions of a network still training: its best weights so far."""
     state = load_checkpoint(run / "best.pt")
-    net = build_model(cfg, data.in_channels, data.num_classes)
+    net = build_model(cfg, data.in_channels, data.num_classes, image_size=data.image_size)
     net.load_state_dict(state["model"])
     test = evaluate(net.to(cfg.device), data.test, cfg.device, outputs=True)
     rows = _metrics(run)

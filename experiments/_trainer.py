@@ -48,11 +48,20 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def build_model(
-    cfg: TrainConfig, in_channels: int, num_classes: int, level: int = 0
+    cfg: TrainConfig,
+    in_channels: int,
+    num_classes: int,
+    level: int = 0,
+    image_size: int | None = None,
 ) -> neuralpde.PDECNN:
     """The network a config describes (the paper's Table 1 network under ``preset="paper"``),
-    with θ(t) prolongated ``level`` times by 2 (multilevel training, :meth:`PDECNN.refine`)."""
+    with θ(t) prolongated ``level`` times by 2 (multilevel training, :meth:`PDECNN.refine`).
+
+    ``image_size`` (the input's height and width) is needed when ``cfg.rate_bound`` is set:
+    the constraint's bound holds at the stages' image sizes."""
     kw: dict[str, Any] = {"steps": cfg.steps, "bn_eps": cfg.bn_eps}
+    if cfg.normalization != "tv":
+        kw["rhs_options"] = {"normalization": cfg.normalization}
     if cfg.memory is not None:
         kw["memory"] = cfg.memory
     if cfg.preset == "paper":
@@ -61,6 +70,12 @@ def build_model(
         net = neuralpde.PDECNN(cfg.arch, in_channels, num_classes, tuple(cfg.widths), **kw)
     if cfg.solver is not None or cfg.step_size is not None:
         net.set_solver(cfg.solver, step_size=cfg.step_size)  # keeps the memory mode
+    if cfg.rate_bound:
+        if image_size is None:
+            raise ValueError("build_model: a config with rate_bound needs the image_size")
+        neuralpde.stability.constrain(
+            net, (in_channels, image_size, image_size), fraction=cfg.rate_bound
+        )
     for _ in range(level):
         net.refine(2)
     return net
@@ -289,7 +304,9 @@ def _setup(cfg: TrainConfig, data: DataSplits | None, resume: bool, log) -> _Run
     data = data if data is not None else load_data(cfg)
     data.to(device)  # resident images: normalization and augmentation run on the device
     level = refinements(cfg, state["epoch"]) if state is not None else 0
-    net = build_model(cfg, data.in_channels, data.num_classes, level=level)
+    net = build_model(
+        cfg, data.in_channels, data.num_classes, level=level, image_size=data.image_size
+    )
     run = _Run(cfg, data, device, rank, world, out, net, level=level)
     if run.main and cfg.dataset == "imagefolder" and data.layout and not resume:
         log(f"splits: {data.layout}")

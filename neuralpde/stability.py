@@ -593,7 +593,8 @@ def constrain(net: nn.Module, input_shape: tuple[int, ...], *, fraction: float =
     TV normalization the rate describes ``K`` alone (:func:`report` says so). A step
     finer than the stage's at constrain time only moves ``h z`` further inside the limit.
 
-    Rates must be positively homogeneous and non-decreasing in each kernel's ``ρ`` (the
+    Raw kernels outside the bound are scaled onto it first (the network's function changes
+    accordingly: constrain before training, not after). Rates must be positively homogeneous and non-decreasing in each kernel's ``ρ`` (the
     built-in dynamics' are): every kernel is capped at one common ``ρ``. Dynamics without a
     limit (the ResNet control) and adaptive stages are left as they are.
 
@@ -652,5 +653,11 @@ def constrain(net: nn.Module, input_shape: tuple[int, ...], *, fraction: float =
         rate_cap = fraction * c / stage.step_size
         cap = float((rate_cap / g1).min() ** (1.0 / p))
         for w, name in targets:
-            parametrize.register_parametrization(w, name, RateBound(cap, height, width))
+            bound = RateBound(cap, height, width)
+            with torch.no_grad():
+                # Raw kernels start on the bound, not far outside it: the parametrization is
+                # scale invariant there, and a raw kernel many times too large would learn
+                # at a fraction of the learning rate until weight decay shrank it.
+                getattr(w, name).copy_(bound(getattr(w, name)))
+            parametrize.register_parametrization(w, name, bound)
     return net
