@@ -7,6 +7,8 @@ the whole solver-swap table and writes ``study.md``, ``study.json`` and ``study.
     python -m experiments.ode_study                       # digits, 4 archs x 6 strategies
     python -m experiments.ode_study --archs parabolic --strategies paper,multilevel
     python -m experiments.ode_study --out runs/ode-study --resume
+    python -m experiments.ode_study --dataset imagefolder --data-root ../shared/data/cifar10-jpeg \
+        --budget cpu --archs parabolic --strategies paper,"rate bound 1/4" --images 2000
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from ._config import ARCHS
 from ._ode_study import STRATEGIES, study
+from ._table1 import budget_options
 
 
 def _names(choices):
@@ -48,11 +51,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="epochs of every run (default: the recipe's)")
     p.add_argument("--train-fraction", type=float, help="share of the training split")
     p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument(
+        "--budget",
+        choices=("cpu",),
+        help="the options of experiments.table1's budget (cpu: widths 16-32-64-64, 4 "
+        "epochs, lr 0.1 cosine-annealed, batch 125, compiled) instead of the quick recipe's",
+    )
+    p.add_argument("--images", type=int, help="evaluate each swap on the first N test images (all)")
+    p.add_argument(
+        "--nfe-sweep",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also sweep RK4 and dopri5 to the NFE that reaches the converged accuracy",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="runs/ode-study")
     p.add_argument("--resume", action="store_true", help="keep the pairs already done")
     a = p.parse_args(argv)
     base: dict = {"dataset": a.dataset}
+    if a.budget:
+        base.update(budget_options(a.budget))
     if a.data_root:
         base["data_root"] = a.data_root
     if a.widths:
@@ -61,7 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(a, k) is not None:
             base[k] = getattr(a, k)
     out = Path(a.out)
-    results = study(a.archs, a.strategies, out, base=base, device=a.device, resume=a.resume)
+    results = study(
+        a.archs,
+        a.strategies,
+        out,
+        base=base,
+        device=a.device,
+        resume=a.resume,
+        images=a.images,
+        nfe_sweep=a.nfe_sweep,
+    )
     print((out / "study.md").read_text())
     print(f"results in {out}/: study.md, study.json, study.png, and one run per pair")
     return 0 if results else 1

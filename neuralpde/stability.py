@@ -70,6 +70,11 @@ COLUMNS = (
     "ok",
     "suggested_step",
     "normalized",
+    "leaves_out",
+)
+# What a row's bound leaves out when a normalization sits between K and σ (spec.normalized).
+LEAVES_OUT_NORMALIZATION = (
+    "the normalization between K and σ (TV: gain up to |scale|/sqrt(ε), Jacobian not symmetric)"
 )
 
 
@@ -153,8 +158,17 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """Whether every row that has a bound satisfies it (rows with ``ok=None`` skip)."""
+        """Whether every row that has a bound satisfies its rigorous bound (rows with
+        ``ok=None`` skip)."""
         return all(r["ok"] is not False for r in self.rows)
+
+    @property
+    def proven(self) -> bool:
+        """Whether every stage that has a step limit is proven stable: every such row is
+        ``ok`` by a rigorous bound of its whole linearization (``leaves_out`` is ``None``).
+        A network without any step limit (the ResNet control) is not proven."""
+        limited = [r for r in self.rows if r["max_step"] is not None]
+        return bool(limited) and all(r["ok"] and r["leaves_out"] is None for r in limited)
 
     def suggestions(self) -> dict[int, float]:
         """``{stage: suggested_step}`` for the stages that have a suggestion.
@@ -263,10 +277,11 @@ def report(
     A dynamics whose ``spectrum`` returns ``None`` gets one row for the stage with
     ``step``, ``layer`` and every bound ``None``.
 
-    What is covered: the unnormalized layer exactly (for the parabolic one even
-    nonlinearly: a step ``h <= 2/ρ`` is non-expansive). The normalization ``N`` of the
-    trained layers is nonlinear with a gain up to ``|scale|/sqrt(ε)`` near zero, so for a
-    normalized layer (``normalized=True``) the bound describes ``K`` and ``D`` only.
+    What is covered: the layer without normalization or with an elementwise bias
+    (``normalization="bias"``), exactly (for the parabolic one even nonlinearly: a step
+    ``h <= 2/ρ`` is non-expansive). The paper's TV normalization ``N`` is nonlinear with a
+    gain up to ``|scale|/sqrt(ε)`` near zero, so for such a layer (``normalized=True``) the
+    bound describes ``K`` and ``D`` only, and ``leaves_out`` says so.
 
     Args:
         net: a :class:`~neuralpde.PDECNN`, a :class:`~neuralpde.Stage` or a sequence of
@@ -287,8 +302,12 @@ def report(
         for the two Hamiltonian layers, which share one ``max_step``; ``"K2K1"`` for the
         ResNet control), ``arch`` (the registered name, else the class name),
         ``method``, ``h`` (the stage's step, ``None`` if adaptive), ``rho``,
-        ``rho_upper``, ``max_step`` (from ``rho``), ``ok`` (``h <= max_step``; ``None``
-        without a bound), ``suggested_step`` and ``normalized``. ``suggested_step`` is per
+        ``rho_upper``, ``max_step`` (from ``rho``), ``ok`` (``h <= c / z_upper``, the limit
+        of the rigorous upper bound ``rho_upper``: a proof for what the bound covers;
+        ``None`` without a bound), ``suggested_step``, ``normalized`` and ``leaves_out``
+        (``None`` when the bound covers the whole linearization, else what it leaves out:
+        the TV normalization). :attr:`Report.proven`: every limited row ``ok`` with nothing
+        left out. ``suggested_step`` is per
         stage: the current ``h`` if it satisfies the rigorous bound from ``rho_upper``,
         else the largest ``T_cell / m`` (``m`` integer, ``T_cell`` the training step, so
         each step stays inside one cell of θ) that does.
@@ -331,9 +350,11 @@ def report(
                         "rho": rho,
                         "rho_upper": up,
                         "max_step": max_step,
-                        "ok": None if (max_step is None or h is None) else h <= max_step,
+                        # Rigorous: the step against the limit of the upper bound.
+                        "ok": None if (safe is None or h is None) else h <= safe,
                         "suggested_step": None,
                         "normalized": spec.normalized,
+                        "leaves_out": LEAVES_OUT_NORMALIZATION if spec.normalized else None,
                     }
                 )
         # No suggestion for adaptive steps, a dynamics without a step limit (the ResNet
