@@ -1,7 +1,7 @@
 """Which training strategy makes a trained θ(t) a good ODE, and at what cost.
 
-Each (arch, strategy) pair is one run of :func:`experiments.train`; its best weights are
-then evaluated under every row of :func:`experiments.solver_swap` and under RK4 and
+Each (arch, strategy) pair is one run of :func:`experiments.fit`; its best weights are
+then evaluated under every row of :func:`experiments.swap_table` and under RK4 and
 dopri5 sweeps, to find the NFE each needs to come within 0.5 points of the converged
 flow. Uses the public API only.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ._config import resolve_config
-from ._swap import solver_swap
-from ._trainer import NonFiniteLossError, train
+from ._swap import swap_table
+from ._trainer import NonFiniteLossError, fit
 
 # Every strategy sets every strategy option, so that none inherits the default recipe's.
 _PLAIN = {"step_size": None, "multilevel": [], "random_steps": [], "stability_penalty": 0.0}
@@ -96,7 +96,7 @@ def _nfe_to_converge(
     for name, plan in sweeps.items():
         out[name] = None
         for item in plan:
-            (row,) = solver_swap(ckpt, data=data, plan=[item], device=device, log=lambda *_: None)
+            (row,) = swap_table(ckpt, data=data, plan=[item], device=device, log=lambda *_: None)
             if math.isfinite(row["accuracy"]) and abs(row["accuracy"] - converged) <= CLOSE:
                 out[name] = row["nfe"]
                 break
@@ -119,12 +119,12 @@ def run_one(
     opts = _options(strategy, probe.epochs)
     cfg = resolve_config(arch=arch, out=str(out), device=device, **base, **opts)
     try:
-        report = train(cfg, data=data, log=lambda *_: None)
+        report = fit(cfg, data=data, log=lambda *_: None)
     except NonFiniteLossError as err:
         log(f"{arch:<13} {strategy:<18} diverged: {err}")
         return {"arch": arch, "strategy": strategy, "options": opts, "diverged": str(err)}
     ckpt = out / "best.pt"
-    rows = solver_swap(ckpt, data=data, device=device, log=lambda *_: None)
+    rows = swap_table(ckpt, data=data, device=device, log=lambda *_: None)
     # The converged flow: the table's dopri5 at rtol 1e-4 (atol 1e-5).
     ref = next(r for r in rows if r["solver"] == "dopri5 rtol=0.0001")
     finite = [r for r in rows if math.isfinite(r["accuracy"])]

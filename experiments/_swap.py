@@ -57,7 +57,7 @@ def swap_plan(
 
 
 def load_trained(checkpoint: str | Path, device="cpu"):
-    """``(network, config)`` from a ``best.pt``/``last.pt`` of :func:`experiments.train`;
+    """``(network, config)`` from a ``best.pt``/``last.pt`` of :func:`experiments.fit`;
     the network is in eval mode with the checkpoint's weights, verified before loading."""
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
@@ -78,7 +78,7 @@ def evaluate_solver(net, ds, device, batch_size: int = 500) -> dict[str, float]:
     return {"accuracy": r["accuracy"], "loss": r["loss"], "nfe": r["nfe"], "seconds": seconds}
 
 
-def solver_swap(
+def swap_table(
     checkpoint: str | Path,
     *,
     data=None,
@@ -175,7 +175,7 @@ def write_swap(rows: list[dict[str, Any]], out: Path, title: str) -> None:
 def swap_verdict(
     rows: list[dict[str, Any]], tolerance: float = 0.01
 ) -> neuralpde.ConvergenceVerdict:
-    """Whether the network of a :func:`solver_swap` table is a converged discretization of
+    """Whether the network of a :func:`swap_table` is a converged discretization of
     its ODE (:class:`neuralpde.ConvergenceVerdict`): its training scheme against half the
     step and against dopri5 at rtol 1e-4; ``print()`` it for the verdict in plain words.
 
@@ -189,7 +189,7 @@ def swap_verdict(
     missing = [n for n in need if n not in by]
     if missing:
         raise ValueError(
-            f"swap_verdict: the table has no {missing} row(s); run solver_swap with its "
+            f"swap_verdict: the table has no {missing} row(s); run swap_table with its "
             "default plan (swap_plan)"
         )
     return neuralpde.ConvergenceVerdict(

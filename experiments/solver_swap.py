@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ._checkpoint import CheckpointError
 from ._data import DatasetNotFoundError
-from ._swap import solver_swap, swap_verdict, write_swap
+from ._swap import swap_table, swap_verdict, write_swap
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--batch-size must be positive, got {args.batch_size}")
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     try:
-        rows = solver_swap(
+        rows = swap_table(
             args.checkpoint,
             data_root=args.data_root,
             device=args.device,

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import solvers
-from experiments import load_checkpoint, resolve_config, train
-from experiments._swap import solver_swap, swap_plan, write_swap
+from experiments import fit, load_checkpoint, resolve_config
+from experiments._swap import swap_plan, swap_table, write_swap
 from experiments.solver_swap import main
 
 
@@ -17,7 +17,7 @@ def trained(tmp_path_factory):
     cfg = resolve_config(
         arch="hamiltonian", widths=[8, 16], epochs=1, train_fraction=0.3, out=str(out)
     )
-    report = train(cfg, log=lambda *_: None)
+    report = fit(cfg, log=lambda *_: None)
     return out, report
 
 
@@ -34,7 +34,7 @@ def test_plan_covers_the_issue():
 def test_swap_keeps_weights_and_counts_evaluations(trained):
     out, report = trained
     before = load_checkpoint(out / "best.pt")["model"]
-    rows = {r["solver"]: r for r in solver_swap(out / "best.pt", log=lambda *_: None)}
+    rows = {r["solver"]: r for r in swap_table(out / "best.pt", log=lambda *_: None)}
     # The training scheme reproduces the test accuracy of training: nothing was changed.
     t = rows["training scheme"]
     assert t["accuracy"] == report["test_accuracy"] and t["method"] == "symplectic_euler"
@@ -86,7 +86,7 @@ def test_swap_restores_the_solver_the_network_was_trained_with(tmp_path, monkeyp
         arch="hamiltonian", widths=[4, 8], epochs=1, train_fraction=0.1, out=str(out),
         solver="verlet", step_size=0.5, memory="reversible",
     )  # fmt: skip
-    train(cfg, log=lambda *_: None)
+    fit(cfg, log=lambda *_: None)
     loaded = []
 
     def spy(checkpoint, device="cpu"):
@@ -100,7 +100,7 @@ def test_swap_restores_the_solver_the_network_was_trained_with(tmp_path, monkeyp
         {"label": "rk4", "method": "rk4", "step_size": 1.0},
         {"label": "dopri5", "method": "dopri5", "rtol": 1e-2, "atol": 1e-3},
     ]
-    rows = solver_swap(out / "best.pt", plan=plan, log=lambda *_: None)
+    rows = swap_table(out / "best.pt", plan=plan, log=lambda *_: None)
     assert [r["method"] for r in rows] == ["rk4", "dopri5"]
     assert all(r["accuracy"] == r["accuracy"] for r in rows)  # both ran (no NaN)
     ((net, trained),) = loaded
