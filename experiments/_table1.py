@@ -17,7 +17,7 @@ from ._checkpoint import load_checkpoint
 from ._config import NON_MATH_KEYS, PAPER_RECIPES, ConfigError, resolve_config
 from ._data import load_data
 from ._report import plot_confusion_grid, plot_probability_grid, plot_validation_curves
-from ._trainer import build_model, evaluate, train
+from ._trainer import build_model, evaluate, fit
 
 TABLE1_ARCHS = ("parabolic", "hamiltonian", "second_order", "resnet")
 
@@ -223,7 +223,7 @@ def table1(
     """Train the networks of Table 1 with one budget on the image folder ``data_root`` and
     write ``results.json``, ``results.md`` and the paper's Figs. 1, 3 and 4 to ``out``.
 
-    Each network trains through :func:`experiments.train` in ``out/<arch>``; with
+    Each network trains through :func:`experiments.fit` in ``out/<arch>``; with
     ``resume`` a finished network is kept (not retrained), a half-done one continues from
     its ``last.pt`` and one never started starts.
 
@@ -285,7 +285,7 @@ def table1(
                 continue
             half_done = resume and (run / "last.pt").is_file()
             log(f"[{k}/{len(archs)}] {arch}: {'resuming' if half_done else 'training'} in {run}")
-            train(cfg, data, resume=half_done, log=log)
+            fit(cfg, data, resume=half_done, log=log)
             runs[arch] = {"resumed": half_done, "kept": False}
         load_summary = load.summary()
     return write_table1(

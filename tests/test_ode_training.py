@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import neuralpde
-from experiments import ConfigError, load_checkpoint, resolve_config, train
+from experiments import ConfigError, fit, load_checkpoint, resolve_config
 from experiments._trainer import batch_step_size
 from neuralpde import PDECNN, ConvergenceVerdict, convergence_check
 from neuralpde.stability import StabilityPenalty, report
@@ -229,7 +229,7 @@ def test_each_strategy_resumes_exactly_after_sigkill(strategy, tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr.decode()
     clean = resolve_config(**OPTIONS, **options, out=str(tmp_path / "clean"))
-    train(clean, log=lambda *_: None)
+    fit(clean, log=lambda *_: None)
     assert _metrics(out / "metrics.csv") == _metrics(tmp_path / "clean" / "metrics.csv")
     a = load_checkpoint(out / "best.pt")
     b = load_checkpoint(tmp_path / "clean" / "best.pt")
@@ -241,7 +241,7 @@ def test_multilevel_run_ends_on_the_fine_level_and_loads_back(tmp_path):
     cfg = resolve_config(
         widths=[4, 4], epochs=3, train_fraction=0.2, multilevel=[2, 3], out=str(tmp_path)
     )
-    train(cfg, log=lambda *_: None)
+    fit(cfg, log=lambda *_: None)
     state = load_checkpoint(tmp_path / "best.pt")
     assert state["level"] == 2 and state["epoch"] == 3  # best chosen on the finest level
     from experiments._swap import load_trained

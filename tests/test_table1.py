@@ -16,6 +16,7 @@ import neuralpde
 from experiments import build_model, resolve_config
 from experiments._table1 import TABLE1_ARCHS, budget_options, pick_examples, table1
 from experiments.table1 import main
+from experiments.train import config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = Path(os.environ.get("NEURALPDE_CIFAR10_JPEG", ROOT.parent / "shared/data/cifar10-jpeg"))
@@ -23,15 +24,6 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 CLASSES += ["truck"]
 # Tiny runs skip compilation (a minute per network), which the cpu budget turns on.
 TINY = ["--epochs", "1", "--widths", "4,8", "--threads", "1", "--no-compile"]
-
-
-def _config_from_args(argv):
-    # Imported when called, not when this module is collected: importing the submodule
-    # experiments.train rebinds the package attribute `experiments.train` (the function)
-    # to the module for every test module collected after this one.
-    from experiments.train import config_from_args
-
-    return config_from_args(argv)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +138,7 @@ def test_cpu_budget_is_the_paper_recipe_reduced():
 
 @pytest.mark.parametrize("arch", ["parabolic", "hamiltonian", "second_order"])
 def test_paper_recipe_on_an_image_folder(arch):
-    cfg, resume = _config_from_args(
+    cfg, resume = config_from_args(
         [
             "--dataset",
             "imagefolder",
@@ -192,7 +184,7 @@ def test_paper_recipe_on_an_image_folder(arch):
 )
 def test_recipe_errors(argv, expected, capsys):
     with pytest.raises(SystemExit) as e:
-        _config_from_args(argv)
+        config_from_args(argv)
     assert e.value.code == 2 and expected in capsys.readouterr().err
 
 
