@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from . import _fixed_grid
 from ._errors import SolverError
 from ._grid import grid_constructor
+from ._pin import Pinned, owners
 from ._solver import DEFAULT_MAX_NUM_STEPS, Solver, Stats
 from ._state import check_derivative, parts, uncovered_tensors
 
@@ -42,10 +43,15 @@ class _Counter(nn.Module):
         self.nfe = 0
         self.steps = 0
         self.rejected = 0
+        self.pin: Pinned | None = None
 
     def forward(self, t, y):
         self.nfe += 1
-        out = self.func(t, y)
+        if self.pin is None:
+            out = self.func(t, y)
+        else:  # the adjoint's backward evaluates func with the forward's parameters
+            with self.pin.restored():
+                out = self.func(t, y)
         if self.nfe == 1:
             check_derivative(out, self.y0, self.method)
         return out
@@ -133,6 +139,7 @@ def integrate(
             kw["adjoint_params"] = tuple(params)
         for key, value in (solver.backward or {}).items():
             kw[f"adjoint_{key}"] = dict(value) if key == "options" else value
+        counter.pin = Pinned(owners((func,)), "adjoint")
     solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
     try:
         sol = solve(
@@ -148,7 +155,34 @@ def integrate(
         stats = Stats(nfe=counter.nfe, steps=counter.steps, rejected=counter.rejected)
     if final_only:
         sol = tuple(s[-1] for s in sol) if isinstance(sol, tuple) else sol[-1]
+    if adjoint:
+        # The final state alone is copied: torchdiffeq saves its output for the backward,
+        # and a stage's output is the caller's to modify in place (nn.ReLU(inplace=True)).
+        outs = _FirstOrder.apply(final_only, *parts(sol))
+        sol = outs if isinstance(sol, tuple) else outs[0]
     return sol, stats
+
+
+_ADJOINT_SECOND_ORDER = (
+    "memory='adjoint' differentiates once: torchdiffeq's adjoint backward is not itself "
+    "differentiable, so second derivatives (backward or grad with create_graph=True, as "
+    "gradient penalties, Hessians and Hessian-vector products need) would be silently "
+    "missing. Use memory='autograd' for them"
+)
+
+
+class _FirstOrder(torch.autograd.Function):
+    """The adjoint solution unchanged (or copied); its backward refuses a second order."""
+
+    @staticmethod
+    def forward(ctx, copy: bool, *ys):
+        return tuple(y.clone() if copy else y.view_as(y) for y in ys)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_ADJOINT_SECOND_ORDER)
+        return (None, *grads)
 
 
 def _check_resolution(solver: Solver, dtype: torch.dtype) -> None:
