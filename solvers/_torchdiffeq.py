@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -102,14 +103,17 @@ def integrate(
     options = dict(solver.options)
     adjoint = solver.memory == "adjoint"
     if sum(y.numel() for y in parts(y0)) == 0:
+        _warn_unsupported_callbacks(func, method)
         return _empty(func, y0, t, ts, method, final_only)
     if kind == "fixed" and _fixed_grid.supports(func, t, method, options, adjoint):
+        _warn_unsupported_callbacks(func, method)
         # torchdiffeq's numbers without its per-step syncs and wrappers (see _fixed_grid).
         sol, nfe, steps = _fixed_grid.integrate_fixed(
             func, y0, t, ts, method, solver.step_size, options, final_only
         )
         return sol, Stats(nfe=nfe, steps=steps)
     if method == "scipy_solver":
+        _warn_unsupported_callbacks(func, method)
         return _scipy(func, y0, t, ts, solver, final_only)
     if kind == "adaptive":
         _check_resolution(solver, parts(y0)[0].dtype)
@@ -185,6 +189,17 @@ class _FirstOrder(torch.autograd.Function):
         return (None, *grads)
 
 
+def _warn_unsupported_callbacks(func, method: str) -> None:
+    """torchdiffeq's warning for callbacks on ``func`` that ``method`` never calls (the
+    paths that do not go through torchdiffeq's own checks)."""
+    if SOLVERS is None:
+        return
+    defined = {n for n in _all_callback_names if hasattr(func, n)}
+    unsupported = defined - SOLVERS[method].valid_callbacks()
+    if unsupported:
+        warnings.warn(f"Solver '{method}' does not support callbacks {unsupported}", stacklevel=4)
+
+
 def _check_resolution(solver: Solver, dtype: torch.dtype) -> None:
     """Tolerances the state's dtype can resolve: the local error of a step is never below
     the round-off of ``y`` (about ``eps |y|``), so an error target ``atol + rtol |y|`` far
@@ -236,12 +251,6 @@ def _scipy(func, y0: Any, t: Tensor, ts: list[float], solver: Solver, final_only
     import scipy.integrate
 
     method = solver.method
-    if t.requires_grad:
-        raise ValueError(
-            f"{method}: gradients with respect to t are not supported by scipy_solver (scipy "
-            "integrates in NumPy, outside autograd); pass t without requires_grad, or use a "
-            "torchdiffeq method such as dopri5"
-        )
     options = dict(solver.options)
     extra = sorted(set(options) - _SCIPY_OPTIONS)
     if extra:
@@ -312,10 +321,38 @@ def _scipy(func, y0: Any, t: Tensor, ts: list[float], solver: Solver, final_only
             i_eval = i_new
     sol = torch.tensor(np.stack(rows)).to(device, dtype)
     out = tuple(v.reshape(len(ts), *sh) for v, sh in zip(sol.split(sizes, dim=1), shapes))
+    if t.requires_grad or any(y.requires_grad for y in state):
+        # The values stand (torchdiffeq returns them too); a gradient cannot be had.
+        out = _NoGradient.apply(t, *state, *out)
     out = out if isinstance(y0, tuple) else out[0]
     if final_only:
         out = tuple(o[-1] for o in out) if isinstance(y0, tuple) else out[-1]
     return out, Stats(nfe=counter.nfe, steps=steps)
+
+
+class _NoGradient(torch.autograd.Function):
+    """``scipy_solver``'s solution, attached to ``t`` and ``y0``: its backward is the named
+    error, raised only when a gradient is actually asked for."""
+
+    @staticmethod
+    def forward(ctx, t, *tensors):
+        return tensors[len(tensors) // 2 :]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        wanted = " and ".join(
+            name
+            for name, need in (
+                ("t", ctx.needs_input_grad[0]),
+                ("y0", any(ctx.needs_input_grad[1:])),
+            )
+            if need
+        )
+        raise ValueError(
+            f"scipy_solver: gradients with respect to {wanted} are not supported (scipy "
+            "integrates in NumPy, outside autograd); detach t and y0, or use a torchdiffeq "
+            "method such as dopri5"
+        )
 
 
 def _resolution(solver: Solver, dtype: torch.dtype) -> str:
