@@ -73,6 +73,8 @@ def _transformed(*tensors: Tensor | None) -> bool:
         return False
     if torch._C._are_functorch_transforms_active():
         return True
+    if torch.autograd.forward_ad._current_level < 0:  # no dual_level open: no tangents
+        return False
     return any(
         t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
         for t in tensors
@@ -116,9 +118,7 @@ class _SymmetricLayerFn(torch.autograd.Function):
     def forward(ctx, y, weight, scale, shift, eps, negate=False):
         device_type = y.device.type
         ctx.autocast = None
-        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(
-            device_type
-        ):
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
             ctx.autocast = (device_type, torch.get_autocast_dtype(device_type))
         z = F.conv2d(y, weight, padding=1)
         if scale is None:
@@ -203,7 +203,7 @@ def _reference_vjp(ctx, g, y, weight, scale, shift):
         out = -out if ctx.negate else out
         wanted = [t for t, n in zip(inputs, need) if n]
         grads = torch.autograd.grad(out, wanted, g.to(out.dtype), create_graph=create_graph)
-    grads = iter(g.to(t.dtype) for g, t in zip(grads, wanted))
+    grads = iter(d.to(t.dtype) for d, t in zip(grads, wanted))
     return (*(next(grads) if n else None for n in need), None, None)
 
 
