@@ -19,7 +19,7 @@ import torch
 from _common import machine
 from torch.utils.data import TensorDataset
 
-from experiments import DataSplits, resolve_config, train
+from experiments import DataSplits, fit, resolve_config
 
 
 def _synthetic(n_train: int, size: int = 32, classes: int = 10) -> DataSplits:
@@ -35,7 +35,7 @@ def _synthetic(n_train: int, size: int = 32, classes: int = 10) -> DataSplits:
 
 def _run(cfg, data=None) -> dict:
     cpu0 = time.process_time()
-    r = train(cfg, data, log=lambda *_: None)
+    r = fit(cfg, data, log=lambda *_: None)
     r["cpu"] = time.process_time() - cpu0
     return r
 

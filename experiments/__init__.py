@@ -1,7 +1,14 @@
 """Data, training, evaluation and figures for neuralpde (public API of neuralpde only).
 
-Command-line entry points: ``python -m experiments.train`` (the main job),
-``python -m experiments.solver_swap`` and ``python -m experiments.data_size``.
+Functions: :func:`fit` trains one configuration (what ``python -m experiments.train``
+runs), :func:`swap_table` evaluates a trained network under many solvers (what
+``python -m experiments.solver_swap`` runs). Commands, ``python -m experiments.NAME``:
+``train`` (the main job), ``solver_swap``, ``ode_study``, ``data_size``, ``table1`` and
+``stability``.
+
+A command's module and a public function never share a name: importing the module
+``experiments.NAME`` sets the package attribute ``NAME`` to the module, which would hide a
+function of that name (``tests/test_public_names.py``).
 """
 
 from ._checkpoint import CheckpointError as CheckpointError
@@ -13,13 +20,13 @@ from ._config import resolve_config as resolve_config
 from ._data import DatasetNotFoundError as DatasetNotFoundError
 from ._data import DataSplits as DataSplits
 from ._data import load_data as load_data
-from ._swap import solver_swap as solver_swap
 from ._swap import swap_plan as swap_plan
+from ._swap import swap_table as swap_table
 from ._swap import swap_verdict as swap_verdict
 from ._trainer import NonFiniteLossError as NonFiniteLossError
 from ._trainer import build_model as build_model
 from ._trainer import evaluate as evaluate
-from ._trainer import train as train
+from ._trainer import fit as fit
 
 __all__ = [
     "CheckpointError",
@@ -30,12 +37,12 @@ __all__ = [
     "TrainConfig",
     "build_model",
     "evaluate",
+    "fit",
     "load_checkpoint",
     "load_data",
     "resolve_config",
     "save_checkpoint",
-    "solver_swap",
     "swap_plan",
+    "swap_table",
     "swap_verdict",
-    "train",
 ]

@@ -314,6 +314,11 @@ def resolve_config(base: TrainConfig | None = None, **given: Any) -> TrainConfig
     else:
         cfg.lr_schedule = scale_schedule(recipe["lr_schedule"], epochs, given.get("lr"))
     cfg.epochs = epochs
+    if "rate_bound" not in given and cfg.solver in solvers.methods():
+        if solvers.methods()[cfg.solver] == "adaptive":
+            # The recipe's bound is for a fixed step; an adaptive solver chooses its own
+            # (and stays stable by its error control).
+            cfg.rate_bound = 0.0
     if "normalization" not in given and not takes_normalization(cfg.arch):
         # The recipe's normalization is for the symmetric dynamics; the ResNet control
         # (and a user's dynamics without the option) keeps its own.
@@ -454,10 +459,11 @@ def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
         raise ConfigError(
             f"--rate-bound holds h·z inside a fixed step's limit; --solver {cfg.solver} is adaptive"
         )
-    if cfg.rate_bound and cfg.random_steps:
+    if cfg.rate_bound and rs and max(rs) > (cfg.step_size or 1.0):
         raise ConfigError(
-            "--rate-bound holds h·z for the training step, and --random-steps draws the step "
-            "per batch; use one of the two"
+            f"--rate-bound holds h·z for steps up to the network's step "
+            f"({cfg.step_size or 1.0:g}), and --random-steps {rs} draws larger ones; draw "
+            "steps no larger than it, or drop --rate-bound (--rate-bound 0)"
         )
     if cfg.stability_penalty and not fixed:
         raise ConfigError(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ._config import resolve_config
-from ._trainer import train
+from ._trainer import fit
 
 DATA_SIZE_ARCHS = ("parabolic", "hamiltonian", "second_order")
 DATA_SIZE_FIELDS = ("arch", "fraction", "train_images", "test_accuracy", "test_loss", "seconds")
@@ -34,7 +34,7 @@ def data_size(
             cfg = resolve_config(
                 arch=arch, train_fraction=f, augment=False, out=str(run), **options
             )
-            r = train(cfg, log=lambda *_: None)
+            r = fit(cfg, log=lambda *_: None)
             row = {
                 "arch": arch,
                 "fraction": f,

@@ -1,14 +1,13 @@
 """Which training strategy makes a trained θ(t) a good ODE, and at what cost.
 
-Each (arch, strategy) pair is one run of :func:`experiments.train`; its best weights are
-then evaluated under every row of :func:`experiments.solver_swap` and under RK4 and
+Each (arch, strategy) pair is one run of :func:`experiments.fit`; its best weights are
+then evaluated under every row of :func:`experiments.swap_table` and under RK4 and
 dopri5 sweeps, to find the NFE each needs to come within 0.5 points of the converged
 flow. Uses the public API only.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -17,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ._config import NON_MATH_KEYS, resolve_config, takes_normalization
-from ._data import Split, load_data
-from ._swap import solver_swap
-from ._trainer import NonFiniteLossError, train
+from ._data import load_data
+from ._swap import swap_table
+from ._trainer import NonFiniteLossError, fit
 
 # Every strategy sets every strategy option, so that none inherits the default recipe's.
 _PLAIN = {
@@ -111,7 +110,7 @@ def _options(strategy: str, epochs: int) -> dict[str, Any]:
 
 
 def _nfe_to_converge(
-    ckpt: Path, data, arch_step: float, converged: float, device: str
+    ckpt: Path, data, arch_step: float, converged: float, device: str, images: int | None = None
 ) -> dict[str, float | None]:
     """The NFE per forward pass that RK4 (steps h, h/2, …, h/16) and dopri5 (rtol 1e-1 …
     1e-4) need to come within :data:`CLOSE` of the converged accuracy (``None``: never
@@ -130,22 +129,13 @@ def _nfe_to_converge(
     for name, plan in sweeps.items():
         out[name] = None
         for item in plan:
-            (row,) = solver_swap(ckpt, data=data, plan=[item], device=device, log=lambda *_: None)
+            (row,) = swap_table(
+                ckpt, data=data, plan=[item], device=device, images=images, log=lambda *_: None
+            )
             if math.isfinite(row["accuracy"]) and abs(row["accuracy"] - converged) <= CLOSE:
                 out[name] = row["nfe"]
                 break
     return out
-
-
-def first_test_images(data, images: int | None):
-    """``data`` with its test split cut to the first ``images`` images (``None``: all)."""
-    if images is None:
-        return data
-    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
-        raise ValueError(f"images must be a positive int, got {images!r}")
-    t = data.test
-    part = Split(t.images, t.labels, t.indices[:images], t.mean.view(-1), t.std.view(-1))
-    return dataclasses.replace(data, test=part)
 
 
 def _trained_report(cfg, out: Path) -> dict[str, Any] | None:
@@ -184,15 +174,12 @@ def run_one(
     report = _trained_report(cfg, out)
     if report is None:
         try:
-            report = train(cfg, data=data, log=lambda *_: None)
+            report = fit(cfg, data=data, log=lambda *_: None)
         except NonFiniteLossError as err:
             log(f"{arch:<13} {strategy:<18} diverged: {err}")
             return {"arch": arch, "strategy": strategy, "options": opts, "diverged": str(err)}
     ckpt = out / "best.pt"
-    if images is not None and data is None:
-        data = load_data(cfg)
-    data = first_test_images(data, images)
-    rows = solver_swap(ckpt, data=data, device=device, log=lambda *_: None)
+    rows = swap_table(ckpt, data=data, device=device, images=images, log=lambda *_: None)
     # The converged flow: the table's dopri5 at rtol 1e-4 (atol 1e-5).
     ref = next(r for r in rows if r["solver"] == "dopri5 rtol=0.0001")
     finite = [r for r in rows if math.isfinite(r["accuracy"])]
@@ -200,7 +187,7 @@ def run_one(
     step = rows[0]["step_size"] if rows and rows[0]["step_size"] != "" else None
     step = float(step) if step not in (None, "") else 1.0
     nfe = (
-        _nfe_to_converge(ckpt, data, step, ref["accuracy"], device)
+        _nfe_to_converge(ckpt, data, step, ref["accuracy"], device, images)
         if nfe_sweep
         else {"rk4": None, "dopri5": None}
     )

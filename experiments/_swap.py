@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import csv
+import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 import neuralpde
 import solvers
 
 from ._checkpoint import check_state_dict, load_checkpoint
 from ._config import TrainConfig
-from ._data import load_data
-from ._trainer import build_model, evaluate
+from ._data import EpochBatches, batch_loader, load_data
+from ._trainer import build_model
 
-SWAP_FIELDS = ("solver", "method", "step_size", "rtol", "accuracy", "loss", "nfe", "seconds")
+SWAP_FIELDS = (
+    "solver", "method", "step_size", "rtol", "accuracy", "loss", "nfe", "seconds", "status",
+)  # fmt: skip
+
+# Off a terminal (a log file, CI), a row that is still running says so this often.
+PROGRESS_EVERY = 30.0
 
 
 def swap_plan(
@@ -57,7 +65,7 @@ def swap_plan(
 
 
 def load_trained(checkpoint: str | Path, device="cpu"):
-    """``(network, config)`` from a ``best.pt``/``last.pt`` of :func:`experiments.train`;
+    """``(network, config)`` from a ``best.pt``/``last.pt`` of :func:`experiments.fit`;
     the network is in eval mode with the checkpoint's weights, verified before loading."""
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
@@ -74,17 +82,100 @@ def load_trained(checkpoint: str | Path, device="cpu"):
     return net.to(device).eval(), cfg
 
 
+class _RowProgress:
+    """Progress within one row: a tqdm bar on a terminal, else a line every
+    ``PROGRESS_EVERY`` seconds (a slow row is never silent)."""
+
+    def __init__(self, label: str, total: int, log, enabled: bool):
+        self.label, self.total, self.log, self.enabled = label, total, log, enabled
+        self.t0 = self.last = time.perf_counter()
+        self.bar = None
+        if enabled and sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit="batch", leave=False, file=sys.stdout)
+
+    def update(self, done: int, images: int, correct: int, nfe: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(acc=f"{correct / images:.3f}", nfe=f"{nfe:.0f}", refresh=False)
+            self.bar.update(1)
+            return
+        now = time.perf_counter()
+        if self.enabled and done < self.total and now - self.last >= PROGRESS_EVERY:
+            self.last = now
+            self.log(
+                f"{self.label}: {done}/{self.total} batches ({images:,} images), "
+                f"accuracy so far {correct / images:.4f}, {now - self.t0:.0f}s"
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 @torch.no_grad()
-def evaluate_solver(net, ds, device, batch_size: int = 500) -> dict[str, float]:
+def evaluate_solver(
+    net,
+    ds,
+    device,
+    batch_size: int = 500,
+    *,
+    images: int | None = None,
+    seconds: float | None = None,
+    label: str = "",
+    log=print,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Accuracy, cross-entropy, NFE per forward pass (summed over stages, averaged over
-    batches) and seconds for one pass over ``ds``."""
+    batches) and seconds for one pass over the first ``images`` items of ``ds`` (all:
+    ``None``), in order.
+
+    With a budget of ``seconds``, checked between batches, a pass still short of its last
+    batch when the budget is spent stops there: ``accuracy`` and ``loss`` are NaN and
+    ``status`` says ``"did not finish within S s"`` and how far it got (a single batch is
+    not interrupted; a step limit on adaptive solvers bounds it). Otherwise ``status`` is
+    ``"ok"``.
+    """
+    n = len(ds) if images is None else min(images, len(ds))
+    sampler = EpochBatches(n, batch_size, seed=0, shuffle=False)
+    total = sampler.num_batches()
+    was = net.training
+    net.eval()
+    dtype = next(net.parameters()).dtype
+    bar = _RowProgress(label, total, log, progress)
     t0 = time.perf_counter()
-    r = evaluate(net, ds, device, batch_size, nfe=True)
-    seconds = time.perf_counter() - t0
-    return {"accuracy": r["accuracy"], "loss": r["loss"], "nfe": r["nfe"], "seconds": seconds}
+    loss_sum, correct, seen, nfes = 0.0, 0, 0, []
+    status = "ok"
+    try:
+        for done, (x, y) in enumerate(batch_loader(ds, sampler), start=1):
+            x, y = x.to(device, dtype), y.to(device)
+            logits = net(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            nfes.append(sum(s["nfe"] for s in net.solver_stats()))
+            bar.update(done, seen, correct, sum(nfes) / len(nfes))
+            spent = time.perf_counter() - t0
+            if seconds is not None and done < total and spent > seconds:
+                status = (
+                    f"did not finish within {seconds:g} s ({done} of {total} batches, "
+                    f"{seen:,} of {n:,} images, accuracy so far {correct / seen:.4f})"
+                )
+                break
+    finally:
+        bar.close()
+        net.train(was)
+    finished = status == "ok"
+    return {
+        "accuracy": correct / max(seen, 1) if finished else math.nan,
+        "loss": loss_sum / max(seen, 1) if finished else math.nan,
+        "nfe": sum(nfes) / len(nfes) if nfes else math.nan,
+        "seconds": time.perf_counter() - t0,
+        "status": status,
+    }
 
 
-def solver_swap(
+def swap_table(
     checkpoint: str | Path,
     *,
     data=None,
@@ -92,14 +183,35 @@ def solver_swap(
     device: str = "cpu",
     batch_size: int = 500,
     plan: list[dict[str, Any]] | None = None,
+    images: int | None = None,
+    row_seconds: float | None = None,
+    max_steps: int | None = None,
+    progress: bool = False,
     log=print,
 ) -> list[dict[str, Any]]:
     """Evaluate the network of ``checkpoint`` on its test set under every item of ``plan``
     (default :func:`swap_plan`). The weights never change; only the stages' solvers do.
 
-    Returns one row per discretization (``SWAP_FIELDS``); a discretization that fails
-    (e.g. too many adaptive steps) gets ``accuracy`` NaN and its error is logged.
+    Args:
+        checkpoint: a ``best.pt`` or ``last.pt`` of :func:`experiments.fit`.
+        data: the data splits (default: loaded as the checkpoint's config says, from
+            ``data_root`` if given).
+        images: evaluate on the first ``images`` test images only (default: all).
+        row_seconds: a budget per row, checked between batches: a row still running after
+            it stops and is reported ``"did not finish within S s"``.
+        max_steps: a step limit for each adaptive solve (torchdiffeq's ``max_num_steps``
+            option, per stage and batch; default 10,000): a row that needs more is
+            reported ``"did not finish within N steps"``.
+        progress: show progress within a row (a tqdm bar on a terminal, else a line to
+            ``log`` every ``PROGRESS_EVERY`` seconds).
+
+    Returns one row per discretization (``SWAP_FIELDS``). ``status`` is ``"ok"``, or says
+    why the row has no accuracy: a row over its budget, or a discretization that fails
+    (e.g. non-finite states) gets ``accuracy`` and ``loss`` NaN, and its status is logged.
     """
+    for name, value in (("images", images), ("row_seconds", row_seconds), ("max_steps", max_steps)):
+        if value is not None and not value > 0:
+            raise ValueError(f"swap_table: {name} must be positive, got {value}")
     net, cfg = load_trained(checkpoint, device)
     if data is None:
         if data_root is not None:
@@ -115,16 +227,26 @@ def solver_swap(
         opts = {k: v for k, v in item.items() if k not in ("label", "method", "step_size")}
         method = item["method"]
         step = item.get("step_size")
-        if method is not None and solvers.methods()[method] == "adaptive":
-            step = None
         # Each item is a whole discretization: from the defaults, not from the last item.
         net.reset_solver()
+        if method is not None and solvers.methods()[method] == "adaptive":
+            step = None
+            if max_steps is not None:
+                opts.setdefault("max_num_steps", int(max_steps))
         net.set_solver(method, step, **opts)
         try:
-            r = evaluate_solver(net, data.test, device, batch_size)
+            r = evaluate_solver(
+                net, data.test, device, batch_size, images=images, seconds=row_seconds,
+                label=item["label"], log=log, progress=progress,
+            )  # fmt: skip
         except (solvers.SolverError, solvers.NonFiniteError) as err:
-            log(f"{item['label']}: failed ({err})")
-            r = {"accuracy": float("nan"), "loss": float("nan"), "nfe": float("nan"), "seconds": 0}
+            if getattr(err, "status", None) == "max_num_steps":
+                limit = net.stages[0].solver.options.get("max_num_steps", 10_000)
+                status = f"did not finish within {limit:,} steps ({err})"
+            else:
+                status = f"failed ({err})"
+            nan = float("nan")
+            r = {"accuracy": nan, "loss": nan, "nfe": nan, "seconds": 0, "status": status}
         row = {
             "solver": item["label"],
             "method": item["method"] or net.stages[0].method,
@@ -133,23 +255,51 @@ def solver_swap(
             **r,
         }
         rows.append(row)
-        log(
-            f"{row['solver']:<22} accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
-            f"NFE {row['nfe']:7.1f}  {row['seconds']:.2f}s"
-        )
+        if row["status"] == "ok":
+            log(
+                f"{row['solver']:<22} accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
+                f"NFE {row['nfe']:7.1f}  {row['seconds']:.2f}s"
+            )
+        else:
+            log(f"{row['solver']:<22} {row['status']}")
     for stage, solver in zip(net.stages, trained):
         stage.solver = solver
     return rows
 
 
+def swap_markdown(rows: list[dict[str, Any]], title: str) -> str:
+    """The table of a :func:`swap_table` run in Markdown: one line per row; a row without
+    an accuracy says why ("did not finish within ...", "failed ...")."""
+    lines = [
+        f"# {title}",
+        "",
+        "| solver | accuracy | loss | NFE | seconds |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        finished = r["accuracy"] == r["accuracy"]
+        status = r.get("status") or ("ok" if finished else "failed")
+        if status == "ok":
+            lines.append(
+                f"| {r['solver']} | {r['accuracy']:.2%} | {r['loss']:.4f} | {r['nfe']:.1f} "
+                f"| {r['seconds']:.1f} |"
+            )
+        else:
+            lines.append(f"| {r['solver']} | {status} | | | {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_swap(rows: list[dict[str, Any]], out: Path, title: str) -> None:
-    """``solver_swap.csv`` and ``solver_swap.png`` (accuracy against NFE) in ``out``."""
+    """``solver_swap.csv``, ``solver_swap.md`` (the table, with each row's status) and
+    ``solver_swap.png`` (accuracy against NFE, rows without an accuracy left out) in
+    ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "solver_swap.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=SWAP_FIELDS)
         w.writeheader()
         for r in rows:
-            w.writerow({k: r[k] for k in SWAP_FIELDS})
+            w.writerow({k: r.get(k, "ok" if k == "status" else "") for k in SWAP_FIELDS})
+    (out / "solver_swap.md").write_text(swap_markdown(rows, title))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,12 +331,14 @@ def write_swap(rows: list[dict[str, Any]], out: Path, title: str) -> None:
 def swap_verdict(
     rows: list[dict[str, Any]], tolerance: float = 0.01
 ) -> neuralpde.ConvergenceVerdict:
-    """Whether the network of a :func:`solver_swap` table is a converged discretization of
-    its ODE (:class:`neuralpde.ConvergenceVerdict`): its training scheme against half the
-    step and against dopri5 at rtol 1e-4; ``print()`` it for the verdict in plain words.
+    """Whether the network behind the rows of :func:`swap_table` is a converged
+    discretization of its ODE (:class:`neuralpde.ConvergenceVerdict`): its training scheme
+    against half the step and against dopri5 at rtol 1e-4; ``print()`` it for the verdict
+    in plain words.
 
     Raises:
-        ValueError: ``rows`` lack one of the rows the verdict reads (a custom plan).
+        ValueError: ``rows`` lack one of the rows the verdict reads (a custom plan), or one
+            of them has no accuracy (it did not finish within its budget, or failed).
     """
     by = {r["solver"]: r["accuracy"] for r in rows}
     first = rows[0]["solver"] if rows else None
@@ -195,8 +347,16 @@ def swap_verdict(
     missing = [n for n in need if n not in by]
     if missing:
         raise ValueError(
-            f"swap_verdict: the table has no {missing} row(s); run solver_swap with its "
+            f"swap_verdict: the table has no {missing} row(s); run swap_table with its "
             "default plan (swap_plan)"
+        )
+    unknown = [n for n in need if by[n] != by[n]]
+    if unknown:
+        why = {r["solver"]: r.get("status", "failed") for r in rows}
+        raise ValueError(
+            "swap_verdict: no accuracy for "
+            + "; ".join(f"{n} ({why[n]})" for n in unknown)
+            + ": the verdict needs all four rows"
         )
     return neuralpde.ConvergenceVerdict(
         training=by[first],

@@ -28,8 +28,8 @@ from ._config import (
 )
 from ._data import Split, load_data
 from ._report import plot_confusion_grid, plot_probability_grid, plot_validation_curves
-from ._swap import solver_swap, write_swap
-from ._trainer import build_model, evaluate, train
+from ._swap import swap_table, write_swap
+from ._trainer import build_model, evaluate, fit
 
 TABLE1_ARCHS = ("parabolic", "hamiltonian", "second_order", "resnet")
 
@@ -87,6 +87,9 @@ CONFIG_CHOICES = ("paper", "stable", "both")
 # The solver swap of each network runs on part of the test images only (dopri5 at rtol
 # 1e-4 on all 10,000 would take longer than the training).
 SWAP_IMAGES = 2000
+# A budget per swap row, so that a row that would not end (dopri5 at a tight tolerance on
+# a stiff network: hours on 2 cores) is reported "did not finish within ..." instead.
+SWAP_ROW_SECONDS = 300.0
 
 
 def budget_options(budget: str, epochs: int | None = None, **overrides: Any) -> dict[str, Any]:
@@ -266,6 +269,7 @@ def table1(
     epochs: int | None = None,
     swap: bool = True,
     swap_images: int | None = SWAP_IMAGES,
+    swap_row_seconds: float | None = SWAP_ROW_SECONDS,
     command: str | None = None,
     log=print,
     **overrides: Any,
@@ -274,11 +278,11 @@ def table1(
     the paper's configuration, the stable one or both, and write ``results.json``,
     ``results.md`` and the paper's Figs. 1, 3 and 4 to ``out``.
 
-    Each network trains through :func:`experiments.train` in ``out/<configuration>/<arch>``;
+    Each network trains through :func:`experiments.fit` in ``out/<configuration>/<arch>``;
     with ``resume`` a finished network is kept (not retrained), a half-done one continues
     from its ``last.pt`` and one never started starts. The ResNet control trains once, in
     ``out/paper/resnet``. Unless ``swap`` is off, the best weights of each network go
-    through :func:`experiments.solver_swap` (its default plan) on ``swap_images`` test images
+    through :func:`experiments.swap_table` (its default plan) on ``swap_images`` test images
     spread evenly over the test set: its results carry the worst row and the converged flow
     (dopri5, rtol 1e-4).
 
@@ -297,6 +301,8 @@ def table1(
         swap: run the solver swap of each network.
         swap_images: how many test images the swap uses (:func:`spread_test_images`);
             ``None`` or 0: all.
+        swap_row_seconds: the budget of each swap row (``None`` or 0: none); a row over
+            it is reported "did not finish within ..." and left out of the worst row.
         command: the command line to record in the results.
         log: where progress lines go.
         overrides: further :func:`resolve_config` options (``widths``, ``train_fraction``,
@@ -308,7 +314,7 @@ def table1(
         ``results.json``'s contents.
 
     Raises:
-        ConfigError: an unknown budget, configuration or arch, a negative ``swap_images``,
+        ConfigError: an unknown budget, configuration or arch, a negative swap option,
             options that differ from the runs being resumed, or runs of the layout before
             configurations in ``out``.
         DatasetNotFoundError: ``data_root`` is not an image folder.
@@ -319,6 +325,8 @@ def table1(
     pairs = _runs(archs, config)
     if isinstance(swap_images, bool) or not (swap_images is None or swap_images >= 0):
         raise ConfigError(f"--swap-images must be a count >= 0 (0: all), got {swap_images!r}")
+    if swap_row_seconds is not None and not swap_row_seconds >= 0:
+        raise ConfigError(f"--swap-row-seconds must be >= 0 (0: none), got {swap_row_seconds}")
     out = Path(out)
     if resume or report_only:
         _refuse_old_layout(out)
@@ -358,7 +366,7 @@ def table1(
                 continue
             half_done = resume and (run / "last.pt").is_file()
             log(f"[{k}/{len(cfgs)}] {name}: {'resuming' if half_done else 'training'} in {run}")
-            train(cfg, data, resume=half_done, log=log)
+            fit(cfg, data, resume=half_done, log=log)
             runs[name] = {"resumed": half_done, "kept": False}
         load_summary = load.summary()
     return write_table1(
@@ -372,6 +380,7 @@ def table1(
         command=command,
         swap_images=swap_images if swap else None,
         swap=swap,
+        swap_row_seconds=swap_row_seconds or None,
         log=log,
     )
 
@@ -405,11 +414,11 @@ def spread_test_images(data, images: int | None):
 
 
 def swap_columns(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """What Table 1 reports of a :func:`experiments.solver_swap` table ``rows``: the
-    training scheme's accuracy (the first row), the worst row over all rows that finished
+    """What Table 1 reports of a :func:`experiments.swap_table` table ``rows``: the
+    training scheme's accuracy (the first row), the worst row over the rows that finished
     (``worst_swap_accuracy``, ``worst_swap_solver``), the converged flow's accuracy
-    (dopri5 at rtol 1e-4, ``None`` if absent or failed), the rows' names (``swap_rows``)
-    and those that failed (``swap_failed``)."""
+    (dopri5 at rtol 1e-4; ``None`` if it did not finish), the rows' names (``swap_rows``)
+    and, for each row without an accuracy, why (``swap_failed``: name -> status)."""
 
     def finite(r: dict[str, Any]) -> bool:
         return math.isfinite(r["accuracy"])
@@ -424,24 +433,26 @@ def swap_columns(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "worst_swap_solver": None if worst is None else worst["solver"],
         "converged_flow_accuracy": flow[0]["accuracy"] if flow else None,
         "swap_rows": [r["solver"] for r in rows],
-        "swap_failed": [r["solver"] for r in rows if not finite(r)],
+        "swap_failed": {r["solver"]: r.get("status") or "failed" for r in rows if not finite(r)},
     }
 
 
-def _swap(name: str, run: Path, data, device: str, log) -> dict[str, Any]:
+def _swap(name: str, run: Path, data, device: str, row_seconds, log) -> dict[str, Any]:
     """:func:`swap_columns` of the best weights in ``run`` on ``data.test``; the swap's
-    rows are kept in ``run/table1_swap.json`` (and ``solver_swap.csv``/``.png``) and reused
-    while the weights and the number of images are the same."""
+    rows are kept in ``run/table1_swap.json`` (and ``solver_swap.csv``/``.md``/``.png``)
+    and reused while the weights, the number of images and the row budget are the same."""
     best = run / "best.pt"
     key = {"weights_sha256": hashlib.sha256(best.read_bytes()).hexdigest()}
-    key["images"] = len(data.test)
+    key.update(images=len(data.test), row_seconds=row_seconds)
     cache = run / "table1_swap.json"
     saved = json.loads(cache.read_text()) if cache.is_file() else {}
     if all(saved.get(k) == v for k, v in key.items()):
         rows = saved["rows"]
     else:
         log(f"{name}: solver swap of the best weights on {len(data.test)} test images")
-        rows = solver_swap(best, data=data, device=device, plan=None, log=log)
+        rows = swap_table(
+            best, data=data, device=device, plan=None, row_seconds=row_seconds, log=log
+        )
         write_swap(rows, run, f"{name}: the best weights under other solvers")
         cache.write_text(json.dumps({**key, "rows": rows}, indent=2) + "\n")
     return {"swap_images": len(data.test), **swap_columns(rows)}
@@ -459,6 +470,7 @@ def write_table1(
     command,
     swap_images: int | None = None,
     swap: bool = False,
+    swap_row_seconds: float | None = None,
     log=print,
 ) -> dict:
     """``results.json``, ``results.md`` and the figures of finished runs in ``out``;
@@ -492,7 +504,8 @@ def write_table1(
             **runs.get(name, {}),
         }
         if swap_data is not None:
-            rows[name].update(_swap(name, run, swap_data, cfgs[name].device, log))
+            device = cfgs[name].device
+            rows[name].update(_swap(name, run, swap_data, device, swap_row_seconds, log))
         curves[name] = _metrics(run)
     if not rows:
         raise ConfigError(f"{out} holds no trained network of {names}; nothing to report")
@@ -546,7 +559,8 @@ def write_table1(
             if swap_data is None
             else {
                 "images": len(swap_data.test),
-                "plan": "experiments.swap_plan (solver_swap's default)",
+                "plan": "experiments.swap_plan (swap_table's default)",
+                "row_seconds": swap_row_seconds,
                 "converged_flow": "dopri5 rtol=0.0001",
                 "seconds": round(time.perf_counter() - t_swap, 1),
             }
@@ -629,12 +643,14 @@ def _markdown(r: dict[str, Any], ref: str) -> str:
         f"during it {load['min']}–{load['max']} (mean {load['mean']}, {load['samples']} samples)",
     ]
     if swap is not None:
+        budget = "" if swap["row_seconds"] is None else f"at most {swap['row_seconds']:g} s a row, "
         lines.append(
             f"- solver swap: the best weights of each network, unchanged, under every "
             f"discretization of {swap['plan']} on {swap['images']:,} test images spread "
-            f"evenly over the test set, {swap['seconds'] / 60:.1f} min in this call: *scheme* is the training scheme "
-            "on those images, *worst swap* the lowest accuracy over all rows (listed below), "
-            "*converged flow* dopri5 at rtol 1e-4"
+            f"evenly over the test set, {budget}{swap['seconds'] / 60:.1f} min in this call: "
+            "*scheme* is the training scheme on those images, *worst swap* the lowest "
+            "accuracy over the rows that finished (all rows listed below), *converged flow* "
+            "dopri5 at rtol 1e-4"
         )
     lines += [
         "",
@@ -690,10 +706,10 @@ def _markdown(r: dict[str, Any], ref: str) -> str:
         if said:
             lines.append(f"- {name} configuration: {'; '.join(said)}.")
     if swap is not None:
-        lines += ["", "Rows of each network's solver swap (those that failed in italics):", ""]
+        lines += ["", "Rows of each network's solver swap (without an accuracy in italics):", ""]
         for key, n in r["networks"].items():
-            failed = set(n["swap_failed"])
-            rows = [f"*{s}*" if s in failed else s for s in n["swap_rows"]]
+            failed = n["swap_failed"]
+            rows = [f"*{s}* ({failed[s]})" if s in failed else s for s in n["swap_rows"]]
             lines.append(f"- {key}: {', '.join(rows)}")
     lines += [
         "",

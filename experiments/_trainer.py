@@ -250,7 +250,7 @@ def batch_step_size(cfg: TrainConfig, epoch: int, batch: int) -> float | None:
 
 @dataclass
 class _Run:
-    """What one training run holds between its named steps (see :func:`train`)."""
+    """What one training run holds between its named steps (see :func:`fit`)."""
 
     cfg: TrainConfig
     data: DataSplits
@@ -569,7 +569,7 @@ def _final_report(run: _Run, wall0: float, cpu0: float) -> dict[str, Any]:
     )
 
 
-def train(cfg: TrainConfig, data: DataSplits | None = None, *, resume: bool = False, log=print):
+def fit(cfg: TrainConfig, data: DataSplits | None = None, *, resume: bool = False, log=print):
     """Train, keep the best-validation weights, evaluate them on the test set, write reports.
 
     The steps, each a function of this module: set up (devices, data, network,

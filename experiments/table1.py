@@ -26,7 +26,14 @@ import sys
 from ._checkpoint import CheckpointError
 from ._config import ConfigError, _widths
 from ._data import DatasetNotFoundError
-from ._table1 import BUDGETS, CONFIG_CHOICES, SWAP_IMAGES, TABLE1_ARCHS, table1
+from ._table1 import (
+    BUDGETS,
+    CONFIG_CHOICES,
+    SWAP_IMAGES,
+    SWAP_ROW_SECONDS,
+    TABLE1_ARCHS,
+    table1,
+)
 from ._trainer import NonFiniteLossError
 
 
@@ -69,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"solver swap on N test images spread over the test set (default {SWAP_IMAGES}; "
         "0: all)",
     )
+    a(
+        "--swap-row-seconds",
+        type=float,
+        default=SWAP_ROW_SECONDS,
+        help=f"budget of each swap row (default {SWAP_ROW_SECONDS:g}; 0: none); a row over it "
+        "is reported 'did not finish within ...'",
+    )
     a("--no-swap", action="store_true", help="skip the solver swap (no worst-swap columns)")
     return p
 
@@ -89,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             epochs=args.epochs,
             swap=not args.no_swap,
             swap_images=args.swap_images,
+            swap_row_seconds=args.swap_row_seconds,
             command=command,
             widths=args.widths,
             train_fraction=args.train_fraction,

@@ -12,7 +12,7 @@ from pathlib import Path
 from ._checkpoint import CheckpointError, load_checkpoint
 from ._config import ConfigError, TrainConfig, build_parser, resolve_config
 from ._data import DatasetNotFoundError
-from ._trainer import NonFiniteLossError, train
+from ._trainer import NonFiniteLossError, fit
 
 
 def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
@@ -27,7 +27,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
             base = TrainConfig.from_dict(saved["config"])
             given.pop("out", None)
             # Unset options come from the saved run; given ones that change the numbers
-            # must agree with it (train() says which do not).
+            # must agree with it (fit() says which do not).
             return resolve_config(base, **given, out=str(out)), True
         return resolve_config(**given), False
     except (ConfigError, CheckpointError) as err:
@@ -38,7 +38,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
 def main(argv: list[str] | None = None) -> int:
     cfg, resume = config_from_args(argv)
     try:
-        report = train(cfg, resume=resume)
+        report = fit(cfg, resume=resume)
     except (ConfigError, DatasetNotFoundError, CheckpointError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1

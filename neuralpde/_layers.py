@@ -59,7 +59,26 @@ def symmetric_layer(
     """
     if (scale is None) != (shift is None):
         raise ValueError("symmetric_layer: give both scale and shift, or neither")
+    if _transformed(y, weight, scale, shift):
+        # torch.func transforms and forward-mode AD differentiate the plain formula (the
+        # same numbers); the lean backward only saves memory in reverse mode.
+        out = symmetric_layer_reference(y, weight, scale, shift, eps)
+        return -out if negate else out
     return _SymmetricLayerFn.apply(y, weight, scale, shift, eps, negate)
+
+
+def _transformed(*tensors: Tensor | None) -> bool:
+    """Under a ``torch.func`` transform (vmap, grad, jvp) or with forward-mode tangents."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._are_functorch_transforms_active():
+        return True
+    if torch.autograd.forward_ad._current_level < 0:  # no dual_level open: no tangents
+        return False
+    return any(
+        t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+        for t in tensors
+    )
 
 
 def symmetric_layer_reference(
@@ -89,11 +108,18 @@ class _SymmetricLayerFn(torch.autograd.Function):
     Saves ``y`` and ``u`` (``relu``'s input without the affine map when there is no
     normalization) plus the per-pixel ``1/norm`` (``1/c`` of an activation); everything
     else is recomputed in the backward. The backward is built from differentiable ops, so
-    double backward works.
+    double backward works. Under ``torch.autocast`` the forward's operations ran in mixed
+    dtypes; the backward (called outside the region, as PyTorch's AMP recipe does)
+    recomputes the formula under the forward's autocast state and lets autograd apply
+    autocast's casts.
     """
 
     @staticmethod
     def forward(ctx, y, weight, scale, shift, eps, negate=False):
+        device_type = y.device.type
+        ctx.autocast = None
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+            ctx.autocast = (device_type, torch.get_autocast_dtype(device_type))
         z = F.conv2d(y, weight, padding=1)
         if scale is None:
             u, rnorm = z, None
@@ -111,6 +137,9 @@ class _SymmetricLayerFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         y, weight, scale, shift, u, rnorm = ctx.saved_tensors
+        if ctx.autocast is not None:
+            with torch.autocast(ctx.autocast[0], dtype=ctx.autocast[1]):
+                return _reference_vjp(ctx, g, y, weight, scale, shift)
         if torch.is_grad_enabled():
             # Double backward: u was saved detached from y, so rebuild the graph from the
             # inputs and let autograd differentiate the plain formula.
@@ -168,11 +197,13 @@ def _affine_relu_(u: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
 def _reference_vjp(ctx, g, y, weight, scale, shift):
     inputs = (y, weight, scale, shift)
     need = [t is not None and n for t, n in zip(inputs, ctx.needs_input_grad)]
+    create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         out = symmetric_layer_reference(y, weight, scale, shift, ctx.eps)
         out = -out if ctx.negate else out
         wanted = [t for t, n in zip(inputs, need) if n]
-        grads = iter(torch.autograd.grad(out, wanted, g, create_graph=True))
+        grads = torch.autograd.grad(out, wanted, g.to(out.dtype), create_graph=create_graph)
+    grads = iter(d.to(t.dtype) for d, t in zip(grads, wanted))
     return (*(next(grads) if n else None for n in need), None, None)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -217,7 +218,11 @@ class PDECNN(nn.Module):
         The network computes the same function up to the interpolation error of θ(t)
         (exactly the same where θ is constant in time); fixed solver steps shrink by
         ``factor`` with the cells. Parameters of the stages are new objects afterwards:
-        build the optimizer again.
+        build the optimizer again, and wrap the network in ``DistributedDataParallel``
+        again (a wrapper made before synchronizes the old parameters only; its next forward
+        raises). Call ``backward`` of a forward made before ``refine`` first: with
+        ``memory="reversible"`` or ``"adjoint"`` the backward recomputes the forward and
+        raises once the parameters changed shape.
 
         Args:
             factor: a positive int.
@@ -248,12 +253,32 @@ class PDECNN(nn.Module):
                 f"{tuple(x.shape)}"
             )
         self._check_input(x)
+        self._check_ddp()
         x = self.opening(x)
         last = len(self.stages) - 1
         for k, (stage, connector) in enumerate(zip(self.stages, self.connectors)):
             x = connector(stage(x))
             x = x.mean(dim=(2, 3)) if k == last else F.avg_pool2d(x, 2)
         return x
+
+    def _check_ddp(self) -> None:
+        """Refuse a forward under a ``DistributedDataParallel`` that wraps this network but
+        was built before :meth:`refine` replaced its parameters: its gradient sync would
+        skip the new ones (unsynchronized ranks), and the step after fail in DDP."""
+        if torch.compiler.is_compiling() or not torch.distributed.is_available():
+            return
+        ddp = torch.nn.parallel.DistributedDataParallel._active_ddp_module
+        known = getattr(ddp, "_module_parameters", None)
+        if ddp is None or ddp.module is not self or known is None:
+            return
+        ids = {id(p) for p in known}
+        if any(p.requires_grad and id(p) not in ids for p in self.parameters()):
+            raise RuntimeError(
+                "PDECNN: this network's parameters changed (refine()) after it was wrapped "
+                "in DistributedDataParallel, which synchronizes the gradients of the old "
+                "ones only: wrap it again, DistributedDataParallel(net), after refine() "
+                "(and build the optimizer again)"
+            )
 
     def _check_input(self, x: Tensor) -> None:
         param = self.classifier.weight

@@ -587,9 +587,10 @@ def _rate_homogeneity(rhs: nn.Module, n: int, dtype: torch.dtype) -> tuple[Tenso
     def rates_at(value: float) -> Tensor:
         return rhs.rates(lambda w: torch.full((w.shape[0],), value, dtype=torch.float64))
 
-    g1, g4 = rates_at(1.0), rates_at(4.0)
+    g1, g4, g16 = rates_at(1.0), rates_at(4.0), rates_at(16.0)
     p = torch.log(g4 / g1) / math.log(4.0)
-    if not (torch.isfinite(p).all() and (p > 0).all() and torch.allclose(p, p[0])):
+    homogeneous = torch.allclose(g16, g4 * 4.0**p, rtol=1e-9)
+    if not (homogeneous and torch.isfinite(p).all() and (p > 0).all() and torch.allclose(p, p[0])):
         raise ValueError(
             f"constrain: {type(rhs).__name__}.rates is not positively homogeneous in the "
             "kernels' rho (rates(4 rho) = 4**p rates(rho) with one p > 0), so capping each "

@@ -26,7 +26,7 @@ from ._grid import grid as _grid
 from ._state import check_derivative
 
 try:
-    from torchdiffeq._impl.misc import Perturb, _flat_to_shape, _nextafter
+    from torchdiffeq._impl.misc import Perturb, _flat_to_shape
     from torchdiffeq._impl.odeint import SOLVERS
     from torchdiffeq._impl.solvers import FixedGridODESolver
 except ImportError:  # a torchdiffeq whose internals moved: odeint falls back to its loop
@@ -55,6 +55,15 @@ def supports(func, t: Tensor, method: str, options: dict[str, Any], adjoint: boo
         and not t.requires_grad
         and not hasattr(func, "callback_step")
     )
+
+
+def _nextafter(t: Tensor, toward: Tensor) -> Tensor:
+    """torchdiffeq's ``_nextafter`` (the next float, with ``t``'s gradient) without its
+    custom autograd Function, which ``torch.func`` transforms refuse. Exact: two adjacent
+    floats differ by a representable amount, so ``t + (next - t)`` is ``next``."""
+    with torch.no_grad():
+        step = torch.nextafter(t, toward) - t
+    return t + step
 
 
 class _Eval:

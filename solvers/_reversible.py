@@ -22,13 +22,15 @@ bounds it, at the cost of ``steps / checkpoint_every`` stored states.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ._pin import Pinned, owners
 from ._split import Plan, run
-from ._state import uncovered_tensors
+from ._state import autocast_state, uncovered_tensors
 from ._steppers import SplittingStepper
 
 
@@ -39,14 +41,9 @@ def gather_params(func: Sequence[Callable]) -> tuple[Tensor, ...]:
     the module's parameters that require grad; plain functions contribute none (pass
     ``params`` explicitly for tensors they close over).
     """
-    owners: list[nn.Module] = []
-    for f in func:
-        m = f if isinstance(f, nn.Module) else getattr(f, "__self__", None)
-        if isinstance(m, nn.Module) and all(m is not o for o in owners):
-            owners.append(m)
     seen: set[int] = set()
     out = []
-    for m in owners:
+    for m in owners(func):
         for p in m.parameters():
             if p.requires_grad and id(p) not in seen:
                 seen.add(id(p))
@@ -115,7 +112,9 @@ def _reverse_splitting(stepper, func, t, h, q, p, gq, gp, params, acc):
             # vector-Jacobian product is the cotangent itself, no graph to walk.
             grads = (coef * gx,)
         elif F.requires_grad:
-            grads = torch.autograd.grad(F, (y_, *params), coef * gx, allow_unused=True)
+            # Under autocast F may be narrower than the state: the cotangent takes its dtype.
+            cot = (coef * gx).to(F.dtype)
+            grads = torch.autograd.grad(F, (y_, *params), cot, allow_unused=True)
         else:
             grads = (None,)
         if grads[0] is not None:
@@ -159,9 +158,17 @@ def _weights(plan: Plan) -> list[list[tuple[int, float]]]:
     return out
 
 
+_SECOND_ORDER = (
+    "memory='reversible' differentiates once: second derivatives (backward or grad with "
+    "create_graph=True, as gradient penalties, Hessians and Hessian-vector products need, "
+    "torch.autograd.functional.hessian included) would need the stage's input, which this "
+    "mode does not keep. Use memory='autograd' for them"
+)
+
+
 class _ReversibleSolve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, plan, func, every, final_only, norms, q0, p0, *params):
+    def forward(ctx, plan, func, every, final_only, norms, pin, q0, p0, *params):
         stepper = plan.stepper
         stored: list[Tensor] = []
         marks: list[int] = []
@@ -177,18 +184,24 @@ class _ReversibleSolve(torch.autograd.Function):
         with torch.no_grad():
             sol_q, sol_p = run(step, plan, (q0.detach(), p0.detach()), final_only, after_step)
         n = len(plan.steps)
-        if not marks or marks[-1] != n:
-            # The final state is returned as it is (and saved): no copy.
-            last = (sol_q, sol_p) if final_only else (sol_q[-1], sol_p[-1])
-            if n == 0:
-                last = (q0.detach(), p0.detach())
-            stored.extend(last)
-            marks.append(n)
+        if marks and marks[-1] == n:
+            del stored[-2:], marks[-1]
+        # The final state is saved as a copy: the output is the caller's to modify in place
+        # (nn.ReLU(inplace=True) next), which would otherwise change the saved state.
+        last = (sol_q, sol_p) if final_only else (sol_q[-1], sol_p[-1])
+        if n == 0:
+            last = (q0.detach(), p0.detach())
+        stored.extend(x.clone() for x in last)
+        marks.append(n)
         # Only these states are kept for backward: the final one, plus the checkpoints.
         ctx.save_for_backward(*stored)
         ctx.plan, ctx.func, ctx.marks, ctx.final_only = plan, func, marks, final_only
         ctx.params = params
         ctx.norms = norms
+        ctx.pin = pin
+        # The backward is called outside an autocast region (PyTorch's AMP recipe) and
+        # recomputes the forward's evaluations: it runs them under the forward's state.
+        ctx.autocast = autocast_state(q0.device)
         # Parameters are referenced, not saved: they live in the module anyway, and their
         # size grows with depth (one set per step), which would hide the saving. Their
         # version counters catch an in-place update between forward and backward instead.
@@ -196,8 +209,19 @@ class _ReversibleSolve(torch.autograd.Function):
         return sol_q, sol_p
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_sol_q: Tensor, g_sol_p: Tensor):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_SECOND_ORDER)
+        autocast = (
+            torch.autocast(ctx.autocast[0], dtype=ctx.autocast[1])
+            if ctx.autocast is not None
+            else contextlib.nullcontext()
+        )
+        with autocast, ctx.pin.restored():
+            return _ReversibleSolve._backward(ctx, g_sol_q, g_sol_p)
+
+    @staticmethod
+    def _backward(ctx, g_sol_q: Tensor, g_sol_p: Tensor):
         plan, func, params = ctx.plan, ctx.func, ctx.params
         if any(w._version != v for w, v in zip(params, ctx.versions)):
             raise RuntimeError(
@@ -241,7 +265,7 @@ class _ReversibleSolve(torch.autograd.Function):
         with torch.no_grad():
             for b, value in running:
                 b.copy_(value)
-        return (None, None, None, None, None, gq, gp, *acc)
+        return (None, None, None, None, None, None, gq, gp, *acc)
 
 
 def integrate(func, y0, plan: Plan, params, checkpoint_every, final_only):
@@ -274,7 +298,8 @@ def integrate(func, y0, plan: Plan, params, checkpoint_every, final_only):
             "be lost: make them nn.Parameters, or pass every tensor to differentiate as params="
         )
     norms = _check_modules(_modules(func))
+    pin = Pinned(owners(func), "reversible")
     sol = _ReversibleSolve.apply(
-        plan, tuple(func), checkpoint_every, final_only, norms, y0[0], y0[1], *params
+        plan, tuple(func), checkpoint_every, final_only, norms, pin, y0[0], y0[1], *params
     )
     return sol, plan.stats()

@@ -12,7 +12,7 @@ from ._errors import NonFiniteError, SolverError
 from ._grid import output_times
 from ._methods import STEPPERS
 from ._solver import Solution, Solver, Stats
-from ._state import check_state, first_bad, parts
+from ._state import check_state, first_bad, in_transform, parts
 
 _SAVE = ("all", "final")
 
@@ -75,6 +75,19 @@ def solve(
             "'reversible'; memory='autograd' differentiates everything: drop params"
         )
     kind = solver.kind
+    if solver.memory != "autograd" and in_transform():
+        raise RuntimeError(
+            f"memory={solver.memory!r} runs a hand-written backward pass that torch.func "
+            "transforms (vmap, grad, jacrev, jvp) cannot enter; use memory='autograd' under "
+            "them (per-sample gradients, Jacobian-vector products)"
+        )
+    if kind == "adaptive" and torch.jit.is_tracing():
+        raise RuntimeError(
+            f"{solver.method} chooses its steps from the data, and torch.jit.trace would "
+            "record the steps of this one input for every other input (wrong results on a "
+            "new batch). Trace with a fixed-step method (set_solver('rk4', step_size=h)), "
+            "or use torch.compile, which keeps the adaptive loop"
+        )
     if kind == "symplectic":
         _split.check_split(func, y0, solver.method)
     else:
@@ -103,7 +116,7 @@ def solve(
 def _integrate(func, y0, t, ts, solver: Solver, params, final_only: bool):
     if solver.kind != "symplectic":
         sol, stats = _torchdiffeq.integrate(func, y0, t, ts, solver, params, final_only)
-        if solver.check_finite and not torch.compiler.is_compiling():
+        if solver.check_finite and not torch.compiler.is_compiling() and not in_transform():
             i = first_bad(sol, final_only)
             if i is not None:
                 # With only the final state at hand the bad interval is all of [t[0], t[-1]].
@@ -127,7 +140,7 @@ def _integrate(func, y0, t, ts, solver: Solver, params, final_only: bool):
         sol, stats = _reversible.integrate(func, y0, plan, params, every, final_only)
     else:
         sol, stats = _split.integrate(func, y0, plan, final_only)
-    if solver.check_finite and not torch.compiler.is_compiling():
+    if solver.check_finite and not torch.compiler.is_compiling() and not in_transform():
         if first_bad(sol, final_only) is not None:
             raise _split.locate_nonfinite(func, y0, plan)
     return sol, stats

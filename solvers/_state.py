@@ -25,7 +25,10 @@ def check_state(y0: Any, check_finite: bool, name: str = "y0") -> None:
             )
         if not y.is_floating_point():
             raise TypeError(f"{name} must be floating point, got dtype {y.dtype}")
-        if check_finite and not torch.compiler.is_compiling() and not all_finite(y):
+        # Under a torch.func transform the state cannot be read back (no sync): unchecked.
+        if check_finite and not torch.compiler.is_compiling() and not in_transform():
+            if all_finite(y):
+                continue
             where = f"{name}[{i}]" if isinstance(y0, tuple) else name
             # A numerical fault upstream (the previous layer), not a malformed call: the
             # same error type as a NaN met during the steps, so callers catch one thing.
@@ -48,12 +51,53 @@ def check_derivative(out: Any, y: Any, method: str, name: str = "func") -> None:
         where = f"{name}(t, y)[{i}]" if isinstance(y, tuple) else f"{name}(t, y)"
         if not isinstance(f, Tensor):
             raise TypeError(f"{method}: {where} must return a tensor, got {type(f).__name__}")
-        if f.shape != s.shape or f.dtype != s.dtype:
+        if f.shape != s.shape or (f.dtype != s.dtype and not autocast_dtype(f, s)):
             raise ValueError(
                 f"{method}: {where} returned shape {tuple(f.shape)} and dtype {f.dtype} for a "
                 f"state of shape {tuple(s.shape)} and dtype {s.dtype}; the derivative must "
-                "have the state's shape and dtype"
+                "have the state's shape and dtype (under torch.autocast, autocast's dtype "
+                "is also accepted)"
             )
+
+
+def autocast_dtype(f: Tensor, s: Tensor) -> bool:
+    """Whether a derivative ``f`` of another dtype than its state ``s`` is autocast's doing.
+
+    Under ``torch.autocast`` a right-hand side returns the dtype its last operation ran in
+    (bfloat16, float16, or float32 for the operations autocast keeps wide) while the state
+    keeps its own: the solver's update ``y + h f`` promotes back to the state's dtype, as
+    torchdiffeq does.
+    """
+    device = s.device.type
+    return (
+        f.is_floating_point()
+        and torch.amp.is_autocast_available(device)
+        and torch.is_autocast_enabled(device)
+    )
+
+
+def autocast_state(device: torch.device) -> tuple[str, torch.dtype] | None:
+    """``(device_type, dtype)`` of the autocast region active for ``device``, else None.
+
+    A hand-written backward records it in the forward and runs its recomputation under
+    it, so that the recomputed operations take the forward's dtypes (the backward is
+    called outside the region, as in PyTorch's AMP recipe).
+    """
+    device_type = device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return device_type, torch.get_autocast_dtype(device_type)
+    return None
+
+
+def in_transform() -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad``, ``jvp``, ...) is active.
+
+    Inside one a tensor cannot be read back to the host (no ``.item()``/``bool``), and a
+    custom autograd Function without ``setup_context`` is refused by PyTorch.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._are_functorch_transforms_active()
 
 
 def all_finite(x: Tensor) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 from . import _fixed_grid
 from ._errors import SolverError
 from ._grid import grid_constructor
+from ._pin import Pinned, owners
 from ._solver import DEFAULT_MAX_NUM_STEPS, Solver, Stats
 from ._state import check_derivative, parts, uncovered_tensors
 
@@ -42,10 +44,15 @@ class _Counter(nn.Module):
         self.nfe = 0
         self.steps = 0
         self.rejected = 0
+        self.pin: Pinned | None = None
 
     def forward(self, t, y):
         self.nfe += 1
-        out = self.func(t, y)
+        if self.pin is None:
+            out = self.func(t, y)
+        else:  # the adjoint's backward evaluates func with the forward's parameters
+            with self.pin.restored():
+                out = self.func(t, y)
         if self.nfe == 1:
             check_derivative(out, self.y0, self.method)
         return out
@@ -96,14 +103,17 @@ def integrate(
     options = dict(solver.options)
     adjoint = solver.memory == "adjoint"
     if sum(y.numel() for y in parts(y0)) == 0:
+        _warn_unsupported_callbacks(func, method)
         return _empty(func, y0, t, ts, method, final_only)
     if kind == "fixed" and _fixed_grid.supports(func, t, method, options, adjoint):
+        _warn_unsupported_callbacks(func, method)
         # torchdiffeq's numbers without its per-step syncs and wrappers (see _fixed_grid).
         sol, nfe, steps = _fixed_grid.integrate_fixed(
             func, y0, t, ts, method, solver.step_size, options, final_only
         )
         return sol, Stats(nfe=nfe, steps=steps)
     if method == "scipy_solver":
+        _warn_unsupported_callbacks(func, method)
         return _scipy(func, y0, t, ts, solver, final_only)
     if kind == "adaptive":
         _check_resolution(solver, parts(y0)[0].dtype)
@@ -133,6 +143,7 @@ def integrate(
             kw["adjoint_params"] = tuple(params)
         for key, value in (solver.backward or {}).items():
             kw[f"adjoint_{key}"] = dict(value) if key == "options" else value
+        counter.pin = Pinned(owners((func,)), "adjoint")
     solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
     try:
         sol = solve(
@@ -148,7 +159,45 @@ def integrate(
         stats = Stats(nfe=counter.nfe, steps=counter.steps, rejected=counter.rejected)
     if final_only:
         sol = tuple(s[-1] for s in sol) if isinstance(sol, tuple) else sol[-1]
+    if adjoint:
+        # The final state alone is copied: torchdiffeq saves its output for the backward,
+        # and a stage's output is the caller's to modify in place (nn.ReLU(inplace=True)).
+        outs = _FirstOrder.apply(final_only, *parts(sol))
+        sol = outs if isinstance(sol, tuple) else outs[0]
     return sol, stats
+
+
+_ADJOINT_SECOND_ORDER = (
+    "memory='adjoint' differentiates once: torchdiffeq's adjoint backward is not itself "
+    "differentiable, so second derivatives (backward or grad with create_graph=True, as "
+    "gradient penalties, Hessians and Hessian-vector products need) would be silently "
+    "missing. Use memory='autograd' for them"
+)
+
+
+class _FirstOrder(torch.autograd.Function):
+    """The adjoint solution unchanged (or copied); its backward refuses a second order."""
+
+    @staticmethod
+    def forward(ctx, copy: bool, *ys):
+        return tuple(y.clone() if copy else y.view_as(y) for y in ys)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_ADJOINT_SECOND_ORDER)
+        return (None, *grads)
+
+
+def _warn_unsupported_callbacks(func, method: str) -> None:
+    """torchdiffeq's warning for callbacks on ``func`` that ``method`` never calls (the
+    paths that do not go through torchdiffeq's own checks)."""
+    if SOLVERS is None:
+        return
+    defined = {n for n in _all_callback_names if hasattr(func, n)}
+    unsupported = defined - SOLVERS[method].valid_callbacks()
+    if unsupported:
+        warnings.warn(f"Solver '{method}' does not support callbacks {unsupported}", stacklevel=4)
 
 
 def _check_resolution(solver: Solver, dtype: torch.dtype) -> None:
@@ -202,12 +251,6 @@ def _scipy(func, y0: Any, t: Tensor, ts: list[float], solver: Solver, final_only
     import scipy.integrate
 
     method = solver.method
-    if t.requires_grad:
-        raise ValueError(
-            f"{method}: gradients with respect to t are not supported by scipy_solver (scipy "
-            "integrates in NumPy, outside autograd); pass t without requires_grad, or use a "
-            "torchdiffeq method such as dopri5"
-        )
     options = dict(solver.options)
     extra = sorted(set(options) - _SCIPY_OPTIONS)
     if extra:
@@ -278,10 +321,38 @@ def _scipy(func, y0: Any, t: Tensor, ts: list[float], solver: Solver, final_only
             i_eval = i_new
     sol = torch.tensor(np.stack(rows)).to(device, dtype)
     out = tuple(v.reshape(len(ts), *sh) for v, sh in zip(sol.split(sizes, dim=1), shapes))
+    if t.requires_grad or any(y.requires_grad for y in state):
+        # The values stand (torchdiffeq returns them too); a gradient cannot be had.
+        out = _NoGradient.apply(t, *state, *out)
     out = out if isinstance(y0, tuple) else out[0]
     if final_only:
         out = tuple(o[-1] for o in out) if isinstance(y0, tuple) else out[-1]
     return out, Stats(nfe=counter.nfe, steps=steps)
+
+
+class _NoGradient(torch.autograd.Function):
+    """``scipy_solver``'s solution, attached to ``t`` and ``y0``: its backward is the named
+    error, raised only when a gradient is actually asked for."""
+
+    @staticmethod
+    def forward(ctx, t, *tensors):
+        return tensors[len(tensors) // 2 :]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        wanted = " and ".join(
+            name
+            for name, need in (
+                ("t", ctx.needs_input_grad[0]),
+                ("y0", any(ctx.needs_input_grad[1:])),
+            )
+            if need
+        )
+        raise ValueError(
+            f"scipy_solver: gradients with respect to {wanted} are not supported (scipy "
+            "integrates in NumPy, outside autograd); detach t and y0, or use a torchdiffeq "
+            "method such as dopri5"
+        )
 
 
 def _resolution(solver: Solver, dtype: torch.dtype) -> str:

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from experiments import resolve_config, solver_swap, swap_verdict, train
+from experiments import fit, resolve_config, swap_table, swap_verdict
 
 # Rows the Hamiltonian and second-order floors apply to (the list): higher-order
 # and adaptive solvers, and forward Euler once its step is small enough to be stable on
@@ -15,8 +15,8 @@ HYPERBOLIC_ROWS = ("verlet", "yoshida4", "rk4", "dopri5 rtol=0.001", "euler x4",
 
 def _swap(arch, tmp_path):
     cfg = resolve_config(arch=arch, out=str(tmp_path / arch))  # the default job, seed 0
-    report = train(cfg, log=lambda *_: None)
-    rows = solver_swap(tmp_path / arch / "best.pt", log=lambda *_: None)
+    report = fit(cfg, log=lambda *_: None)
+    rows = swap_table(tmp_path / arch / "best.pt", log=lambda *_: None)
     assert all(math.isfinite(r["accuracy"]) for r in rows), rows
     return report, {r["solver"]: r["accuracy"] for r in rows}, rows
 

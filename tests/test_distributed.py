@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from experiments import load_checkpoint, resolve_config, train
+from experiments import fit, load_checkpoint, resolve_config
 
 N_TRAIN = 256  # a multiple of the global batch: no incomplete batch to drop
 FRACTION = N_TRAIN / 1257
@@ -38,7 +38,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
 
     single = resolve_config(**OPTIONS, out=str(tmp_path / "single"))
-    report = train(single, log=lambda *_: None)
+    report = fit(single, log=lambda *_: None)
     assert report["train_images"] == N_TRAIN and report["processes"] == 1
 
     ddp = load_checkpoint(out / "last.pt")
@@ -55,5 +55,5 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
     # Scale of the tolerance: one process with each rank's local batch of 16 ends far away.
     half = resolve_config(**{**OPTIONS, "batch_size": 16}, out=str(tmp_path / "half"))
-    train(half, log=lambda *_: None)
+    fit(half, log=lambda *_: None)
     assert _max_diff(load_checkpoint(tmp_path / "half" / "last.pt")["model"], one["model"]) > 1e-2

@@ -210,11 +210,15 @@ def _public_modules():
                 yield getattr(pkg, name)
 
 
-def _public_objects():
-    for mod in _public_modules():
-        for name in mod.__all__:
-            if not inspect.ismodule(getattr(mod, name)):
-                yield pytest.param(mod, name, id=f"{mod.__name__}.{name}")
+def _public_objects() -> list:
+    # A list, not a generator: pytest 9.2 deprecates a non-Collection iterable passed to
+    # parametrize (PytestRemovedIn10Warning, an error under filterwarnings = "error").
+    return [
+        pytest.param(mod, name, id=f"{mod.__name__}.{name}")
+        for mod in _public_modules()
+        for name in mod.__all__
+        if not inspect.ismodule(getattr(mod, name))
+    ]
 
 
 def _own_methods(cls: type) -> dict[str, object]:

@@ -404,9 +404,9 @@ def test_own_dynamics_trains_with_the_default_penalty(registered, tmp_path):
     torch.manual_seed(0)
     cfg = resolve_config(arch="anisotropic-test", widths=[4, 4], epochs=1, out=str(tmp_path))
     assert cfg.stability_penalty > 0  # the quick recipe's default
-    from experiments import train
+    from experiments import fit
 
-    report = train(cfg, log=lambda *_: None)
+    report = fit(cfg, log=lambda *_: None)
     assert math.isfinite(report["test_loss"])
 
 

@@ -125,14 +125,19 @@ def test_2_symplectic_t_gradient_is_a_named_error(method, memory):
 
 
 def test_2_scipy_t_gradient_is_a_named_error():
+    """The values, as torchdiffeq returns them; the named error when a gradient with
+    respect to t is asked for (issue 21: not at the forward pass)."""
     t = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
     y0 = torch.ones(1, dtype=torch.float64)
+    ys = solvers.odeint(lambda t, y: -y, y0, t, method="scipy_solver")
+    torch.testing.assert_close(ys[-1], y0 * math.exp(-1), rtol=1e-6, atol=0)
     with pytest.raises(
         ValueError, match="scipy_solver: gradients with respect to t are not supported"
     ):
-        solvers.odeint(lambda t, y: -y, y0, t, method="scipy_solver")
+        ys.sum().backward()
+    sol = solvers.solve(lambda t, y: -y, y0, t, solvers.Solver("scipy_solver"))
     with pytest.raises(ValueError, match="not supported"):
-        solvers.solve(lambda t, y: -y, y0, t, solvers.Solver("scipy_solver"))
+        torch.autograd.grad(sol.y_final.sum(), t)
 
 
 # ---- 3. a right-hand side of the wrong shape, dtype or structure --------------------------

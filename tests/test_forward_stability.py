@@ -27,7 +27,9 @@ def test_perturbations_do_not_grow_within_the_bound(seed):
         rhs.theta.weight.normal_(0.0, 0.6)
     L = max(conv_norm_squared(rhs.theta.weight[j], c, hw, hw) for j in range(steps))
     h = 2.0 / L
-    stage = neuralpde.Stage(neuralpde.ParabolicRHS(c, steps=steps, step_size=h, normalization="none"))
+    stage = neuralpde.Stage(
+        neuralpde.ParabolicRHS(c, steps=steps, step_size=h, normalization="none")
+    )
     with torch.no_grad():
         stage.rhs.theta.weight.copy_(rhs.theta.weight)
         worst = 0.0
@@ -43,7 +45,9 @@ def test_perturbations_can_grow_beyond_the_bound():
     # The control: with h well above 2/‖K‖² the same stage amplifies some perturbation.
     torch.manual_seed(0)
     c, hw, steps = 3, 5, 6
-    stage = neuralpde.Stage(neuralpde.ParabolicRHS(c, steps=steps, step_size=1.0, normalization="none"))
+    stage = neuralpde.Stage(
+        neuralpde.ParabolicRHS(c, steps=steps, step_size=1.0, normalization="none")
+    )
     with torch.no_grad():
         stage.rhs.theta.weight.normal_(0.0, 0.6)
     L = max(conv_norm_squared(stage.rhs.theta.weight[j], c, hw, hw) for j in range(steps))

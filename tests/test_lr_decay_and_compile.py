@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from experiments import resolve_config, train
+from experiments import fit, resolve_config
 from experiments._config import ConfigError, lr_now
 
 TINY = {"widths": [4, 8], "epochs": 2, "batch_size": 64, "stability_penalty": 0.0}
@@ -50,7 +50,7 @@ def test_bad_decays_get_a_named_error(given, message):
 
 def test_cosine_run_logs_the_rate_of_each_epochs_start(tmp_path):
     cfg = resolve_config(**TINY, lr=0.1, lr_decay="cosine", out=str(tmp_path))
-    train(cfg, log=lambda *_: None)
+    fit(cfg, log=lambda *_: None)
     rates = [float(r.split(",")[1]) for r in (tmp_path / "metrics.csv").read_text().split()[1:]]
     assert rates == [pytest.approx(0.1), pytest.approx(0.05)]
 
@@ -61,7 +61,7 @@ def test_compiled_training_matches_eager(tmp_path):
     reports = {}
     for name, compile in (("eager", False), ("compiled", True)):
         cfg = resolve_config(**TINY, compile=compile, seed=3, out=str(tmp_path / name))
-        reports[name] = train(cfg, log=lambda *_: None)
+        reports[name] = fit(cfg, log=lambda *_: None)
     eager, compiled = reports["eager"], reports["compiled"]
     assert compiled["test_loss"] == pytest.approx(eager["test_loss"], rel=1e-3)
     assert abs(compiled["test_accuracy"] - eager["test_accuracy"]) <= 2 / 360

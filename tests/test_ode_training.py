@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import neuralpde
-from experiments import ConfigError, load_checkpoint, resolve_config, train
+from experiments import ConfigError, fit, load_checkpoint, resolve_config
 from experiments._trainer import batch_step_size
 from neuralpde import PDECNN, ConvergenceVerdict, convergence_check
 from neuralpde.stability import StabilityPenalty, report
@@ -50,11 +50,18 @@ def test_random_steps_are_a_pure_function_of_seed_epoch_and_batch():
     assert batch_step_size(resolve_config(), 0, 0) is None
 
 
-def test_an_archs_default_strategy_applies_unless_one_is_chosen():
-    assert resolve_config().stability_penalty == 0.1
-    assert resolve_config(arch="second_order").step_size == 0.25
-    assert resolve_config(arch="second_order", stability_penalty=0.0).step_size is None
-    assert resolve_config(arch="second_order", solver="verlet").step_size is None
+def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
+    for arch in ("parabolic", "hamiltonian", "second_order"):
+        cfg = resolve_config(arch=arch)
+        assert (cfg.normalization, cfg.rate_bound, cfg.stability_penalty) == ("bias", 0.25, 0.0)
+        assert cfg.step_size is None and cfg.solver is None
+    # The ResNet control has no normalization to choose and no step limit to hold.
+    assert resolve_config(arch="resnet").normalization == "tv"
+    with pytest.raises(ConfigError, match="no choice of normalization"):
+        resolve_config(arch="resnet", normalization="bias")
+    # An image folder without --preset gets the same recipe.
+    cfg = resolve_config(dataset="imagefolder")
+    assert (cfg.normalization, cfg.rate_bound) == ("bias", 0.25)
 
 
 def test_paper_preset_is_exactly_the_papers_scheme():
@@ -65,6 +72,7 @@ def test_paper_preset_is_exactly_the_papers_scheme():
         [],
         0.0,
     )
+    assert (cfg.normalization, cfg.rate_bound) == ("tv", 0.0)
     assert cfg.steps == 3 and cfg.solver is None
 
 
@@ -174,6 +182,11 @@ STRATEGIES = {
     "multilevel": ({"multilevel": [2, 3]}, ["--multilevel", "2,3"]),
     "random steps": ({"random_steps": [1.0, 0.5]}, ["--random-steps", "1,0.5"]),
     "stability penalty": ({"stability_penalty": 0.05}, ["--stability-penalty", "0.05"]),
+    "rate bound": ({"rate_bound": 0.5}, ["--rate-bound", "0.5"]),
+    "paper scheme": (
+        {"normalization": "tv", "rate_bound": 0.0},
+        ["--normalization", "tv", "--rate-bound", "0"],
+    ),
     # Not an ODE strategy, but a per-batch state of the same kind: the learning rate.
     "cosine lr": ({"lr_decay": "cosine"}, ["--lr-decay", "cosine"]),
 }
@@ -216,7 +229,7 @@ def test_each_strategy_resumes_exactly_after_sigkill(strategy, tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr.decode()
     clean = resolve_config(**OPTIONS, **options, out=str(tmp_path / "clean"))
-    train(clean, log=lambda *_: None)
+    fit(clean, log=lambda *_: None)
     assert _metrics(out / "metrics.csv") == _metrics(tmp_path / "clean" / "metrics.csv")
     a = load_checkpoint(out / "best.pt")
     b = load_checkpoint(tmp_path / "clean" / "best.pt")
@@ -228,7 +241,7 @@ def test_multilevel_run_ends_on_the_fine_level_and_loads_back(tmp_path):
     cfg = resolve_config(
         widths=[4, 4], epochs=3, train_fraction=0.2, multilevel=[2, 3], out=str(tmp_path)
     )
-    train(cfg, log=lambda *_: None)
+    fit(cfg, log=lambda *_: None)
     state = load_checkpoint(tmp_path / "best.pt")
     assert state["level"] == 2 and state["epoch"] == 3  # best chosen on the finest level
     from experiments._swap import load_trained

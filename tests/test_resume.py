@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from experiments import CheckpointError, load_checkpoint, resolve_config, train
+from experiments import CheckpointError, fit, load_checkpoint, resolve_config
 
 OPTIONS = {"widths": [8, 16], "epochs": 3, "batch_size": 32, "checkpoint_every": 5, "seed": 11}
 ARGS = ["--widths", "8,16", "--epochs", "3", "--batch-size", "32", "--checkpoint-every", "5",
@@ -61,7 +61,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert b"resuming" in stdout
 
     clean = resolve_config(**OPTIONS, out=str(tmp_path / "clean"))
-    report = train(clean, log=lambda *_: None)
+    report = fit(clean, log=lambda *_: None)
     assert _metrics(out / "metrics.csv") == _metrics(tmp_path / "clean" / "metrics.csv")
     got = json.loads((out / "report.json").read_text())
     assert (got["test_accuracy"], got["test_loss"]) == (
@@ -75,7 +75,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
 
 def test_resume_refuses_changed_options(tmp_path):
     cfg = resolve_config(widths=[4, 8], epochs=1, train_fraction=0.1, out=str(tmp_path))
-    train(cfg, log=lambda *_: None)
+    fit(cfg, log=lambda *_: None)
     r = _run(["--resume", "--out", str(tmp_path), "--lr", "0.3"])
     _, err = r.communicate(timeout=300)
     assert r.returncode == 2

@@ -1,13 +1,17 @@
 """Solver swap: one trained network, unchanged weights, many discretizations."""
 
 import csv
+import io
+import math
 
 import pytest
 import torch
 
+import experiments._swap as swap
 import solvers
-from experiments import load_checkpoint, resolve_config, train
-from experiments._swap import solver_swap, swap_plan, write_swap
+from experiments import fit, load_checkpoint, resolve_config, swap_verdict
+from experiments._data import load_data
+from experiments._swap import load_trained, swap_plan, swap_table, write_swap
 from experiments.solver_swap import main
 
 
@@ -17,7 +21,7 @@ def trained(tmp_path_factory):
     cfg = resolve_config(
         arch="hamiltonian", widths=[8, 16], epochs=1, train_fraction=0.3, out=str(out)
     )
-    report = train(cfg, log=lambda *_: None)
+    report = fit(cfg, log=lambda *_: None)
     return out, report
 
 
@@ -34,7 +38,7 @@ def test_plan_covers_the_issue():
 def test_swap_keeps_weights_and_counts_evaluations(trained):
     out, report = trained
     before = load_checkpoint(out / "best.pt")["model"]
-    rows = {r["solver"]: r for r in solver_swap(out / "best.pt", log=lambda *_: None)}
+    rows = {r["solver"]: r for r in swap_table(out / "best.pt", log=lambda *_: None)}
     # The training scheme reproduces the test accuracy of training: nothing was changed.
     t = rows["training scheme"]
     assert t["accuracy"] == report["test_accuracy"] and t["method"] == "symplectic_euler"
@@ -79,14 +83,12 @@ def test_write_swap_skips_failed_rows_in_the_plot(tmp_path):
 
 def test_swap_restores_the_solver_the_network_was_trained_with(tmp_path, monkeypatch):
     # The swap used to end with net.set_solver(None): the paper's scheme, not the network's.
-    import experiments._swap as swap
-
     out = tmp_path / "verlet"
     cfg = resolve_config(
         arch="hamiltonian", widths=[4, 8], epochs=1, train_fraction=0.1, out=str(out),
         solver="verlet", step_size=0.5, memory="reversible",
     )  # fmt: skip
-    train(cfg, log=lambda *_: None)
+    fit(cfg, log=lambda *_: None)
     loaded = []
 
     def spy(checkpoint, device="cpu"):
@@ -94,13 +96,12 @@ def test_swap_restores_the_solver_the_network_was_trained_with(tmp_path, monkeyp
         loaded.append((net, [s.solver for s in net.stages]))
         return net, cfg
 
-    load_trained = swap.load_trained
     monkeypatch.setattr(swap, "load_trained", spy)
     plan = [
         {"label": "rk4", "method": "rk4", "step_size": 1.0},
         {"label": "dopri5", "method": "dopri5", "rtol": 1e-2, "atol": 1e-3},
     ]
-    rows = solver_swap(out / "best.pt", plan=plan, log=lambda *_: None)
+    rows = swap_table(out / "best.pt", plan=plan, log=lambda *_: None)
     assert [r["method"] for r in rows] == ["rk4", "dopri5"]
     assert all(r["accuracy"] == r["accuracy"] for r in rows)  # both ran (no NaN)
     ((net, trained),) = loaded
@@ -108,3 +109,120 @@ def test_swap_restores_the_solver_the_network_was_trained_with(tmp_path, monkeyp
         "verlet", step_size=0.5, rtol=1e-3, atol=1e-4, memory="reversible"
     )
     assert [s.solver for s in net.stages] == trained
+
+
+# --- a swap a user can wait for: --images, a budget per row, progress within a row ---------
+
+RK4 = [{"label": "rk4", "method": "rk4", "step_size": 1.0}]
+DOPRI5 = [{"label": "dopri5 rtol=1e-06", "method": "dopri5", "rtol": 1e-6, "atol": 1e-7}]
+QUIET = {"log": lambda *_: None}
+
+
+def test_images_evaluates_the_first_n_test_images(trained):
+    out, _ = trained
+    (row,) = swap_table(out / "best.pt", plan=RK4, images=50, batch_size=16, **QUIET)
+    # The same 50 images through the network by hand, one batch.
+    net, cfg = load_trained(out / "best.pt")
+    test = load_data(cfg).test
+    x = torch.stack([test[i][0] for i in range(50)])
+    y = torch.tensor([int(test[i][1]) for i in range(50)])
+    net.set_solver("rk4", 1.0)
+    with torch.no_grad():
+        want = (net(x).argmax(1) == y).sum().item() / 50
+    assert row["status"] == "ok" and row["accuracy"] == want
+    # More images than the test set has: all of them, as without --images.
+    (every,) = swap_table(out / "best.pt", plan=RK4, images=10**6, **QUIET)
+    (whole,) = swap_table(out / "best.pt", plan=RK4, **QUIET)
+    assert every["accuracy"] == whole["accuracy"] and every["nfe"] == whole["nfe"]
+    with pytest.raises(ValueError, match="images must be positive"):
+        swap_table(out / "best.pt", plan=RK4, images=0, **QUIET)
+
+
+def test_a_row_over_its_seconds_budget_did_not_finish(trained):
+    out, _ = trained
+    # The budget is checked after each batch: spent after the first of 360 / 40 = 9.
+    rows = swap_table(out / "best.pt", plan=RK4 + DOPRI5, row_seconds=1e-9, batch_size=40, **QUIET)
+    for r in rows:
+        assert math.isnan(r["accuracy"]) and math.isnan(r["loss"])
+        assert r["status"].startswith("did not finish within 1e-09 s (1 of 9 batches, 40 of 360")
+        assert r["nfe"] > 0  # what the finished batch cost
+    # A budget the row keeps: the row is whole, equal to one without a budget.
+    (kept,) = swap_table(out / "best.pt", plan=RK4, row_seconds=3600, **QUIET)
+    (free,) = swap_table(out / "best.pt", plan=RK4, **QUIET)
+    assert kept["status"] == "ok" and kept["accuracy"] == free["accuracy"]
+
+
+def test_an_adaptive_row_over_its_step_limit_did_not_finish(trained):
+    out, _ = trained
+    logs = []
+    rows = swap_table(out / "best.pt", plan=RK4 + DOPRI5, max_steps=2, log=logs.append)
+    rk4, dopri5 = rows
+    # The step limit is the adaptive solver's; a fixed-step row takes its steps.
+    assert rk4["status"] == "ok" and 0 <= rk4["accuracy"] <= 1
+    assert math.isnan(dopri5["accuracy"])
+    assert dopri5["status"].startswith("did not finish within 2 steps")
+    assert any(line.startswith("dopri5 rtol=1e-06") and "did not finish" in line for line in logs)
+    # Without the limit the same row finishes, with more than 2 steps per stage.
+    (free,) = swap_table(out / "best.pt", plan=DOPRI5, **QUIET)
+    assert free["status"] == "ok" and free["nfe"] > 2 * 6
+
+
+def test_progress_within_a_row_off_a_terminal(trained, monkeypatch):
+    out, _ = trained
+    monkeypatch.setattr(swap, "PROGRESS_EVERY", 0.0)
+    logs = []
+    swap_table(out / "best.pt", plan=RK4, batch_size=100, progress=True, log=logs.append)
+    # 360 images in 4 batches: a line after each batch but the last, then the row.
+    steps = [line for line in logs if line.startswith("rk4: ")]
+    assert [s.split(" batches")[0] for s in steps] == ["rk4: 1/4", "rk4: 2/4", "rk4: 3/4"]
+    assert "accuracy so far" in steps[0] and logs[-1].startswith("rk4 ") and "NFE" in logs[-1]
+    quiet = []
+    swap_table(out / "best.pt", plan=RK4, batch_size=100, log=quiet.append)
+    assert len(quiet) == 1  # progress=False: the row alone
+
+
+def test_progress_within_a_row_on_a_terminal(trained, monkeypatch):
+    out, _ = trained
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr("sys.stdout", term)
+    swap_table(out / "best.pt", plan=RK4, batch_size=100, progress=True, **QUIET)
+    bar = term.getvalue()
+    # tqdm's bar for the row, counted in batches (a fast row ends before its first redraw),
+    # cleared when the row ends (the row's line follows it).
+    assert bar.startswith("\rrk4:   0%") and "0/4 [" in bar and "batch/s" in bar
+    assert bar.endswith("\r")
+
+
+def test_cli_reports_rows_that_did_not_finish(trained, tmp_path, capsys):
+    out, _ = trained
+    args = ["--checkpoint", str(out / "best.pt"), "--out", str(tmp_path), "--no-progress"]
+    assert main([*args, "--images", "80", "--batch-size", "40", "--row-seconds", "1e-9"]) == 0
+    printed = capsys.readouterr().out
+    with open(tmp_path / "solver_swap.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(swap_plan("hamiltonian", 1.0))
+    assert all(
+        r["status"].startswith("did not finish within 1e-09 s (1 of 2 batches") for r in rows
+    )
+    table = (tmp_path / "solver_swap.md").read_text()
+    assert "(first 80 test images)" in table and table.count(
+        "did not finish within 1e-09 s"
+    ) == len(rows)
+    assert "no accuracy: rk4: did not finish within 1e-09 s" in printed
+    assert "no verdict:" in printed and "worst row" not in printed
+    for bad in (["--images", "0"], ["--row-seconds", "-1"], ["--max-steps", "x"]):
+        with pytest.raises(SystemExit) as e:
+            main([*args, *bad])
+        assert e.value.code == 2
+
+
+def test_verdict_needs_the_accuracy_of_its_rows(trained):
+    out, _ = trained
+    rows = swap_table(out / "best.pt", max_steps=2, **QUIET)
+    with pytest.raises(ValueError, match=r"no accuracy for dopri5 rtol=0.0001 \(did not finish"):
+        swap_verdict(rows)

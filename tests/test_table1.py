@@ -26,6 +26,7 @@ from experiments._table1 import (
     table1,
 )
 from experiments.table1 import main
+from experiments.train import config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = Path(os.environ.get("NEURALPDE_CIFAR10_JPEG", ROOT.parent / "shared/data/cifar10-jpeg"))
@@ -34,15 +35,6 @@ CLASSES += ["truck"]
 # Tiny runs skip compilation (a minute per network), which the cpu budget turns on.
 TINY = ["--epochs", "1", "--widths", "4,8", "--threads", "1", "--no-compile"]
 PAPER_SCHEME = {"normalization": "tv", "rate_bound": 0.0, "stability_penalty": 0.0}
-
-
-def _config_from_args(argv):
-    # Imported when called, not when this module is collected: importing the submodule
-    # experiments.train rebinds the package attribute `experiments.train` (the function)
-    # to the module for every test module collected after this one.
-    from experiments.train import config_from_args
-
-    return config_from_args(argv)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +128,7 @@ def test_both_configurations_with_their_solver_swaps(folder, tmp_path, capsys):
         },
     }
     # Each network's swap: the default plan on the first 8 test images, its rows kept.
-    assert r["swap"]["images"] == 8
+    assert r["swap"]["images"] == 8 and r["swap"]["row_seconds"] == 300
     for name, n in r["networks"].items():
         rows = json.loads((out / name / "table1_swap.json").read_text())["rows"]
         accs = [x["accuracy"] for x in rows]
@@ -146,7 +138,7 @@ def test_both_configurations_with_their_solver_swaps(folder, tmp_path, capsys):
         assert n["worst_swap_solver"] == rows[accs.index(min(accs))]["solver"]
         flow = rows[n["swap_rows"].index("dopri5 rtol=0.0001")]["accuracy"]
         assert n["converged_flow_accuracy"] == flow
-        assert n["swap_training_scheme_accuracy"] == accs[0] and n["swap_failed"] == []
+        assert n["swap_training_scheme_accuracy"] == accs[0] and n["swap_failed"] == {}
         assert all(k / 8 == a for a, k in zip(accs, [round(8 * a) for a in accs]))
         assert (out / name / "solver_swap.csv").is_file()
     # Training time as a ratio to the paper configuration of the same network.
@@ -243,7 +235,7 @@ def test_cpu_budget_is_the_paper_recipe_reduced():
 
 @pytest.mark.parametrize("arch", ["parabolic", "hamiltonian", "second_order"])
 def test_paper_recipe_on_an_image_folder(arch):
-    cfg, resume = _config_from_args(
+    cfg, resume = config_from_args(
         [
             "--dataset",
             "imagefolder",
@@ -289,7 +281,7 @@ def test_paper_recipe_on_an_image_folder(arch):
 )
 def test_recipe_errors(argv, expected, capsys):
     with pytest.raises(SystemExit) as e:
-        _config_from_args(argv)
+        config_from_args(argv)
     assert e.value.code == 2 and expected in capsys.readouterr().err
 
 
@@ -303,6 +295,8 @@ def test_table_errors(folder, tmp_path, capsys):
     argv = ["--data-root", str(folder), "--out", str(tmp_path), *TINY]
     assert main([*argv, "--swap-images", "-1"]) == 2
     assert "--swap-images must be a count" in capsys.readouterr().err
+    assert main([*argv, "--swap-row-seconds", "-1"]) == 2
+    assert "--swap-row-seconds must be >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*argv, "--config", "fast"])
     assert "invalid choice: 'fast'" in capsys.readouterr().err
@@ -328,14 +322,15 @@ def test_swap_images_spread_over_every_class(folder):
 
 
 def test_swap_columns_worst_row_and_converged_flow():
-    def row(solver, method, accuracy, rtol=""):
-        return {"solver": solver, "method": method, "accuracy": accuracy, "rtol": rtol}
+    def row(solver, method, accuracy, rtol="", status="ok"):
+        return dict(solver=solver, method=method, accuracy=accuracy, rtol=rtol, status=status)
 
+    late = "did not finish within 300 s (1 of 4 batches)"
     rows = [
         row("training scheme", "verlet", 0.71),
         row("euler x4", "euler", 0.62),
         row("rk4", "rk4", 0.69),
-        row("dopri5 rtol=0.01", "dopri5", float("nan"), 1e-2),
+        row("dopri5 rtol=0.01", "dopri5", float("nan"), 1e-2, late),
         row("dopri5 rtol=0.0001", "dopri5", 0.70, 1e-4),
     ]
     assert swap_columns(rows) == {
@@ -345,12 +340,12 @@ def test_swap_columns_worst_row_and_converged_flow():
         "worst_swap_solver": "euler x4",
         "converged_flow_accuracy": 0.70,
         "swap_rows": [r["solver"] for r in rows],
-        "swap_failed": ["dopri5 rtol=0.01"],
+        "swap_failed": {"dopri5 rtol=0.01": late},
     }
-    failed = swap_columns(
-        [row("training scheme", "rk4", 0.5), row("d", "dopri5", float("nan"), 1e-4)]
-    )
+    bad = row("d", "dopri5", float("nan"), 1e-4, "failed (non-finite state)")
+    failed = swap_columns([row("training scheme", "rk4", 0.5), bad])
     assert failed["converged_flow_accuracy"] is None and failed["worst_swap_accuracy"] == 0.5
+    assert failed["swap_failed"] == {"d": "failed (non-finite state)"}
 
 
 def test_pick_examples_covers_confident_uncertain_and_misclassified():

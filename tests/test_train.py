@@ -16,24 +16,16 @@ from experiments import (
     NonFiniteLossError,
     build_model,
     evaluate,
+    fit,
     load_checkpoint,
     load_data,
     resolve_config,
-    train,
 )
 from experiments._config import lr_at, scale_schedule
 from experiments._data import EpochBatches
+from experiments.train import config_from_args
 
 TINY = {"widths": [8, 16], "epochs": 2, "train_fraction": 0.5, "batch_size": 16}
-
-
-def _config_from_args(argv):
-    # Imported when called: importing the submodule experiments.train at collection would
-    # rebind the package attribute `experiments.train` (the function) to the module for
-    # every test module collected after this one.
-    from experiments.train import config_from_args
-
-    return config_from_args(argv)
 
 
 def _metrics(path):
@@ -77,19 +69,19 @@ BAD_COMMAND_LINES = [
 @pytest.mark.parametrize("argv, expected", BAD_COMMAND_LINES)
 def test_bad_options_get_a_clear_error(argv, expected, capsys):
     with pytest.raises(SystemExit) as e:
-        _config_from_args(argv)
+        config_from_args(argv)
     assert e.value.code == 2
     assert expected in capsys.readouterr().err
 
 
 def test_resume_without_a_run_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        _config_from_args(["--resume", "--out", str(tmp_path / "none")])
+        config_from_args(["--resume", "--out", str(tmp_path / "none")])
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_defaults_and_paper_recipe():
-    cfg, resume = _config_from_args([])
+    cfg, resume = config_from_args([])
     assert not resume and cfg.dataset == "digits" and cfg.arch == "parabolic"
     assert cfg.out == "runs/digits-parabolic" and not cfg.augment
     p = resolve_config(dataset="cifar10", preset="paper")
@@ -119,7 +111,7 @@ def test_defaults_and_paper_recipe():
 
 def test_tiny_run_writes_consistent_outputs(tmp_path):
     cfg = resolve_config(**TINY, out=str(tmp_path / "run"), clip_weights=True)
-    report = train(cfg, log=_quiet)
+    report = fit(cfg, log=_quiet)
     out = tmp_path / "run"
     for name in (
         "config.json",
@@ -159,7 +151,7 @@ def test_same_seed_same_metrics_and_weights(tmp_path):
     runs = []
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         cfg = resolve_config(**TINY, seed=seed, out=str(tmp_path / name), augment=True)
-        rep = train(cfg, log=_quiet)
+        rep = fit(cfg, log=_quiet)
         runs.append(
             (
                 rep,
@@ -204,7 +196,7 @@ def test_nan_stops_with_epoch_and_batch_and_keeps_last_good_checkpoint(tmp_path)
     data = load_data(cfg)
     data.train = _NaNAt(data.train, index=7, epoch=1)
     with pytest.raises(NonFiniteLossError) as e:
-        train(cfg, data, log=_quiet)
+        fit(cfg, data, log=_quiet)
     batch = _batch_of(cfg, len(data.train), 7, 1)
     assert (e.value.epoch, e.value.batch) == (2, batch)
     assert f"epoch 2, batch {batch} of" in str(e.value) and "--nan skip" in str(e.value)
@@ -214,9 +206,9 @@ def test_nan_stops_with_epoch_and_batch_and_keeps_last_good_checkpoint(tmp_path)
     assert not (tmp_path / "run" / "report.json").exists()
     # The checkpoint is the good state: resuming on clean data ends exactly where a clean,
     # uninterrupted run ends.
-    train(cfg, resume=True, log=_quiet)
+    fit(cfg, resume=True, log=_quiet)
     clean = resolve_config(**TINY, out=str(tmp_path / "clean"))
-    train(clean, log=_quiet)
+    fit(clean, log=_quiet)
     assert _metrics(tmp_path / "run" / "metrics.csv") == _metrics(
         tmp_path / "clean" / "metrics.csv"
     )
@@ -227,7 +219,7 @@ def test_nan_skip_skips_the_batch_and_keeps_the_model_finite(tmp_path):
     data = load_data(cfg)
     data.train = _NaNAt(data.train, index=3, epoch=0)
     logs = []
-    report = train(cfg, data, log=logs.append)
+    report = fit(cfg, data, log=logs.append)
     rows = _metrics(tmp_path / "run" / "metrics.csv")
     assert [int(r["skipped_batches"]) for r in rows] == [1, 1]
     assert report["skipped_batches"] == 2
@@ -277,7 +269,7 @@ def test_memory_mode_reaches_every_stage_and_gives_the_same_training(tmp_path):
         cfg = resolve_config(**base, memory=memory, solver="symplectic_euler",
                              out=str(tmp_path / memory))  # fmt: skip
         assert all(s.memory == memory for s in build_model(cfg, 1, 10).stages)
-        reports[memory] = train(cfg, log=_quiet)
+        reports[memory] = fit(cfg, log=_quiet)
         last = load_checkpoint(tmp_path / memory / "last.pt")["model"]
         reports[memory]["weights"] = last
     # Reversible backpropagation recomputes activations exactly: the same training.
@@ -295,12 +287,12 @@ def test_progress_bar_on_a_terminal_plain_lines_otherwise(tmp_path, monkeypatch)
     term = _Terminal()
     monkeypatch.setattr(sys, "stdout", term)
     lines = []
-    train(cfg, log=lines.append)
+    fit(cfg, log=lines.append)
     bar = term.getvalue()
     # tqdm's bar: the epoch, a count of batches and the running loss and accuracy.
     assert "epoch 1/1" in bar and "8/8" in bar and "loss=" in bar and "acc=" in bar
     assert not any(line.startswith("epoch") for line in lines)
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     lines = []
-    train(cfg, log=lines.append)
+    fit(cfg, log=lines.append)
     assert [line.split()[:2] for line in lines] == [["epoch", "1/1"]]

@@ -20,10 +20,10 @@ import neuralpde  # noqa: E402
 from experiments import (  # noqa: E402
     build_model,
     evaluate,
+    fit,
     load_checkpoint,
     load_data,
     resolve_config,
-    train,
 )
 
 SMALL = os.environ.get("NEURALPDE_SMALL") == "1"
@@ -43,7 +43,7 @@ options = {"widths": [8, 16], "epochs": 1, "train_fraction": 0.3} if SMALL else 
 out = Path(tempfile.mkdtemp()) / "digits"
 cfg = resolve_config(out=str(out), **options)
 print(f"\ntraining {cfg.arch} widths {cfg.widths} for {cfg.epochs} epochs, lr {cfg.lr_schedule}")
-report = train(cfg)
+report = fit(cfg)
 print(f"test accuracy {report['test_accuracy']:.2%} in {report['seconds']:.1f} s")
 
 # %% 3. Everything is in `out`: config, metrics per epoch, checkpoints, report, figures.

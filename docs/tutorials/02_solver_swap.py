@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments import solver_swap, swap_verdict  # noqa: E402
+from experiments import swap_table, swap_verdict  # noqa: E402
 from experiments.ode_study import STRATEGIES, study  # noqa: E402
 
 SMALL = os.environ.get("NEURALPDE_SMALL") == "1"
@@ -41,7 +41,7 @@ print((OUT / "study" / "study.md").read_text())
 tables = {}
 for strategy in ("paper", "stability penalty"):
     ckpt = OUT / "study" / "parabolic" / strategy.replace(" ", "-") / "best.pt"
-    rows = solver_swap(ckpt, log=lambda *_: None)
+    rows = swap_table(ckpt, log=lambda *_: None)
     tables[strategy] = rows
     print(f"\n{strategy}: {swap_verdict(rows)}")
 

@@ -110,7 +110,7 @@ else:
     table_args = ["--budget", "cpu", "--out", str(tmp / "table1"), "--no-compile"]
     size_args = ["--out", str(tmp / "data_size")]
 
-# %% 3. Table 1 and Figs. 1, 3, 4: four networks, one budget, each through experiments.train.
+# %% 3. Table 1 and Figs. 1, 3, 4: four networks, one budget, each through experiments.fit.
 table_out = Path(table_args[table_args.index("--out") + 1])
 assert table1.main(["--data-root", str(data_root), *table_args]) == 0
 results = json.loads((table_out / "results.json").read_text())

@@ -27,11 +27,11 @@ import neuralpde  # noqa: E402
 from experiments import (  # noqa: E402
     TrainConfig,
     build_model,
+    fit,
     load_checkpoint,
     resolve_config,
-    solver_swap,
     swap_plan,
-    train,
+    swap_table,
 )
 from experiments import stability as digits  # noqa: E402
 from neuralpde.stability import Spectrum, kernel_spectrum, report  # noqa: E402
@@ -94,7 +94,7 @@ runs = {}
 for name, step in (("trained with h = 1", None), ("trained with h = 1/4", 0.25)):
     out = root / ("coarse" if step is None else "fine")
     cfg = resolve_config(arch="reaction_diffusion", step_size=step, out=str(out), **size)
-    result = train(cfg, log=lambda *_: None)
+    result = fit(cfg, log=lambda *_: None)
     print(f"reaction–diffusion, {name}: test accuracy {result['test_accuracy']:.2%}")
     runs[name] = out / "best.pt"
 
@@ -104,7 +104,7 @@ for name, ckpt in runs.items():
     plan = swap_plan("reaction_diffusion", 0.25 if "1/4" in name else None)
     if SMALL:  # tight tolerances cost seconds even on a tiny network
         plan = [p for p in plan if p.get("rtol", 1) >= 1e-2]
-    swaps[name] = solver_swap(ckpt, plan=plan, log=lambda *_: None)
+    swaps[name] = swap_table(ckpt, plan=plan, log=lambda *_: None)
     print(f"\n{name}\n{'solver':<20}{'accuracy':>10}{'NFE':>8}")
     for r in swaps[name]:
         print(f"{r['solver']:<20}{r['accuracy']:>10.4f}{r['nfe']:>8.0f}")

@@ -1,0 +1,227 @@
+"""Stability by construction: neuralpde.stability.constrain holds every parameter set's rate
+inside a fraction of the method's limit, by a rigorous bound, at every step of training."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import neuralpde
+from neuralpde import stability
+
+SYMMETRIC = ("parabolic", "hamiltonian", "second_order")
+
+
+def dense(weight, h, w):
+    """A zero-padded "same" convolution (c_out, c_in, kh, kw) as a dense matrix."""
+    c_in = weight.shape[1]
+    n = c_in * h * w
+    eye = torch.eye(n, dtype=torch.float64).reshape(n, c_in, h, w)
+    pad = (weight.shape[-2] // 2, weight.shape[-1] // 2)
+    return F.conv2d(eye, weight.double(), padding=pad).reshape(n, -1).T
+
+
+def kernels(net):
+    """Every constrained kernel stack (the parametrized value) with its RateBound."""
+    out = []
+    for m in net.modules():
+        if isinstance(m, neuralpde.TimeWeights) and hasattr(m, "parametrizations"):
+            for name, plist in m.parametrizations.items():
+                out.append((getattr(m, name), plist[0]))
+    return out
+
+
+def rigorous_rho(kernel, bound):
+    return [stability.symbol_bound(k, bound.height, bound.width) for k in kernel.detach()]
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 4, 3, 3), (1, 3, 3, 5, 5), (2, 4, 6, 1, 1)])
+def test_symbol_rho_is_a_rigorous_bound_with_the_gradient_of_the_bound(shape):
+    torch.manual_seed(0)
+    w = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    h, wd = 5, 6
+    rho = stability.symbol_rho(w, h, wd)
+    for j in range(shape[0]):
+        exact = torch.linalg.matrix_norm(dense(w[j].detach(), h, wd), ord=2).item() ** 2
+        assert exact <= rho[j].item() * (1 + 1e-12)
+        if shape[-1] == 3:  # the 3x3 bound of symbol_bound, to round-off
+            assert rho[j].item() == pytest.approx(stability.symbol_bound(w[j], h, wd), rel=1e-12)
+    # The gradient is the derivative of the bound itself (central differences).
+    d = torch.randn_like(w)
+    (g,) = torch.autograd.grad(rho.sum(), w)
+    eps = 1e-6
+    up = stability.symbol_rho((w + eps * d).detach(), h, wd).sum()
+    down = stability.symbol_rho((w - eps * d).detach(), h, wd).sum()
+    assert (g * d).sum().item() == pytest.approx(((up - down) / (2 * eps)).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", SYMMETRIC)
+@pytest.mark.parametrize("fraction", [0.25, 1.0])
+def test_constrained_network_is_proven_stable_at_its_fraction(arch, fraction):
+    torch.manual_seed(1)
+    net = neuralpde.PDECNN(arch, 1, 10, (8, 16, 16), rhs_options={"normalization": "bias"})
+    with torch.no_grad():  # kernels far outside every limit before the constraint
+        for stage in net.stages:
+            for w in stage.rhs.thetas():
+                w.weight.mul_(10)
+    assert not stability.report(net, (1, 16, 16)).proven
+    stability.constrain(net, (1, 16, 16), fraction=fraction)
+    rep = stability.report(net, (1, 16, 16))
+    assert rep.ok and rep.proven
+    c = 2.0  # forward Euler (dissipative), symplectic Euler and leapfrog (oscillatory)
+    for k, stage in enumerate(net.stages):
+        spec = stage.rhs.spectrum(16 >> k, 16 >> k)  # stage k runs at 16 / 2**k
+        for _, z_upper in spec.rates:
+            assert stage.step_size * z_upper <= fraction * c * (1 + 1e-6)
+    # The bound is on the network as it runs: its output is finite and the shape is kept.
+    assert torch.isfinite(net(torch.randn(4, 1, 16, 16))).all()
+
+
+def test_tv_normalized_rows_say_what_the_bound_leaves_out():
+    net = neuralpde.PDECNN("parabolic", 1, 10, (8, 16))
+    stability.constrain(net, (1, 8, 8), fraction=0.5)
+    rep = stability.report(net, (1, 8, 8))
+    assert rep.ok and not rep.proven
+    assert all("normalization" in r["leaves_out"] for r in rep.rows)
+    # The ResNet control has no step limit: nothing to prove, and nothing is claimed.
+    control = stability.report(neuralpde.PDECNN("resnet", 1, 10, (8, 16)), (1, 8, 8))
+    assert control.ok and not control.proven
+
+
+@pytest.mark.parametrize("arch", SYMMETRIC)
+def test_rigorous_bound_is_never_below_the_jacobians_largest_singular_value(arch):
+    # The whole linearization of the layer, normalization (the bias) included: the exact
+    # largest singular value of the Jacobian of F at many states (dense, by autograd) is
+    # never above rho_upper, nor above the power-iteration estimate rho of the report.
+    torch.manual_seed(2)
+    rhs = neuralpde.archs()[arch](6, steps=2, normalization="bias").double()
+    with torch.no_grad():
+        for w in rhs.thetas():
+            w.shift.normal_()
+    spec = rhs.spectrum(5, 5)
+    if arch == "hamiltonian":
+        layers = [(rhs.f_q, rhs.theta_q, spec.layers["K1"], 3)]
+        layers.append((rhs.f_p, rhs.theta_p, spec.layers["K2"], 3))
+    else:
+        f = rhs.f_p if arch == "second_order" else rhs.forward
+        layers = [(f, rhs.theta, spec.layers["K"], 6)]
+    for f, theta, bounds, c in layers:
+        for j in range(2):
+            t = torch.tensor(theta.T * (j + 0.5) / 2, dtype=torch.float64)
+            for _ in range(5):
+                y = torch.randn(1, c, 5, 5, dtype=torch.float64)
+                jac = torch.autograd.functional.jacobian(lambda s, f=f, t=t: f(t, s), y)
+                sigma = torch.linalg.matrix_norm(jac.reshape(y.numel(), -1), ord=2).item()
+                assert sigma <= bounds[j][1] * (1 + 1e-9)
+                assert sigma <= bounds[j][0] * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("arch", SYMMETRIC)
+def test_the_constrained_rate_never_exceeds_its_bound_during_training(arch):
+    torch.manual_seed(3)
+    net = neuralpde.PDECNN(arch, 1, 10, (8, 16, 16), rhs_options={"normalization": "bias"})
+    stability.constrain(net, (1, 8, 8), fraction=0.5)
+    caps = [b.cap for _, b in kernels(net)]
+    # A large learning rate pushes the raw kernels far outside the bound.
+    opt = torch.optim.SGD(net.parameters(), lr=5.0, momentum=0.9)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    grew = False
+    for _ in range(8):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+        for (kernel, bound), cap in zip(kernels(net), caps):
+            assert max(rigorous_rho(kernel, bound)) <= cap * (1 + 1e-6)
+        raw = [
+            stability.symbol_rho(m.parametrizations[n].original.detach(), 4, 4).max().item()
+            for m in net.modules()
+            if isinstance(m, neuralpde.TimeWeights) and hasattr(m, "parametrizations")
+            for n in m.parametrizations
+        ]
+        grew = grew or max(r / c for r, c in zip(raw, caps)) > 1.5
+    assert grew, "the raw kernels never left the bound: the test did not test it"
+
+
+@pytest.mark.parametrize(
+    "arch, method, memory",
+    [
+        ("hamiltonian", "symplectic_euler", "reversible"),
+        ("hamiltonian", "verlet", "reversible"),
+        ("second_order", "leapfrog", "reversible"),
+    ],
+)
+def test_constrained_gradients_through_reversible_memory_equal_autograd(arch, method, memory):
+    torch.manual_seed(4)
+
+    def build():
+        torch.manual_seed(5)
+        net = neuralpde.PDECNN(arch, 1, 10, (4, 6), rhs_options={"normalization": "bias"})
+        net = net.double()
+        net.set_solver(method, step_size=0.5)
+        return stability.constrain(net, (1, 4, 4), fraction=0.5)
+
+    x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    ref, other = build(), build()
+    other.set_solver(memory=memory)
+    grads = []
+    for net in (ref, other):
+        net(x).pow(2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
+    for n, g in grads[0].items():
+        assert torch.allclose(grads[1][n], g, rtol=1e-9, atol=1e-9 * g.abs().max()), n
+
+
+def test_constrained_network_refines_and_round_trips_its_state_dict():
+    torch.manual_seed(6)
+    net = neuralpde.PDECNN("parabolic", 1, 10, (4, 8), rhs_options={"normalization": "bias"})
+    stability.constrain(net, (1, 8, 8), fraction=0.25)
+    net.refine(2)
+    assert stability.report(net, (1, 8, 8)).proven
+    other = neuralpde.PDECNN("parabolic", 1, 10, (4, 8), rhs_options={"normalization": "bias"})
+    stability.constrain(other, (1, 8, 8), fraction=0.25).refine(2)
+    other.load_state_dict(net.state_dict())
+    x = torch.randn(2, 1, 8, 8)
+    net.eval(), other.eval()
+    assert torch.equal(net(x), other(x))
+
+
+def test_constrain_rejects_bad_settings():
+    net = neuralpde.PDECNN("parabolic", 1, 10, (4, 8), rhs_options={"normalization": "bias"})
+    for bad in (0, -0.5, 1.5, math.nan, True):
+        with pytest.raises(ValueError, match="fraction must be"):
+            stability.constrain(net, (1, 8, 8), fraction=bad)
+    stability.constrain(net, (1, 8, 8))
+    with pytest.raises(ValueError, match="constrained already"):
+        stability.constrain(net, (1, 8, 8))
+
+    class Odd(neuralpde.ParabolicRHS):
+        def rates(self, rho):  # not homogeneous in rho
+            return rho(self.theta.weight) + 1.0
+
+    with pytest.raises(ValueError, match="not positively homogeneous"):
+        stability.constrain(neuralpde.Stage(Odd(4)), (4, 8, 8))
+
+    class Derived(neuralpde.ParabolicRHS):
+        def rates(self, rho):  # asks for a derived tensor, not the kernel parameter
+            return rho(2 * self.theta.weight)
+
+    with pytest.raises(ValueError, match="not a parameter of one of its TimeWeights"):
+        stability.constrain(neuralpde.Stage(Derived(4)), (4, 8, 8))
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        neuralpde.ParabolicRHS(4, normalization="batch")
+    with pytest.raises(TypeError, match="rhs_options"):
+        neuralpde.PDECNN("resnet", 1, 10, (4, 8), rhs_options={"normalization": "bias"})
+
+
+def test_bias_normalized_layer_is_the_formula_and_differentiable():
+    torch.manual_seed(7)
+    y = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    from neuralpde._layers import biased_symmetric_layer
+
+    expect = -F.conv_transpose2d(torch.relu(F.conv2d(y, k, b, padding=1)), k, padding=1)
+    assert torch.equal(biased_symmetric_layer(y, k, b), expect)
+    assert torch.equal(biased_symmetric_layer(y, k, b, negate=True), -expect)
+    assert torch.autograd.gradcheck(biased_symmetric_layer, (y, k, b))
