@@ -17,6 +17,7 @@ SCRIPTS = [
     "gpu",
     "data_path",
     "main_job",
+    "seed_sweep",
 ]
 
 

@@ -51,10 +51,13 @@ def test_random_steps_are_a_pure_function_of_seed_epoch_and_batch():
 
 
 def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
-    for arch in ("parabolic", "hamiltonian", "second_order"):
+    for arch, bound in (("parabolic", 0.25), ("hamiltonian", 0.25), ("second_order", 0.1)):
         cfg = resolve_config(arch=arch)
-        assert (cfg.normalization, cfg.rate_bound, cfg.stability_penalty) == ("bias", 0.25, 0.0)
+        assert (cfg.normalization, cfg.rate_bound, cfg.stability_penalty) == ("bias", bound, 0.0)
         assert cfg.step_size is None and cfg.solver is None
+    # A strategy that is given replaces the arch's default.
+    assert resolve_config(arch="second_order", rate_bound=0.5).rate_bound == 0.5
+    assert resolve_config(arch="second_order", stability_penalty=0.1).rate_bound == 0.25
     # The ResNet control has no normalization to choose and no step limit to hold.
     assert resolve_config(arch="resnet").normalization == "tv"
     with pytest.raises(ConfigError, match="no choice of normalization"):
