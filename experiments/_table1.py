@@ -21,6 +21,7 @@ from ._checkpoint import load_checkpoint
 from ._config import (
     NON_MATH_KEYS,
     PAPER_RECIPES,
+    QUICK_ARCH_OPTIONS,
     QUICK_RECIPE,
     ConfigError,
     resolve_config,
@@ -77,7 +78,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
 
 # The configurations each budget trains, set explicitly so that neither inherits the
 # quick recipe's defaults. paper: the paper's scheme (TV normalization, no rate bound, no
-# penalty). stable: the quick recipe's default, stable by construction (see QUICK_RECIPE).
+# penalty). stable: the quick recipe's default, stable by construction (see QUICK_RECIPE),
+# with what it changes per arch (QUICK_ARCH_OPTIONS; config_options).
 CONFIG_KEYS = ("normalization", "rate_bound", "stability_penalty")
 CONFIGS: dict[str, dict[str, Any]] = {
     "paper": {"normalization": "tv", "rate_bound": 0.0, "stability_penalty": 0.0},
@@ -236,6 +238,15 @@ def pick_examples(probs: torch.Tensor, labels: torch.Tensor, per_kind: int = 2) 
     return chosen
 
 
+def config_options(config: str, arch: str) -> dict[str, Any]:
+    """The :func:`resolve_config` options of configuration ``config`` (``"paper"`` or
+    ``"stable"``) for ``arch``: ``CONFIGS[config]``, and for ``"stable"`` what the quick
+    recipe changes for that arch (``QUICK_ARCH_OPTIONS``, e.g. a tighter rate bound)."""
+    if config == "paper":
+        return dict(CONFIGS["paper"])
+    return {**CONFIGS["stable"], **QUICK_ARCH_OPTIONS.get(arch, {})}
+
+
 def _runs(archs, config: str) -> list[tuple[str, str]]:
     """The ``(configuration, arch)`` pairs ``config`` trains, in training order: per arch the
     paper configuration, then the stable one. An arch without a choice of normalization
@@ -292,7 +303,7 @@ def table1(
         out: output directory.
         config: ``"paper"`` (TV normalization, no rate bound, no stability penalty: the
             paper's scheme), ``"stable"`` (the quick recipe's normalization, rate bound and
-            penalty, ``CONFIGS``) or ``"both"``.
+            penalty for each arch, :func:`config_options`) or ``"both"``.
         resume: continue a half-done table.
         report_only: train nothing; write the results of what ``out`` holds (a network
             still training is reported with its best weights so far, marked unfinished).
@@ -339,7 +350,7 @@ def table1(
             dataset="imagefolder",
             data_root=str(data_root),
             out=str(out / c / a),
-            **{**opts, **CONFIGS[c]},
+            **{**opts, **config_options(c, a)},
         )
         for c, a in pairs
     }
@@ -497,6 +508,7 @@ def write_table1(
         rows[name] = {
             "config": config,
             "arch": arch,
+            "options": config_options(config, arch),
             **row,
             "finished": row["epochs_done"] == first.epochs,
             "paper_accuracy": None if paper is None else paper["accuracy"] / 100,
@@ -674,7 +686,10 @@ def _markdown(r: dict[str, Any], ref: str) -> str:
         name = (
             arch if n["finished"] else f"{arch} (after {n['epochs_done']} of {p['epochs']} epochs)"
         )
-        cells = [name, n["config"], f"{n['params']:,}", _pct(n["test_accuracy"])]
+        shared = r["configs"][n["config"]]
+        own = [f"{k.replace('_', ' ')} {v}" for k, v in n["options"].items() if shared.get(k) != v]
+        config = n["config"] + (f" ({', '.join(own)})" if own else "")
+        cells = [name, config, f"{n['params']:,}", _pct(n["test_accuracy"])]
         cells += [f"{n['test_loss']:.3f}", _pct(n["paper_accuracy"]), paper_loss]
         if swap is not None:
             worst = _pct(n["worst_swap_accuracy"])

@@ -91,43 +91,52 @@ def test_table_end_to_end(folder, tmp_path, capsys):
 def test_both_configurations_with_their_solver_swaps(folder, tmp_path, capsys):
     out = tmp_path / "table"
     argv = ["--data-root", str(folder), "--out", str(out), "--archs", "parabolic,resnet"]
+    argv[-1] += ",second_order"
     assert main([*argv, "--swap-images", "8", *TINY]) == 0
     r = json.loads((out / "results.json").read_text())
     # The ResNet control trains once, in the paper configuration.
-    assert list(r["networks"]) == ["paper/parabolic", "stable/parabolic", "paper/resnet"]
+    assert list(r["networks"]) == [
+        "paper/parabolic",
+        "stable/parabolic",
+        "paper/resnet",
+        "paper/second_order",
+        "stable/second_order",
+    ]
     assert not (out / "stable" / "resnet").exists()
     # The paper configuration is exactly the paper's scheme; the stable one is the quick
     # recipe's default, both as trained (config.json of each run), whatever the recipe says.
     stable = {k: QUICK_RECIPE[k] for k in PAPER_SCHEME}
     assert CONFIGS == {"paper": PAPER_SCHEME, "stable": stable}
     assert stable["normalization"] != "tv" and stable["rate_bound"] > 0
-    for name, expected in (("paper/parabolic", PAPER_SCHEME), ("stable/parabolic", stable)):
+    # The stable configuration is the quick recipe's default of each arch (a tighter rate
+    # bound for the second-order network), as the main job trains it.
+    quick_second_order = resolve_config(dataset="imagefolder", arch="second_order")
+    stable_second_order = {k: getattr(quick_second_order, k) for k in PAPER_SCHEME}
+    expected = {
+        "paper/parabolic": PAPER_SCHEME,
+        "stable/parabolic": stable,
+        "paper/second_order": PAPER_SCHEME,
+        "stable/second_order": stable_second_order,
+    }
+    for name, options in expected.items():
         saved = json.loads((out / name / "config.json").read_text())
-        assert {k: saved[k] for k in PAPER_SCHEME} == expected, name
+        assert {k: saved[k] for k in PAPER_SCHEME} == options, name
         assert r["networks"][name]["config"] == name.split("/")[0]
+        assert r["networks"][name]["options"] == options
     resnet = json.loads((out / "paper" / "resnet" / "config.json").read_text())
     assert {k: resnet[k] for k in PAPER_SCHEME} == PAPER_SCHEME
-    assert r["configs"] == {
-        "paper": {
-            **PAPER_SCHEME,
-            "networks": ["paper/parabolic", "paper/resnet"],
-            "min_pde_accuracy": r["networks"]["paper/parabolic"]["test_accuracy"],
-            "max_gap_to_resnet": pytest.approx(
-                r["networks"]["paper/resnet"]["test_accuracy"]
-                - r["networks"]["paper/parabolic"]["test_accuracy"]
-            ),
-        },
-        "stable": {
-            **stable,
-            "networks": ["stable/parabolic"],
-            "min_pde_accuracy": r["networks"]["stable/parabolic"]["test_accuracy"],
-            "max_gap_to_resnet": pytest.approx(
-                r["networks"]["paper/resnet"]["test_accuracy"]
-                - r["networks"]["stable/parabolic"]["test_accuracy"]
-            ),
-        },
-    }
-    # Each network's swap: the default plan on the first 8 test images, its rows kept.
+    accs = {name: n["test_accuracy"] for name, n in r["networks"].items()}
+    for c, options in (("paper", PAPER_SCHEME), ("stable", stable)):
+        mine = [name for name in r["networks"] if name.startswith(f"{c}/")]
+        pde = [accs[name] for name in mine if name != "paper/resnet"]
+        assert r["configs"][c] == {
+            **options,
+            "networks": mine,
+            "min_pde_accuracy": min(pde),
+            "max_gap_to_resnet": pytest.approx(max(accs["paper/resnet"] - a for a in pde)),
+        }
+    # Each network's swap: the default plan on 8 test images, its rows kept; the
+    # hyperbolic networks' rows include their symplectic methods.
     assert r["swap"]["images"] == 8 and r["swap"]["row_seconds"] == 300
     for name, n in r["networks"].items():
         rows = json.loads((out / name / "table1_swap.json").read_text())["rows"]
@@ -141,6 +150,7 @@ def test_both_configurations_with_their_solver_swaps(folder, tmp_path, capsys):
         assert n["swap_training_scheme_accuracy"] == accs[0] and n["swap_failed"] == {}
         assert all(k / 8 == a for a, k in zip(accs, [round(8 * a) for a in accs]))
         assert (out / name / "solver_swap.csv").is_file()
+        assert ("verlet" in n["swap_rows"]) == (n["arch"] == "second_order")
     # Training time as a ratio to the paper configuration of the same network.
     nets = r["networks"]
     assert nets["paper/parabolic"]["time_ratio_to_paper"] == 1.0
@@ -148,6 +158,9 @@ def test_both_configurations_with_their_solver_swaps(folder, tmp_path, capsys):
     assert nets["stable/parabolic"]["time_ratio_to_paper"] == pytest.approx(ratio, abs=1e-3)
     md = (out / "results.md").read_text()
     assert "| parabolic | stable |" in md and "| resnet | paper |" in md
+    own = [f"{k.replace('_', ' ')} {v}" for k, v in stable_second_order.items() if stable[k] != v]
+    cell = "stable" + (f" ({', '.join(own)})" if own else "")
+    assert f"| second_order | {cell} |" in md
     assert "worst swap" in md and "converged flow" in md and "× paper time" in md
     assert f"({nets['stable/parabolic']['worst_swap_solver']})" in md
     assert "normalization tv, no rate bound, no stability penalty" in md
