@@ -11,9 +11,10 @@ one budget on an image folder and writes ``results.md``, ``results.json`` and th
 the quick recipe's stable configuration, or each in turn, in ``<out>/paper/<arch>`` and
 ``<out>/stable/<arch>``; the ResNet control trains once, in ``<out>/paper/resnet``. Each
 network's best weights then go through the solver swap on ``--swap-images`` test images
-spread over the test set (``--no-swap`` skips it): the results carry its worst row and the converged
-flow (dopri5, rtol 1e-4) beside the test accuracy. ``--resume`` continues a half-done
-table: finished networks are kept, a half-done one resumes from its ``last.pt``;
+spread over the test set, each row within ``--swap-row-seconds`` (``--no-swap`` skips
+it): the results carry its worst row and the converged flow (dopri5, rtol 1e-4) beside
+the test accuracy. ``--resume`` continues a half-done table: finished networks are kept,
+a half-done one resumes from its ``last.pt``;
 ``--report-only`` writes the results of a table still training (best weights so far).
 """
 
