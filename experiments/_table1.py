@@ -1,9 +1,13 @@
-"""The paper's Table 1 on an image folder: four networks, one budget, the paper's figures."""
+"""The paper's Table 1 on an image folder: four networks, one budget, two configurations
+(the paper's scheme and the stable one), the solver swap of each and the paper's figures."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import json
+import math
 import os
 import platform
 import threading
@@ -14,9 +18,18 @@ from typing import Any
 import torch
 
 from ._checkpoint import load_checkpoint
-from ._config import NON_MATH_KEYS, PAPER_RECIPES, ConfigError, resolve_config
-from ._data import load_data
+from ._config import (
+    NON_MATH_KEYS,
+    PAPER_RECIPES,
+    QUICK_ARCH_OPTIONS,
+    QUICK_RECIPE,
+    ConfigError,
+    resolve_config,
+    takes_normalization,
+)
+from ._data import Split, load_data
 from ._report import plot_confusion_grid, plot_probability_grid, plot_validation_curves
+from ._swap import swap_table, write_swap
 from ._trainer import build_model, evaluate, fit
 
 TABLE1_ARCHS = ("parabolic", "hamiltonian", "second_order", "resnet")
@@ -57,10 +70,28 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "threads": 2,
         "lr_decay": "cosine",
         "compile": True,
-        # The paper's scheme (h = 1, no stability penalty), whatever the quick recipe's.
+        # The paper's scheme (h = 1, no stability penalty), whatever the quick recipe's;
+        # table1 sets the whole configuration (CONFIGS) on top.
         "stability_penalty": 0.0,
     },
 }
+
+# The configurations each budget trains, set explicitly so that neither inherits the
+# quick recipe's defaults. paper: the paper's scheme (TV normalization, no rate bound, no
+# penalty). stable: the quick recipe's default, stable by construction (see QUICK_RECIPE),
+# with what it changes per arch (QUICK_ARCH_OPTIONS; config_options).
+CONFIG_KEYS = ("normalization", "rate_bound", "stability_penalty")
+CONFIGS: dict[str, dict[str, Any]] = {
+    "paper": {"normalization": "tv", "rate_bound": 0.0, "stability_penalty": 0.0},
+    "stable": {k: QUICK_RECIPE[k] for k in CONFIG_KEYS},
+}
+CONFIG_CHOICES = ("paper", "stable", "both")
+# The solver swap of each network runs on part of the test images only (dopri5 at rtol
+# 1e-4 on all 10,000 would take longer than the training).
+SWAP_IMAGES = 2000
+# A budget per swap row, so that a row that would not end (dopri5 at a tight tolerance on
+# a stiff network: hours on 2 cores) is reported "did not finish within ..." instead.
+SWAP_ROW_SECONDS = 300.0
 
 
 def budget_options(budget: str, epochs: int | None = None, **overrides: Any) -> dict[str, Any]:
@@ -207,86 +238,147 @@ def pick_examples(probs: torch.Tensor, labels: torch.Tensor, per_kind: int = 2) 
     return chosen
 
 
+def config_options(config: str, arch: str) -> dict[str, Any]:
+    """The :func:`resolve_config` options of configuration ``config`` (``"paper"`` or
+    ``"stable"``) for ``arch``: ``CONFIGS[config]``, and for ``"stable"`` what the quick
+    recipe changes for that arch (``QUICK_ARCH_OPTIONS``, e.g. a tighter rate bound)."""
+    if config == "paper":
+        return dict(CONFIGS["paper"])
+    return {**CONFIGS["stable"], **QUICK_ARCH_OPTIONS.get(arch, {})}
+
+
+def _runs(archs, config: str) -> list[tuple[str, str]]:
+    """The ``(configuration, arch)`` pairs ``config`` trains, in training order: per arch the
+    paper configuration, then the stable one. An arch without a choice of normalization
+    (the ResNet control, which also has no step limit to bound) trains once, in the paper
+    configuration, whatever ``config`` says."""
+    if config not in CONFIG_CHOICES:
+        raise ConfigError(f"--config must be one of {list(CONFIG_CHOICES)}, got {config!r}")
+    names = ("paper", "stable") if config == "both" else (config,)
+    return [(c, a) for a in archs for c in (names if takes_normalization(a) else ("paper",))]
+
+
+def _refuse_old_layout(out: Path) -> None:
+    old = [a for a in TABLE1_ARCHS if (out / a / "config.json").is_file()]
+    if old:
+        raise ConfigError(
+            f"{out} holds runs in the layout before configurations ({out}/<arch>: "
+            f"{', '.join(old)}); move each to {out}/paper/<arch> to continue it as the paper "
+            "configuration (a run trained otherwise is refused), or use a new --out"
+        )
+
+
 def table1(
     data_root: str,
     budget: str = "cpu",
     out: str | Path = "runs/table1",
     *,
+    config: str = "both",
     resume: bool = False,
     report_only: bool = False,
     archs=TABLE1_ARCHS,
     epochs: int | None = None,
+    swap: bool = True,
+    swap_images: int | None = SWAP_IMAGES,
+    swap_row_seconds: float | None = SWAP_ROW_SECONDS,
     command: str | None = None,
     log=print,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Train the networks of Table 1 with one budget on the image folder ``data_root`` and
-    write ``results.json``, ``results.md`` and the paper's Figs. 1, 3 and 4 to ``out``.
+    """Train the networks of Table 1 with one budget on the image folder ``data_root`` in
+    the paper's configuration, the stable one or both, and write ``results.json``,
+    ``results.md`` and the paper's Figs. 1, 3 and 4 to ``out``.
 
-    Each network trains through :func:`experiments.fit` in ``out/<arch>``; with
-    ``resume`` a finished network is kept (not retrained), a half-done one continues from
-    its ``last.pt`` and one never started starts.
+    Each network trains through :func:`experiments.fit` in ``out/<configuration>/<arch>``;
+    with ``resume`` a finished network is kept (not retrained), a half-done one continues
+    from its ``last.pt`` and one never started starts. The ResNet control trains once, in
+    ``out/paper/resnet``. Unless ``swap`` is off, the best weights of each network go
+    through :func:`experiments.swap_table` (its default plan) on ``swap_images`` test images
+    spread evenly over the test set: its results carry the worst row and the converged flow
+    (dopri5, rtol 1e-4).
 
     Args:
         data_root: an image folder with the CIFAR-10 classes (see :func:`load_data`).
         budget: ``"cpu"`` (reduced, see ``BUDGETS``) or ``"paper"`` (the full recipe).
         out: output directory.
+        config: ``"paper"`` (TV normalization, no rate bound, no stability penalty: the
+            paper's scheme), ``"stable"`` (the quick recipe's normalization, rate bound and
+            penalty for each arch, :func:`config_options`) or ``"both"``.
         resume: continue a half-done table.
         report_only: train nothing; write the results of what ``out`` holds (a network
             still training is reported with its best weights so far, marked unfinished).
         archs: the networks, in training order.
         epochs: stretch the budget's schedule to this many epochs.
+        swap: run the solver swap of each network.
+        swap_images: how many test images the swap uses (:func:`spread_test_images`);
+            ``None`` or 0: all.
+        swap_row_seconds: the budget of each swap row (``None`` or 0: none); a row over
+            it is reported "did not finish within ..." and left out of the worst row.
         command: the command line to record in the results.
         log: where progress lines go.
         overrides: further :func:`resolve_config` options (``widths``, ``train_fraction``,
-            ``threads``, ``device``, ``seed``). The paper budget trains on ``cuda`` when
-            no device is given and CUDA is available.
+            ``threads``, ``device``, ``seed``); the configuration's options win over them.
+            The paper budget trains on ``cuda`` when no device is given and CUDA is
+            available.
 
     Returns:
         ``results.json``'s contents.
 
     Raises:
-        ConfigError: an unknown budget or arch, or options that differ from the runs
-            being resumed.
+        ConfigError: an unknown budget, configuration or arch, a negative swap option,
+            options that differ from the runs being resumed, or runs of the layout before
+            configurations in ``out``.
         DatasetNotFoundError: ``data_root`` is not an image folder.
     """
     unknown = [a for a in archs if a not in TABLE1_ARCHS]
     if unknown or not archs:
         raise ConfigError(f"--archs must be taken from {list(TABLE1_ARCHS)}, got {list(archs)}")
+    pairs = _runs(archs, config)
+    if isinstance(swap_images, bool) or not (swap_images is None or swap_images >= 0):
+        raise ConfigError(f"--swap-images must be a count >= 0 (0: all), got {swap_images!r}")
+    if swap_row_seconds is not None and not swap_row_seconds >= 0:
+        raise ConfigError(f"--swap-row-seconds must be >= 0 (0: none), got {swap_row_seconds}")
     out = Path(out)
+    if resume or report_only:
+        _refuse_old_layout(out)
     if budget == "paper" and overrides.get("device") is None and torch.cuda.is_available():
         overrides["device"] = "cuda"  # the paper budget is meant for a GPU
     opts = budget_options(budget, epochs, **overrides)
     cfgs = {
-        a: resolve_config(
-            arch=a, dataset="imagefolder", data_root=str(data_root), out=str(out / a), **opts
+        f"{c}/{a}": resolve_config(
+            arch=a,
+            dataset="imagefolder",
+            data_root=str(data_root),
+            out=str(out / c / a),
+            **{**opts, **config_options(c, a)},
         )
-        for a in archs
+        for c, a in pairs
     }
-    first = cfgs[archs[0]]
+    first = next(iter(cfgs.values()))
     if first.threads:
         torch.set_num_threads(first.threads)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = load_data(first)
     log(
-        f"table 1 ({budget} budget): {len(data.train)} training / {len(data.val)} validation "
-        f"/ {len(data.test)} test images of {data_root}; networks {', '.join(archs)} in {out}/"
+        f"table 1 ({budget} budget, {config} configuration{'s' if config == 'both' else ''}): "
+        f"{len(data.train)} training / {len(data.val)} validation / {len(data.test)} test "
+        f"images of {data_root}; networks {', '.join(cfgs)} in {out}/"
     )
     if data.layout:
         log(f"splits: {data.layout}")
     runs: dict[str, dict[str, Any]] = {}
     with _LoadSampler() as load:
-        for k, arch in enumerate([] if report_only else archs, 1):
-            cfg, run = cfgs[arch], out / arch
+        for k, name in enumerate([] if report_only else cfgs, 1):
+            cfg, run = cfgs[name], out / name
             if resume and _finished(cfg, run):
-                log(f"[{k}/{len(archs)}] {arch}: finished earlier, kept ({run}/report.json)")
-                runs[arch] = {"resumed": False, "kept": True}
+                log(f"[{k}/{len(cfgs)}] {name}: finished earlier, kept ({run}/report.json)")
+                runs[name] = {"resumed": False, "kept": True}
                 continue
             half_done = resume and (run / "last.pt").is_file()
-            log(f"[{k}/{len(archs)}] {arch}: {'resuming' if half_done else 'training'} in {run}")
+            log(f"[{k}/{len(cfgs)}] {name}: {'resuming' if half_done else 'training'} in {run}")
             fit(cfg, data, resume=half_done, log=log)
-            runs[arch] = {"resumed": half_done, "kept": False}
+            runs[name] = {"resumed": half_done, "kept": False}
         load_summary = load.summary()
     return write_table1(
         cfgs,
@@ -297,6 +389,10 @@ def table1(
         seconds=time.perf_counter() - t0,
         load=load_summary,
         command=command,
+        swap_images=swap_images if swap else None,
+        swap=swap,
+        swap_row_seconds=swap_row_seconds or None,
+        log=log,
     )
 
 
@@ -309,40 +405,146 @@ def _machine(threads: int | None) -> str:
     )
 
 
-def write_table1(cfgs, data, out: Path, *, budget, runs, seconds, load, command) -> dict:
-    """``results.json``, ``results.md`` and the figures of finished runs in ``out``."""
-    archs = list(cfgs)
-    first = cfgs[archs[0]]
+def spread_test_images(data, images: int | None):
+    """``data`` with its test split cut to ``images`` images spread evenly over it (every
+    (n/images)-th; ``None``, 0 or at least the split's size: all of it). Not the first
+    ``images``: an image folder lists its test images class by class, so the first 2,000
+    of CIFAR-10's would be its airplanes and automobiles."""
+    t = data.test
+    n = len(t.indices)
+    if not images or images >= n:
+        return data
+    part = Split(
+        t.images,
+        t.labels,
+        [t.indices[i * n // images] for i in range(images)],
+        t.mean.view(-1),
+        t.std.view(-1),
+    )
+    return dataclasses.replace(data, test=part)
+
+
+def swap_columns(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What Table 1 reports of a :func:`experiments.swap_table` table ``rows``: the
+    training scheme's accuracy (the first row), the worst row over the rows that finished
+    (``worst_swap_accuracy``, ``worst_swap_solver``), the converged flow's accuracy
+    (dopri5 at rtol 1e-4; ``None`` if it did not finish), the rows' names (``swap_rows``)
+    and, for each row without an accuracy, why (``swap_failed``: name -> status)."""
+
+    def finite(r: dict[str, Any]) -> bool:
+        return math.isfinite(r["accuracy"])
+
+    done = [r for r in rows if finite(r)]
+    worst = min(done, key=lambda r: r["accuracy"]) if done else None
+    flow = [r for r in done if r["method"] == "dopri5" and r["rtol"] == 1e-4]
+    return {
+        "swap_training_scheme": rows[0]["solver"] if rows else None,
+        "swap_training_scheme_accuracy": rows[0]["accuracy"] if done and finite(rows[0]) else None,
+        "worst_swap_accuracy": None if worst is None else worst["accuracy"],
+        "worst_swap_solver": None if worst is None else worst["solver"],
+        "converged_flow_accuracy": flow[0]["accuracy"] if flow else None,
+        "swap_rows": [r["solver"] for r in rows],
+        "swap_failed": {r["solver"]: r.get("status") or "failed" for r in rows if not finite(r)},
+    }
+
+
+def _swap(name: str, run: Path, data, device: str, row_seconds, log) -> dict[str, Any]:
+    """:func:`swap_columns` of the best weights in ``run`` on ``data.test``; the swap's
+    rows are kept in ``run/table1_swap.json`` (and ``solver_swap.csv``/``.md``/``.png``)
+    and reused while the weights, the number of images and the row budget are the same."""
+    best = run / "best.pt"
+    key = {"weights_sha256": hashlib.sha256(best.read_bytes()).hexdigest()}
+    key.update(images=len(data.test), row_seconds=row_seconds)
+    cache = run / "table1_swap.json"
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
+    if all(saved.get(k) == v for k, v in key.items()):
+        rows = saved["rows"]
+    else:
+        log(f"{name}: solver swap of the best weights on {len(data.test)} test images")
+        rows = swap_table(
+            best, data=data, device=device, plan=None, row_seconds=row_seconds, log=log
+        )
+        write_swap(rows, run, f"{name}: the best weights under other solvers")
+        cache.write_text(json.dumps({**key, "rows": rows}, indent=2) + "\n")
+    return {"swap_images": len(data.test), **swap_columns(rows)}
+
+
+def write_table1(
+    cfgs,
+    data,
+    out: Path,
+    *,
+    budget,
+    runs,
+    seconds,
+    load,
+    command,
+    swap_images: int | None = None,
+    swap: bool = False,
+    swap_row_seconds: float | None = None,
+    log=print,
+) -> dict:
+    """``results.json``, ``results.md`` and the figures of finished runs in ``out``;
+    ``cfgs`` maps ``"<configuration>/<arch>"`` to the run's config."""
+    names = list(cfgs)
+    first = cfgs[names[0]]
+    swap_data = spread_test_images(data, swap_images) if swap else None
+    t_swap = time.perf_counter()
     rows, preds, curves, missing = {}, {}, {}, []
-    for arch in archs:
-        run = out / arch
+    for name in names:
+        run = out / name
         if (run / "report.json").is_file():
             report = json.loads((run / "report.json").read_text())
-            preds[arch] = _predictions(cfgs[arch], run, data)
+            preds[name] = _predictions(cfgs[name], run, data)
             row = {k: report[k] for k in ROW_KEYS}
             row["epochs_done"] = first.epochs
         elif (run / "best.pt").is_file() and (run / "metrics.csv").is_file():
-            row, preds[arch] = _unfinished(cfgs[arch], run, data)
+            row, preds[name] = _unfinished(cfgs[name], run, data)
         else:
-            missing.append(arch)
+            missing.append(name)
             continue
+        config, arch = name.split("/")
         paper = PAPER_CIFAR10.get(arch)
-        rows[arch] = {
+        rows[name] = {
+            "config": config,
+            "arch": arch,
+            "options": config_options(config, arch),
             **row,
             "finished": row["epochs_done"] == first.epochs,
             "paper_accuracy": None if paper is None else paper["accuracy"] / 100,
             "paper_loss": None if paper is None else paper["loss"],
-            **runs.get(arch, {}),
+            **runs.get(name, {}),
         }
-        curves[arch] = _metrics(run)
+        if swap_data is not None:
+            device = cfgs[name].device
+            rows[name].update(_swap(name, run, swap_data, device, swap_row_seconds, log))
+        curves[name] = _metrics(run)
     if not rows:
-        raise ConfigError(f"{out} holds no trained network of {archs}; nothing to report")
-    archs = list(rows)
-    control = rows.get("resnet", {}).get("test_accuracy")
-    pde = [a for a in archs if a != "resnet"]
+        raise ConfigError(f"{out} holds no trained network of {names}; nothing to report")
+    for r in rows.values():
+        ref = rows.get(f"paper/{r['arch']}")
+        r["time_ratio_to_paper"] = (
+            None if ref is None else round(r["train_seconds"] / max(ref["train_seconds"], 1e-9), 3)
+        )
+    control = rows.get("paper/resnet", {}).get("test_accuracy")
+    configs = {}
+    for c in dict.fromkeys(n.split("/")[0] for n in names):
+        pde_accs = [
+            r["test_accuracy"] for r in rows.values() if r["config"] == c and r["arch"] != "resnet"
+        ]
+        configs[c] = {
+            **CONFIGS[c],
+            "networks": [n for n in rows if rows[n]["config"] == c],
+            "min_pde_accuracy": min(pde_accs) if pde_accs else None,
+            "max_gap_to_resnet": (
+                None if control is None or not pde_accs else max(control - a for a in pde_accs)
+            ),
+        }
+    pde = [n for n in rows if rows[n]["arch"] != "resnet"]
     results = {
         "budget": budget,
         "command": command,
+        "configs": configs,
         "protocol": {
             "dataset": first.data_root,
             "recipe": first.recipe or "reduced paper recipe (see budget)",
@@ -364,29 +566,34 @@ def write_table1(cfgs, data, out: Path, *, budget, runs, seconds, load, command)
             "bn_eps": first.bn_eps,
             "seed": first.seed,
         },
+        "swap": (
+            None
+            if swap_data is None
+            else {
+                "images": len(swap_data.test),
+                "plan": "experiments.swap_plan (swap_table's default)",
+                "row_seconds": swap_row_seconds,
+                "converged_flow": "dopri5 rtol=0.0001",
+                "seconds": round(time.perf_counter() - t_swap, 1),
+            }
+        ),
         "machine": _machine(first.threads),
         "device": first.device,
         "seconds": round(seconds, 1),
         "load_average": load,
         "networks": rows,
         "not_started": missing,
-        "min_pde_accuracy": min(rows[a]["test_accuracy"] for a in pde) if pde else None,
-        "max_gap_to_resnet": (
-            None
-            if control is None or not pde
-            else max(control - rows[a]["test_accuracy"] for a in pde)
-        ),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     classes = list(data.classes)
     plot_validation_curves(curves, out / "fig4_validation.png")
     plot_confusion_grid(
-        {a: (p["labels"], p["probs"].argmax(1)) for a, p in preds.items()},
+        {n: (p["labels"], p["probs"].argmax(1)) for n, p in preds.items()},
         classes,
         out / "fig3_confusion.png",
     )
-    ref = pde[0] if pde else archs[0]
+    ref = pde[0] if pde else next(iter(rows))
     picks = pick_examples(preds[ref]["probs"], preds[ref]["labels"])
     idx = [p["index"] for p in picks]
     test = data.test
@@ -395,7 +602,7 @@ def write_table1(cfgs, data, out: Path, *, budget, runs, seconds, load, command)
     std = getattr(test, "std", torch.ones(1, 1, 1)).float().cpu()
     plot_probability_grid(
         images * std + mean,
-        {a: preds[a]["probs"][idx] for a in archs},
+        {n: preds[n]["probs"][idx] for n in rows},
         preds[ref]["labels"][idx].tolist(),
         [p["kind"] for p in picks],
         classes,
@@ -409,9 +616,21 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
+def _config_words(name: str, c: dict[str, Any]) -> str:
+    bound = f"rate bound {c['rate_bound']:g} of the limit" if c["rate_bound"] else "no rate bound"
+    penalty = (
+        f"stability penalty {c['stability_penalty']:g}"
+        if c["stability_penalty"]
+        else ("no stability penalty")
+    )
+    what = {"paper": "the paper's scheme", "stable": "the quick recipe's default"}[name]
+    return f"{name} = {what} (normalization {c['normalization']}, {bound}, {penalty})"
+
+
 def _markdown(r: dict[str, Any], ref: str) -> str:
     p = r["protocol"]
     load = r["load_average"]
+    swap = r["swap"]
     size, splits = p.get("image_size"), p.get("splits") or "the data set's own"
     lines = [
         f"# Table 1 on CIFAR-10 images ({r['budget']} budget)",
@@ -427,27 +646,61 @@ def _markdown(r: dict[str, Any], ref: str) -> str:
         f"{p['smoothness']:g}, α2 {p['weight_decay']:g}, augmentation "
         f"{'on' if p['augment'] else 'off'}, weight clipping "
         f"{'on' if p['clip_weights'] else 'off'}, BatchNorm ε {p['bn_eps']:g}, seed {p['seed']}",
+        "- configurations: "
+        + "; ".join(_config_words(name, c) for name, c in r["configs"].items())
+        + ". The ResNet control has no normalization to choose and no step limit: it trains "
+        "once, in the paper configuration.",
         f"- machine: {r['machine']}, device {r['device']}",
         f"- wall time of this call's training {r['seconds'] / 60:.1f} min; 1-minute load average "
         f"during it {load['min']}–{load['max']} (mean {load['mean']}, {load['samples']} samples)",
+    ]
+    if swap is not None:
+        budget = "" if swap["row_seconds"] is None else f"at most {swap['row_seconds']:g} s a row, "
+        lines.append(
+            f"- solver swap: the best weights of each network, unchanged, under every "
+            f"discretization of {swap['plan']} on {swap['images']:,} test images spread "
+            f"evenly over the test set, {budget}{swap['seconds'] / 60:.1f} min in this call: "
+            "*scheme* is the training scheme on those images, *worst swap* the lowest "
+            "accuracy over the rows that finished (all rows listed below), *converged flow* "
+            "dopri5 at rtol 1e-4"
+        )
+    lines += [
         "",
         "Test accuracy and test cross-entropy of the best-validation weights; the paper's "
-        "Table 1 (CIFAR-10, 32-64-112-112, 100 epochs, original PNG-exact images) beside it.",
+        "Table 1 (CIFAR-10, 32-64-112-112, 100 epochs, original PNG-exact images) beside it. "
+        "*× paper time*: training time over the paper configuration's, same network.",
         "",
-        "| network | parameters | test accuracy | test cross-entropy | paper accuracy | "
-        "paper cross-entropy | best epoch | training time | images/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for arch, n in r["networks"].items():
+    head = ["network", "configuration", "parameters", "test accuracy", "test cross-entropy"]
+    head += ["paper accuracy", "paper cross-entropy"]
+    if swap is not None:
+        head += ["scheme (swap images)", "worst swap", "converged flow"]
+    head += ["best epoch", "training time", "× paper time", "images/s"]
+    lines += [
+        "| " + " | ".join(head) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in head[2:]) + " |",
+    ]
+    for n in r["networks"].values():
         paper_loss = "–" if n["paper_loss"] is None else f"{n['paper_loss']:.3f}"
+        arch = n["arch"]
         name = (
             arch if n["finished"] else f"{arch} (after {n['epochs_done']} of {p['epochs']} epochs)"
         )
-        lines.append(
-            f"| {name} | {n['params']:,} | {_pct(n['test_accuracy'])} | {n['test_loss']:.3f} | "
-            f"{_pct(n['paper_accuracy'])} | {paper_loss} | {n['best_epoch']} | "
-            f"{n['train_seconds'] / 60:.1f} min | {n['images_per_second']:.0f} |"
-        )
+        shared = r["configs"][n["config"]]
+        own = [f"{k.replace('_', ' ')} {v}" for k, v in n["options"].items() if shared.get(k) != v]
+        config = n["config"] + (f" ({', '.join(own)})" if own else "")
+        cells = [name, config, f"{n['params']:,}", _pct(n["test_accuracy"])]
+        cells += [f"{n['test_loss']:.3f}", _pct(n["paper_accuracy"]), paper_loss]
+        if swap is not None:
+            worst = _pct(n["worst_swap_accuracy"])
+            if n["worst_swap_solver"] is not None:
+                worst += f" ({n['worst_swap_solver']})"
+            cells += [_pct(n["swap_training_scheme_accuracy"]), worst]
+            cells += [_pct(n["converged_flow_accuracy"])]
+        ratio = n["time_ratio_to_paper"]
+        cells += [str(n["best_epoch"]), f"{n['train_seconds'] / 60:.1f} min"]
+        cells += ["–" if ratio is None else f"{ratio:.2f}", f"{n['images_per_second']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [""]
     if not all(n["finished"] for n in r["networks"].values()) or r["not_started"]:
         lines += [
@@ -456,13 +709,23 @@ def _markdown(r: dict[str, Any], ref: str) -> str:
             f"{', '.join(r['not_started']) or 'none'}. `--resume` continues the table.",
             "",
         ]
-    if r["min_pde_accuracy"] is not None:
-        lines.append(f"Lowest PDE-network test accuracy: {_pct(r['min_pde_accuracy'])}.")
-    if r["max_gap_to_resnet"] is not None:
-        lines.append(
-            f"Largest gap of a PDE network below the ResNet control: "
-            f"{100 * r['max_gap_to_resnet']:.1f} points."
-        )
+    for name, c in r["configs"].items():
+        said = []
+        if c["min_pde_accuracy"] is not None:
+            said.append(f"lowest PDE-network test accuracy {_pct(c['min_pde_accuracy'])}")
+        if c["max_gap_to_resnet"] is not None:
+            said.append(
+                f"largest gap of a PDE network below the ResNet control "
+                f"{100 * c['max_gap_to_resnet']:.1f} points"
+            )
+        if said:
+            lines.append(f"- {name} configuration: {'; '.join(said)}.")
+    if swap is not None:
+        lines += ["", "Rows of each network's solver swap (without an accuracy in italics):", ""]
+        for key, n in r["networks"].items():
+            failed = n["swap_failed"]
+            rows = [f"*{s}* ({failed[s]})" if s in failed else s for s in n["swap_rows"]]
+            lines.append(f"- {key}: {', '.join(rows)}")
     lines += [
         "",
         "![validation accuracy per epoch (Fig. 4)](fig4_validation.png)",
