@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import sys
 import time
@@ -17,7 +18,7 @@ import solvers
 
 from ._checkpoint import check_state_dict, load_checkpoint
 from ._config import TrainConfig
-from ._data import EpochBatches, batch_loader, load_data
+from ._data import EpochBatches, Split, batch_loader, load_data
 from ._trainer import build_model
 
 SWAP_FIELDS = (
@@ -175,6 +176,25 @@ def evaluate_solver(
     }
 
 
+def spread_test_images(data, images: int | None):
+    """``data`` with its test split cut to ``images`` images spread evenly over it (every
+    (n/images)-th; ``None``, 0 or at least the split's size: all of it). Not the first
+    ``images``: an image folder lists its test images class by class, so the first 2,000
+    of CIFAR-10's would be its airplanes and automobiles."""
+    t = data.test
+    n = len(t.indices)
+    if not images or images >= n:
+        return data
+    part = Split(
+        t.images,
+        t.labels,
+        [t.indices[i * n // images] for i in range(images)],
+        t.mean.view(-1),
+        t.std.view(-1),
+    )
+    return dataclasses.replace(data, test=part)
+
+
 def swap_table(
     checkpoint: str | Path,
     *,
@@ -196,7 +216,8 @@ def swap_table(
         checkpoint: a ``best.pt`` or ``last.pt`` of :func:`experiments.fit`.
         data: the data splits (default: loaded as the checkpoint's config says, from
             ``data_root`` if given).
-        images: evaluate on the first ``images`` test images only (default: all).
+        images: evaluate on ``images`` test images spread evenly over the test set
+            (:func:`spread_test_images`: every class is represented; default: all).
         row_seconds: a budget per row, checked between batches: a row still running after
             it stops and is reported ``"did not finish within S s"``.
         max_steps: a step limit for each adaptive solve (torchdiffeq's ``max_num_steps``
@@ -217,6 +238,7 @@ def swap_table(
         if data_root is not None:
             cfg.data_root = data_root
         data = load_data(cfg)
+    data = spread_test_images(data, images)
     # The network's own step: the training step, refined with θ(t) under multilevel training.
     own = net.stages[0]
     own_step = None if own.kind == "adaptive" else own.step_size
@@ -236,7 +258,7 @@ def swap_table(
         net.set_solver(method, step, **opts)
         try:
             r = evaluate_solver(
-                net, data.test, device, batch_size, images=images, seconds=row_seconds,
+                net, data.test, device, batch_size, seconds=row_seconds,
                 label=item["label"], log=log, progress=progress,
             )  # fmt: skip
         except (solvers.SolverError, solvers.NonFiniteError) as err:

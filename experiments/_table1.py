@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import json
 import math
@@ -27,9 +26,9 @@ from ._config import (
     resolve_config,
     takes_normalization,
 )
-from ._data import Split, load_data
+from ._data import load_data
 from ._report import plot_confusion_grid, plot_probability_grid, plot_validation_curves
-from ._swap import swap_table, write_swap
+from ._swap import spread_test_images, swap_table, write_swap
 from ._trainer import build_model, evaluate, fit
 
 TABLE1_ARCHS = ("parabolic", "hamiltonian", "second_order", "resnet")
@@ -70,9 +69,12 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "threads": 2,
         "lr_decay": "cosine",
         "compile": True,
-        # The paper's scheme (h = 1, no stability penalty), whatever the quick recipe's;
+        # The paper's scheme (h = 1, TV normalization, no rate bound, no stability penalty),
+        # whatever the quick recipe's (Fig. 2 of experiments.data_size reads this too);
         # table1 sets the whole configuration (CONFIGS) on top.
         "stability_penalty": 0.0,
+        "normalization": "tv",
+        "rate_bound": 0.0,
     },
 }
 
@@ -403,25 +405,6 @@ def _machine(threads: int | None) -> str:
         f"{os.cpu_count()} CPU cores ({cpu}, {platform.system()}), {gpu}; torch "
         f"{torch.__version__}, {threads or torch.get_num_threads()} thread(s)"
     )
-
-
-def spread_test_images(data, images: int | None):
-    """``data`` with its test split cut to ``images`` images spread evenly over it (every
-    (n/images)-th; ``None``, 0 or at least the split's size: all of it). Not the first
-    ``images``: an image folder lists its test images class by class, so the first 2,000
-    of CIFAR-10's would be its airplanes and automobiles."""
-    t = data.test
-    n = len(t.indices)
-    if not images or images >= n:
-        return data
-    part = Split(
-        t.images,
-        t.labels,
-        [t.indices[i * n // images] for i in range(images)],
-        t.mean.view(-1),
-        t.std.view(-1),
-    )
-    return dataclasses.replace(data, test=part)
 
 
 def swap_columns(rows: list[dict[str, Any]]) -> dict[str, Any]:

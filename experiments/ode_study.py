@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the options of experiments.table1's budget (cpu: widths 16-32-64-64, 4 "
         "epochs, lr 0.1 cosine-annealed, batch 125, compiled) instead of the quick recipe's",
     )
-    p.add_argument("--images", type=int, help="evaluate each swap on the first N test images (all)")
+    p.add_argument(
+        "--images",
+        type=int,
+        help="evaluate each swap on N test images spread over the test set (all)",
+    )
     p.add_argument(
         "--nfe-sweep",
         action=argparse.BooleanOptionalAction,

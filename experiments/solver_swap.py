@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=_positive(int), default=500)
     p.add_argument(
-        "--images", type=_positive(int), help="evaluate on the first N test images (default: all)"
+        "--images",
+        type=_positive(int),
+        help="evaluate on N test images spread over the test set, every class represented (default: all)",
     )
     p.add_argument(
         "--row-seconds", type=_positive(float), metavar="S",
