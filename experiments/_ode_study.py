@@ -164,7 +164,7 @@ def run_one(
 ) -> dict[str, Any]:
     """Train ``arch`` with ``strategy`` into ``out`` and measure it; returns the row.
 
-    ``images``: evaluate the swap on the first ``images`` test images (the test accuracy
+    ``images``: evaluate the swap on ``images`` test images spread over the test set (the test accuracy
     of the row stays the whole test set's); ``nfe_sweep=False`` skips the RK4 and dopri5
     sweeps to convergence (``None`` in the row)."""
     base = dict(base or {})
