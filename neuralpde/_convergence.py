@@ -79,10 +79,11 @@ class ConvergenceVerdict:
         return (
             f"NOT converged: the weights solve the training discretization, not the ODE "
             f"({facts}). A finer solver changes its "
-            "predictions. Retrain with the stability penalty (neuralpde.stability."
-            "StabilityPenalty; `--stability-penalty 0.1`, the default of experiments.train), "
-            "a finer training step (`--step-size`) or multilevel refinement in time "
-            "(PDECNN.refine; `--multilevel`)."
+            "predictions. Retrain stable by construction: an elementwise-bias normalization "
+            "and every step's rate held to a fraction of the stability limit "
+            "(neuralpde.stability.constrain; `--normalization bias --rate-bound 0.25`, the "
+            "default of experiments.train), or with a tighter bound, a finer training step "
+            "(`--step-size`) or multilevel refinement in time (PDECNN.refine; `--multilevel`)."
         )
 
 
