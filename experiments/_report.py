@@ -198,6 +198,25 @@ def recipe_name(cfg) -> str:
     return "quick, with the options of config.json"
 
 
+def _stability(net, data) -> dict[str, Any]:
+    """The stability report's verdict on the trained weights (rigorous bounds, at the
+    training image size): ``stability_proven`` and the words for it."""
+    rep = neuralpde.stability.report(
+        net, (data.in_channels, data.image_size, data.image_size), iters=50
+    )
+    limited = [r for r in rep.rows if r["max_step"] is not None]
+    if rep.proven:
+        words = "every stage proven stable (rigorous bound of the whole linearization)"
+    elif not limited:
+        words = "no step limit declared (nothing to prove)"
+    elif not rep.ok:
+        bad = sorted({r["stage"] for r in limited if r["ok"] is False})
+        words = f"stages {bad} outside their step limit (neuralpde.stability.report)"
+    else:
+        words = "within the step limit of K, not proven: " + limited[0]["leaves_out"]
+    return {"stability_proven": rep.proven, "stability": words}
+
+
 def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_seconds, world):
     """Write report.json, report.md and the figures; return the report dict."""
     preds = test["probs"].argmax(1)
@@ -233,6 +252,7 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         "threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
         "seed": cfg.seed,
+        **_stability(net, data),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     # The best weights' test probabilities, for figures that compare runs (Table 1).
@@ -271,6 +291,7 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         f"{layout}; batch {cfg.batch_size}, lr schedule "
         f"{cfg.lr_schedule}{' cosine-annealed to 0 per batch' if cfg.lr_decay == 'cosine' else ''}"
         f"{', torch.compile' if cfg.compile else ''}",
+        f"- stability: {report['stability']}",
         f"- {report['seconds']} s wall ({report['cpu_seconds']} s CPU), "
         f"{report['seconds_per_epoch']} s/epoch, {report['images_per_second']} images/s on "
         f"{report['device']} ({report['processes']} process(es), {report['threads']} thread(s))",

@@ -47,6 +47,10 @@ class NonFiniteLossError(FloatingPointError):
         self.epoch, self.batch = epoch, batch
 
 
+# The image size of each data set with a fixed one (an image folder's is cfg.image_size).
+DATASET_IMAGE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "stl10": 96}
+
+
 def build_model(
     cfg: TrainConfig,
     in_channels: int,
@@ -57,8 +61,9 @@ def build_model(
     """The network a config describes (the paper's Table 1 network under ``preset="paper"``),
     with θ(t) prolongated ``level`` times by 2 (multilevel training, :meth:`PDECNN.refine`).
 
-    ``image_size`` (the input's height and width) is needed when ``cfg.rate_bound`` is set:
-    the constraint's bound holds at the stages' image sizes."""
+    ``image_size`` (the input's height and width; default: the data set's, or the image
+    folder's ``cfg.image_size``) sets where the rate bound (``cfg.rate_bound``) holds: at
+    the stages' image sizes."""
     kw: dict[str, Any] = {"steps": cfg.steps, "bn_eps": cfg.bn_eps}
     if cfg.normalization != "tv":
         kw["rhs_options"] = {"normalization": cfg.normalization}
@@ -72,7 +77,7 @@ def build_model(
         net.set_solver(cfg.solver, step_size=cfg.step_size)  # keeps the memory mode
     if cfg.rate_bound:
         if image_size is None:
-            raise ValueError("build_model: a config with rate_bound needs the image_size")
+            image_size = cfg.image_size or DATASET_IMAGE_SIZE[cfg.dataset]
         neuralpde.stability.constrain(
             net, (in_channels, image_size, image_size), fraction=cfg.rate_bound
         )

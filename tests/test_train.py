@@ -260,6 +260,9 @@ def test_main_job_reaches_98_percent(tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["test_accuracy"] >= 0.98 and report["test_images"] == 360
+    # Stable by construction, and proven so by the rigorous bounds of the report.
+    assert report["stability_proven"] is True, report["stability"]
+    assert "proven stable" in (out / "report.md").read_text()
 
 
 def test_memory_mode_reaches_every_stage_and_gives_the_same_training(tmp_path):
