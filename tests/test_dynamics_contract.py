@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import neuralpde
 import solvers
 from experiments import ConfigError, resolve_config
+from experiments._swap import load_trained
 from neuralpde import stability
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -392,22 +393,21 @@ def test_penalty_refuses_a_step_limit_without_rates_and_bad_rates():
         stability.StabilityPenalty(neuralpde.Stage(NotAKernel(2)), (2, 4, 4))
 
 
-def test_own_dynamics_trains_with_the_default_penalty(registered, tmp_path):
-    class Gentle(Anisotropic):  # started inside the Euler limit, as a user would
-        def __init__(self, channels, steps=3, step_size=1.0, interpolation="constant"):
-            super().__init__(channels, steps, step_size, interpolation)
-            with torch.no_grad():
-                self.theta.Kx.mul_(0.2)
-                self.theta.Ky.mul_(0.2)
-
-    registered("anisotropic-test", Gentle)
+def test_own_dynamics_trains_stable_by_construction_with_the_default_recipe(registered, tmp_path):
+    # A user's dynamics that declares its rates (rho(Kx) + rho(Ky)) is held to the default
+    # rate bound like the built-in ones, and its trained network is proven stable.
+    registered("anisotropic-test", Anisotropic)
     torch.manual_seed(0)
     cfg = resolve_config(arch="anisotropic-test", widths=[4, 4], epochs=1, out=str(tmp_path))
-    assert cfg.stability_penalty > 0  # the quick recipe's default
+    assert cfg.rate_bound == 0.25 and cfg.stability_penalty == 0.0  # the quick recipe's
     from experiments import fit
 
     report = fit(cfg, log=lambda *_: None)
     assert math.isfinite(report["test_loss"])
+    # Its rate, with the rigorous bound of each trained kernel: h z <= 1/4 of Euler's 2.
+    (stage,) = load_trained(tmp_path / "best.pt")[0].stages
+    rate = stage.rhs.rates(lambda k: stability.symbol_rho(k.detach(), 8, 8))
+    assert (stage.step_size * rate <= 0.25 * 2 * (1 + 1e-6)).all(), rate
 
 
 def test_penalty_state_keeps_the_parameter_names_of_the_paper_networks():
