@@ -254,6 +254,9 @@ def kernel_spectrum(
     return list(zip(rho.tolist(), up))
 
 
+# Eager under torch.compile: once per forward pass, on kernels, not on activations, and
+# inductor generates no code for its complex FFTs and eigensolvers.
+@torch.compiler.disable
 def symbol_rho(kernels: Tensor, height: int, width: int) -> Tensor:
     """A rigorous upper bound of ``ρ(KᵀK) = ‖K‖²`` per kernel, differentiable in the kernels.
 
