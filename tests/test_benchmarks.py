@@ -18,6 +18,7 @@ SCRIPTS = [
     "data_path",
     "main_job",
     "seed_sweep",
+    "stable_cost",
 ]
 
 
