@@ -577,7 +577,7 @@ class RateBound(nn.Module):
         return f"cap={self.cap:.6g}, size={self.height}x{self.width}"
 
 
-def _rate_homogeneity(rhs: nn.Module, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def _rate_homogeneity(rhs: nn.Module) -> tuple[Tensor, Tensor]:
     """``(g1, p)``: the rates at ``ρ = 1`` for every kernel, and their degree in ``ρ``.
 
     The built-in dynamics' rates are ``ρ``, ``sqrt(ρ1 ρ2)`` and ``sqrt(ρ)``: positively
@@ -619,7 +619,9 @@ def constrain(net: nn.Module, input_shape: tuple[int, ...], *, fraction: float =
     Raw kernels outside the bound are scaled onto it first (the network's function changes
     accordingly: constrain before training, not after). Rates must be positively homogeneous and non-decreasing in each kernel's ``ρ`` (the
     built-in dynamics' are): every kernel is capped at one common ``ρ``. Dynamics without a
-    limit (the ResNet control) and adaptive stages are left as they are.
+    limit (the ResNet control), adaptive stages, and stages whose method has no stable step
+    on their model (forward Euler on an oscillatory dynamics, which :func:`report` flags
+    with ``max_step = 0``) are left as they are.
 
     Args:
         net: a :class:`~neuralpde.PDECNN`, a :class:`~neuralpde.Stage` or a sequence of
@@ -672,7 +674,7 @@ def constrain(net: nn.Module, input_shape: tuple[int, ...], *, fraction: float =
                     "itself (e.g. rho(self.theta.weight))"
                 )
             targets.append(owners[id(kernel)])
-        g1, p = _rate_homogeneity(rhs, rhs.steps, torch.float64)
+        g1, p = _rate_homogeneity(rhs)
         rate_cap = fraction * c / stage.step_size
         cap = float((rate_cap / g1).min() ** (1.0 / p))
         for w, name in targets:
