@@ -571,7 +571,8 @@ class RateBound(nn.Module):
         return kernels * scale.view(-1, *([1] * (kernels.dim() - 1)))
 
     def right_inverse(self, kernels: Tensor) -> Tensor:
-        # Assigning a kernel stores it as the raw value (the bound applies when it is read).
+        """The raw value stored for an assigned kernel: the kernel itself (the bound
+        applies when it is read)."""
         return kernels
 
     def extra_repr(self) -> str:
