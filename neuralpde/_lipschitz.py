@@ -174,6 +174,21 @@ class BoundedConv2d(nn.Conv2d):
         return F.conv2d(x, w, self.bias, padding=self.padding)
 
 
+class MaxMin(nn.Module):
+    """The MaxMin activation: channel pairs ``(a, b)`` -> ``(max(a, b), min(a, b))``.
+
+    GroupSort with groups of two (Anil, Lucas & Grosse, "Sorting out Lipschitz function
+    approximation", ICML 2019): piecewise a permutation, so 1-Lipschitz and norm
+    preserving, where ReLU after a norm-bounded layer discards about half the signal.
+
+    ``forward(x)``: ``x (batch, c, height, width)`` (``c`` even) -> the same shape.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = x.chunk(2, dim=1)
+        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+
+
 class BoundedLinear(nn.Linear):
     """An affine map whose matrix has spectral norm at most 1: ``W / max(1, ‖W‖₂)``.
 
@@ -292,7 +307,7 @@ def _sequential_rows(seq: nn.Module, name: str, height: int, width: int) -> list
                     "note": "eval BatchNorm, max|γ|/sqrt(var + ε)",
                 }
             )
-        elif isinstance(m, (nn.ReLU, nn.Identity)):
+        elif isinstance(m, (nn.ReLU, nn.Identity, MaxMin)):
             rows.append(
                 {
                     "layer": f"{name}.{type(m).__name__.lower()}",

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._lipschitz import BoundedConv2d, BoundedLinear
+from ._lipschitz import BoundedConv2d, BoundedLinear, MaxMin
 from ._rhs import RHS, arch_name, resolve_arch
 from ._stage import UNCHANGED, Stage
 
@@ -33,10 +33,12 @@ def _conv_bn_relu(c_in: int, c_out: int, k: int, bn_eps: float) -> nn.Sequential
     )
 
 
-def _bounded_relu(c_in: int, c_out: int, k: int, bn_eps: float) -> nn.Sequential:
+def _bounded_maxmin(c_in: int, c_out: int, k: int, bn_eps: float) -> nn.Sequential:
     # No BatchNorm: its eval-mode gain max|γ|/sqrt(var + ε) is unbounded in training, and
     # in training mode the map depends on the batch. The bias takes BatchNorm's shift.
-    return nn.Sequential(BoundedConv2d(c_in, c_out, k, bias=True), nn.ReLU(inplace=False))
+    # MaxMin, not ReLU: on digits a certified network with ReLU here reached 54 % in 30
+    # epochs where MaxMin reached 95.6 % (ReLU after a norm-1 map discards half the signal).
+    return nn.Sequential(BoundedConv2d(c_in, c_out, k, bias=True), MaxMin())
 
 
 class PDECNN(nn.Module):
@@ -72,7 +74,7 @@ class PDECNN(nn.Module):
             of every size, for a certified network (:func:`~neuralpde.lipschitz_bound`):
             opening and connectors are convolutions with a bias whose kernels are scaled
             by ``1/max(1, ‖K‖)`` (``‖K‖`` from the Fourier symbol, rigorous), followed by
-            ReLU, with no BatchNorm (batch statistics would make the map depend on the
+            the MaxMin activation (so widths must be even), with no BatchNorm (batch statistics would make the map depend on the
             batch and its eval-mode gain unbounded); the classifier's matrix is scaled by
             ``1/max(1, ‖W‖₂)``. The stages are bounded by their dynamics: use
             ``rhs_options={"normalization": "bias"}`` and
@@ -131,7 +133,12 @@ class PDECNN(nn.Module):
         self.num_classes = num_classes
         self.widths = widths
         self.lipschitz = bool(lipschitz)
-        block = _bounded_relu if self.lipschitz else _conv_bn_relu
+        if self.lipschitz and any(w % 2 for w in widths):
+            raise ValueError(
+                f"PDECNN: lipschitz=True pairs channels in its MaxMin activations; widths must "
+                f"be even, got {widths}"
+            )
+        block = _bounded_maxmin if self.lipschitz else _conv_bn_relu
         self.opening = block(in_channels, widths[0], 3, bn_eps)
         self.stages = nn.ModuleList()
         self.connectors = nn.ModuleList()
