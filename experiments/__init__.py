@@ -3,7 +3,7 @@
 Functions: :func:`fit` trains one configuration (what ``python -m experiments.train``
 runs), :func:`swap_table` evaluates a trained network under many solvers (what
 ``python -m experiments.solver_swap`` runs). Commands, ``python -m experiments.NAME``:
-``train`` (the main job), ``solver_swap``, ``ode_study``, ``data_size``, ``table1`` and
+``train`` (the main job), ``solver_swap``, ``certify`` (:func:`certify_table`), ``ode_study``, ``data_size``, ``table1`` and
 ``stability``.
 
 A command's module and a public function never share a name: importing the module
@@ -11,6 +11,7 @@ A command's module and a public function never share a name: importing the modul
 function of that name (``tests/test_public_names.py``).
 """
 
+from ._certify import certify_table as certify_table
 from ._checkpoint import CheckpointError as CheckpointError
 from ._checkpoint import load_checkpoint as load_checkpoint
 from ._checkpoint import save_checkpoint as save_checkpoint
@@ -36,6 +37,7 @@ __all__ = [
     "NonFiniteLossError",
     "TrainConfig",
     "build_model",
+    "certify_table",
     "evaluate",
     "fit",
     "load_checkpoint",

@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             f"results in {cfg.out}/: report.md, report.json, metrics.csv, best.pt, last.pt, "
             "curves.png, confusion.png, probabilities.png"
         )
+        for r in report.get("certified", []):
+            print(f"certified accuracy at l2 radius {r['eps']:.4g}: {r['certified_accuracy']:.2%}")
     return 0
 
 

@@ -12,6 +12,9 @@ from ._filters import PeronaMalikRHS as PeronaMalikRHS
 from ._filters import TVFlowRHS as TVFlowRHS
 from ._layers import ResNetLayer as ResNetLayer
 from ._layers import SymmetricLayer as SymmetricLayer
+from ._lipschitz import LipschitzBound as LipschitzBound
+from ._lipschitz import certify as certify
+from ._lipschitz import lipschitz_bound as lipschitz_bound
 from ._network import PDECNN as PDECNN
 from ._network import count_parameters as count_parameters
 from ._regularizers import time_smoothness as time_smoothness
@@ -40,9 +43,12 @@ __all__ = [
     "TVFlowRHS",
     "TimeWeights",
     "ConvergenceVerdict",
+    "LipschitzBound",
     "archs",
+    "certify",
     "convergence_check",
     "count_parameters",
+    "lipschitz_bound",
     "register_arch",
     "stability",
     "time_smoothness",

@@ -27,7 +27,8 @@ from ._layers import (
     resnet_layer,
     symmetric_layer,
 )
-from ._spectra import Spectrum, kernel_spectrum
+from ._lipschitz import scheme_lipschitz
+from ._spectra import Spectrum, kernel_spectrum, symbol_rho
 from ._weights import TimeWeights
 
 # How a stage input x (batch, c, h, w) becomes the ODE state, and the state the output.
@@ -63,6 +64,21 @@ def _symmetric(y: Tensor, w: dict[str, Tensor], eps: float, negate: bool = False
     if "scale" not in w and "shift" in w:
         return biased_symmetric_layer(y, w["weight"], w["shift"], negate=negate)
     return symmetric_layer(y, w["weight"], w.get("scale"), w.get("shift"), eps, negate=negate)
+
+
+def _rho_max(weight: Tensor, height: int, width: int) -> float:
+    """The largest rigorous bound of ``ρ(KᵀK)`` over a stack of kernels (float64)."""
+    with torch.no_grad():
+        return float(symbol_rho(weight.detach().to(torch.float64), height, width).max())
+
+
+def _gain(theta: TimeWeights, eps: float) -> float:
+    """The Lipschitz constant of N: 1 for a bias or none; for the TV normalization
+    ``max|scale| / sqrt(ε)`` (the Jacobian of ``z / sqrt(|z|² + ε)`` has norm ``1/sqrt(|z|²
+    + ε)`` at most)."""
+    if "scale" not in theta.names:
+        return 1.0
+    return float(theta.scale.detach().abs().max()) / math.sqrt(eps)
 
 
 def _check_images(y, channels: int | None, who: str, name: str) -> None:
@@ -328,6 +344,29 @@ class RHS(nn.Module):
         """
         return None
 
+    def lipschitz(
+        self, height: int, width: int, method: str, step_size: float | None
+    ) -> float | None:
+        """An upper bound of the ℓ2 Lipschitz constant of the stage's map, input
+        ``(batch, channels, height, width)`` to output, under ``method`` with ``step_size``,
+        for every θ it may meet: what :func:`neuralpde.lipschitz_bound` multiplies.
+        ``None`` (the default): no bound declared, and the network's bound is infinite.
+
+        It must be rigorous (never a power-iteration estimate): with ``L`` a bound of the
+        field's Lipschitz constant, :func:`neuralpde.stability.scheme_lipschitz` gives one
+        for any method. The state maps are isometries or projections (the channel halves
+        ``(q, p)``; ``(x, 0)`` and its position), so the bound on the state is one on the map.
+
+        Args:
+            height, width: the image size the stage runs at.
+            method: a name from :func:`solvers.methods`.
+            step_size: the step (``None`` for an adaptive method).
+
+        Returns:
+            A finite float ``>= 0``, or ``None``.
+        """
+        return None
+
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, steps={self.steps}, step_size={self.step_size}, "
@@ -379,6 +418,22 @@ class ParabolicRHS(RHS):
         """``z = ρ(KᵀK)`` per parameter set (see :meth:`spectrum`)."""
         return rho(self.theta.weight)
 
+    def lipschitz(self, height, width, method, step_size):
+        """With an elementwise bias (or none), ``F = -∇Φ`` with ``Φ = ½‖relu(KY + b)‖²``
+        convex and ``ρ``-smooth, ``ρ = max_j ρ̄(K_jᵀK_j)`` (:func:`~neuralpde.stability.symbol_rho`, rigorous; a
+        linearly interpolated ``K(t)`` has no larger norm). Then a forward-Euler step with
+        ``h ρ <= 2`` is non-expansive (``∇Φ`` is ``1/ρ``-cocoercive, Baillon & Haddad
+        1977), and so is the flow (``F`` is monotone): the bound is 1. Otherwise, and with
+        the TV normalization (gain ``max|scale|/sqrt(ε)``), :func:`~neuralpde.stability.scheme_lipschitz` of the
+        field's Lipschitz constant ``ρ · gain``."""
+        rho = _rho_max(self.theta.weight, height, width)
+        if self.normalization != "tv":
+            if solvers.methods().get(method) == "adaptive":
+                return 1.0
+            if method == "euler" and step_size * rho <= 2.0:
+                return 1.0
+        return scheme_lipschitz(method, step_size, self.T, rho * _gain(self.theta, self.eps))
+
 
 class ResNetRHS(RHS):
     """``dY/dt = K2(t) relu(N(K1(t) Y))``: the non-symmetric ResNet control.
@@ -421,6 +476,14 @@ class ResNetRHS(RHS):
             (th.weight1, th.weight2), height, width, iters=iters, tol=tol, seed=seed
         )
         return Spectrum(None, {"K2K1": rho}, None, True)
+
+    def lipschitz(self, height, width, method, step_size):
+        """:func:`~neuralpde.stability.scheme_lipschitz` of the field's Lipschitz constant ``‖K2‖ ‖K1‖`` times
+        the TV normalization's gain ``max|scale|/sqrt(ε)``."""
+        k1 = _rho_max(self.theta.weight1, height, width)
+        k2 = _rho_max(self.theta.weight2, height, width)
+        L = math.sqrt(k1 * k2) * _gain(self.theta, self.eps)
+        return scheme_lipschitz(method, step_size, self.T, L)
 
 
 class HamiltonianRHS(RHS):
@@ -475,6 +538,14 @@ class HamiltonianRHS(RHS):
         """``z = sqrt(ρ(K1ᵀK1) ρ(K2ᵀK2))`` per parameter set (see :meth:`spectrum`)."""
         return (rho(self.theta_q.weight) * rho(self.theta_p.weight)).sqrt()
 
+    def lipschitz(self, height, width, method, step_size):
+        """:func:`~neuralpde.stability.scheme_lipschitz` on ``(q, p)`` with ``L_q = ρ̄(K1ᵀK1)·gain``, ``L_p =
+        ρ̄(K2ᵀK2)·gain`` (a symplectic step: a product of shears; a Hamiltonian flow
+        preserves volume, not distances, so there is no bound of 1)."""
+        lq = _rho_max(self.theta_q.weight, height, width) * _gain(self.theta_q, self.eps)
+        lp = _rho_max(self.theta_p.weight, height, width) * _gain(self.theta_p, self.eps)
+        return scheme_lipschitz(method, step_size, self.T, (lq, lp))
+
 
 class SecondOrderRHS(RHS):
     """The second-order (wave-like) network ``d²Y/dt² = F_sym(θ(t), Y)``, ``Y'(0) = 0``.
@@ -521,6 +592,12 @@ class SecondOrderRHS(RHS):
     def rates(self, rho):
         """``z = sqrt(ρ(KᵀK))`` per parameter set (see :meth:`spectrum`)."""
         return rho(self.theta.weight).sqrt()
+
+    def lipschitz(self, height, width, method, step_size):
+        """:func:`~neuralpde.stability.scheme_lipschitz` on ``(q, p)`` with ``L_q = 1`` (``dq/dt = p``) and
+        ``L_p = ρ̄(KᵀK)·gain``."""
+        lp = _rho_max(self.theta.weight, height, width) * _gain(self.theta, self.eps)
+        return scheme_lipschitz(method, step_size, self.T, (1.0, lp))
 
 
 _ARCHS: dict[str, type[RHS]] = {}

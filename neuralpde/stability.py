@@ -35,6 +35,7 @@ from torch.nn.utils import parametrize
 
 import solvers
 
+from ._lipschitz import scheme_lipschitz as scheme_lipschitz
 from ._rhs import arch_name
 from ._spectra import Spectrum as Spectrum
 from ._spectra import _conv, _conv_normal_op
@@ -53,6 +54,7 @@ __all__ = [
     "kernel_spectrum",
     "power_iteration",
     "report",
+    "scheme_lipschitz",
     "symbol_bound",
     "symbol_rho",
 ]
