@@ -1,9 +1,10 @@
 """The main job's cost: ``python -m experiments.train`` (the default recipe: stable by
 construction, ``normalization="bias"`` and the rate bound that makes the trained network
 an ODE) against the same job trained with the paper's scheme (``--normalization tv
---rate-bound 0``), against the stability penalty on the paper's layer (the default before
-the rate bound) and against the fine-step alternative (``--step-size 0.5``), each run in
-its own process.
+--rate-bound 0``) and against the fine-step alternative (``--step-size 0.5``), each run in
+its own process. (The stability penalty on the paper's layer, the default before the rate
+bound, is not a candidate: on this project's machine it stops seed 0 on a non-finite
+gradient in epoch 4.)
 
     python benchmarks/main_job.py [--repeats 3] [--tiny]
 
@@ -40,7 +41,6 @@ def main() -> None:
     candidates = {
         "default (rate bound)": [],
         "paper scheme": paper,
-        "stability penalty 0.1": [*paper, "--stability-penalty", "0.1"],
         "fine step h/2": [*paper, "--step-size", "0.5"],
     }
     env = dict(os.environ, PYTHONPATH=str(ROOT))
