@@ -79,11 +79,12 @@ class ConvergenceVerdict:
         return (
             f"NOT converged: the weights solve the training discretization, not the ODE "
             f"({facts}). A finer solver changes its "
-            "predictions. Retrain stable by construction: an elementwise-bias normalization "
-            "and every step's rate held to a fraction of the stability limit "
-            "(neuralpde.stability.constrain; `--normalization bias --rate-bound 0.25`, the "
-            "default of experiments.train), or with a tighter bound, a finer training step "
-            "(`--step-size`) or multilevel refinement in time (PDECNN.refine; `--multilevel`)."
+            "predictions. Retrain stable by construction (an elementwise-bias normalization "
+            "and every step's rate held to a fraction of the stability limit: "
+            "neuralpde.stability.constrain; `--normalization bias --rate-bound 0.25`, the "
+            "default of experiments.train); if it is so trained already, with a tighter bound "
+            "(`--rate-bound 0.1`), a finer training step (`--step-size`) or multilevel "
+            "refinement in time (PDECNN.refine; `--multilevel`)."
         )
 
 
