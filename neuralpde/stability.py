@@ -598,7 +598,8 @@ def _rate_homogeneity(rhs: nn.Module) -> tuple[Tensor, Tensor]:
             f"constrain: {type(rhs).__name__}.rates is not positively homogeneous in the "
             "kernels' rho (rates(4 rho) = 4**p rates(rho) with one p > 0), so capping each "
             "kernel cannot cap the rate; constrain its kernels yourself with "
-            "neuralpde.stability.RateBound"
+            "neuralpde.stability.RateBound, or train without the bound (experiments.train: "
+            "--rate-bound 0)"
         )
     return g1, p[0]
 

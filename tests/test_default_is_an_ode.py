@@ -56,7 +56,12 @@ def test_default_job_trains_on_the_seeds_that_diverged_before(seed, onednn, tmp_
     import torch
 
     cfg = resolve_config(seed=seed, out=str(tmp_path / "run"))
-    with torch.backends.mkldnn.flags(enabled=onednn):
+    # Set and restore the flag itself (mkldnn.flags() also sets TF32 modes, with a warning).
+    was = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = onednn
+    try:
         report = fit(cfg, log=lambda *_: None)
+    finally:
+        torch.backends.mkldnn.enabled = was
     assert report["test_accuracy"] >= 0.98, report["test_accuracy"]
     assert report["stability_proven"] is True

@@ -59,8 +59,13 @@ assert again["accuracy"] == report["test_accuracy"]
 print(f"reloaded from best.pt (epoch {best['epoch']}): test accuracy {again['accuracy']:.2%}")
 
 # %% 5. Save just the weights for use elsewhere, and load them back.
+# The default network is stable by construction: build it the same way (bias normalization,
+# kernels parametrized by the rate bound) before loading its weights.
 torch.save(fresh.state_dict(), out / "weights.pt")
-other = neuralpde.PDECNN("parabolic", 1, 10, tuple(cfg.widths))
+other = neuralpde.PDECNN(
+    "parabolic", 1, 10, tuple(cfg.widths), rhs_options={"normalization": cfg.normalization}
+)
+neuralpde.stability.constrain(other, (1, 8, 8), fraction=cfg.rate_bound)
 other.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
 other.eval()
 with torch.no_grad():
