@@ -19,6 +19,8 @@ torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 
+import neuralpde  # noqa: E402
+
 
 @pytest.fixture
 def float64():
@@ -49,3 +51,17 @@ def graph_ops():
         return names
 
     return walk
+
+
+@pytest.fixture
+def registered():
+    """Register archs for one test and remove them after (the registry is global)."""
+    names = []
+
+    def register(name, cls):
+        names.append(name)
+        return neuralpde.register_arch(name, cls)
+
+    yield register
+    for name in names:
+        neuralpde._rhs._ARCHS.pop(name, None)

@@ -67,20 +67,6 @@ class Coupled(neuralpde.RHS):
         return -F.conv_transpose2d(torch.tanh(F.conv2d(q, K, padding=1)), K, padding=1) - q
 
 
-@pytest.fixture
-def registered():
-    """Register archs for one test and remove them after (the registry is global)."""
-    names = []
-
-    def register(name, cls):
-        names.append(name)
-        return neuralpde.register_arch(name, cls)
-
-    yield register
-    for name in names:
-        neuralpde._rhs._ARCHS.pop(name, None)
-
-
 def unrolled_euler(rhs, x, h, steps):
     """Forward Euler written out, evaluating θ at each step's left end."""
     for j in range(steps):

@@ -20,20 +20,6 @@ from neuralpde.stability import constrain, scheme_lipschitz
 pytestmark = pytest.mark.usefixtures("float64")
 
 
-@pytest.fixture
-def registered():
-    """Register archs for one test and remove them after (the registry is global)."""
-    names = []
-
-    def register(name, cls):
-        names.append(name)
-        return neuralpde.register_arch(name, cls)
-
-    yield register
-    for name in names:
-        neuralpde._rhs._ARCHS.pop(name, None)
-
-
 def jacobian_norm(f, x: torch.Tensor) -> float:
     """σ_max of the Jacobian of ``f`` (one sample ``x`` -> a vector) at ``x``."""
     J = torch.autograd.functional.jacobian(f, x)
