@@ -19,6 +19,7 @@ SCRIPTS = [
     "main_job",
     "seed_sweep",
     "stable_cost",
+    "certified_cifar",
 ]
 
 

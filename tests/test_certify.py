@@ -52,6 +52,23 @@ def test_certified_recipe_composes_with_the_other_options():
     assert cfg.certified and cfg.memory == "reversible"
 
 
+def test_certified_recipe_has_its_own_rate_and_margin_for_photographs(tmp_path):
+    digits = resolve_config(certified=True)
+    assert (digits.certified_margin, digits.temperature, digits.lr_schedule) == (
+        0.15, 32.0, [[50, 0.02]],
+    )  # fmt: skip
+    photos = resolve_config(certified=True, dataset="imagefolder", data_root=str(tmp_path))
+    assert photos.certified_margin == pytest.approx(36 / 255)
+    assert (photos.temperature, photos.lr_schedule) == (4.0, [[50, 0.002]])
+    # What the user gives wins over the recipe.
+    given = resolve_config(
+        certified=True, dataset="imagefolder", data_root=str(tmp_path), certified_margin=0.5,
+        temperature=8.0, lr=0.01,
+    )  # fmt: skip
+    assert (given.certified_margin, given.temperature) == (0.5, 8.0)
+    assert given.lr_schedule[0][1] == pytest.approx(0.01)
+
+
 def test_training_reports_certified_accuracy_and_the_bound_holds(trained):
     ckpt, cfg, data, report = trained
     rows = report["certified"]

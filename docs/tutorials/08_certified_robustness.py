@@ -23,13 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import neuralpde  # noqa: E402
-import solvers  # noqa: E402
 from experiments import certify_table, fit, load_data, resolve_config  # noqa: E402
 from experiments._swap import load_trained  # noqa: E402
-from neuralpde.stability import symbol_rho  # noqa: E402
 
 SMALL = os.environ.get("NEURALPDE_SMALL") == "1"
 FIGURES = Path(os.environ.get("NEURALPDE_FIGURES", Path(__file__).parent / "figures"))
@@ -54,35 +51,11 @@ bound = neuralpde.lipschitz_bound(net, (1, 8, 8))
 print(bound)
 
 
-# %% 3. A CPL control, written as a user would: a Convex Potential Layer (Meunier et al.,
-# ICML 2022) is y - (2/‖K‖²) Kᵀ relu(K y + b), a forward-Euler step at h = 2/‖K‖². As a
-# dynamics: the kernel rescaled so that h·ρ(KᵀK) = 2 exactly at the input's size.
-class CPL(neuralpde.RHS):
-    """``dY/dt = -K̃ᵀ relu(K̃ Y + b)`` with ``K̃ = K sqrt(2 / (h ‖K‖²))``."""
-
-    def __init__(self, channels, steps=3, step_size=1.0, interpolation="constant"):
-        super().__init__(channels, steps, step_size, interpolation)
-        c = channels
-        self.theta = neuralpde.TimeWeights(
-            {"K": torch.randn(steps, c, c, 3, 3) / (3 * c), "b": torch.zeros(steps, c)},
-            self.T,
-            interpolation,
-        )
-
-    def forward(self, t, y):
-        w = self.theta(t)
-        rho = symbol_rho(w["K"][None], y.shape[-2], y.shape[-1])[0]  # rigorous ‖K‖²
-        K = w["K"] * (2 * (1 - 1e-5) / (self.step_size * rho)).sqrt()
-        z = torch.relu(F.conv2d(y, K, w["b"], padding=1))
-        return -F.conv_transpose2d(z, K, padding=1)
-
-    def lipschitz(self, height, width, method, step_size):
-        # A forward-Euler step no larger than h is a CPL layer: non-expansive; so is the
-        # flow of -∇ of a convex potential. Other methods: no bound declared.
-        if solvers.methods()[method] == "adaptive":
-            return 1.0
-        return 1.0 if method == "euler" and step_size <= self.step_size else None
-
+# %% 3. A CPL control, written as a user would, in its own file (docs/tutorials/cpl.py): a
+# Convex Potential Layer (Meunier et al., ICML 2022) is y - (2/‖K‖²) Kᵀ relu(K y + b), a
+# forward-Euler step at h = 2/‖K‖². As a dynamics: the kernel rescaled so that
+# h·ρ(KᵀK) = 2 exactly at the input's size.
+from cpl import CPL  # noqa: E402  (this script's directory is on sys.path)
 
 neuralpde.register_arch("cpl", CPL)
 cpl_cfg = resolve_config(**OPTIONS, arch="cpl", out=str(runs / "cpl"))
