@@ -21,6 +21,7 @@ from ._config import resolve_config as resolve_config
 from ._data import DatasetNotFoundError as DatasetNotFoundError
 from ._data import DataSplits as DataSplits
 from ._data import load_data as load_data
+from ._swap import load_trained as load_trained
 from ._swap import swap_plan as swap_plan
 from ._swap import swap_table as swap_table
 from ._swap import swap_verdict as swap_verdict
@@ -42,6 +43,7 @@ __all__ = [
     "fit",
     "load_checkpoint",
     "load_data",
+    "load_trained",
     "resolve_config",
     "save_checkpoint",
     "swap_plan",

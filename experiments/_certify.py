@@ -143,30 +143,45 @@ def certify_table(
     :func:`neuralpde.lipschitz_bound`), converted to pixel units of images in [0, 1] with
     :func:`pixel_scale`. With ``swap``, also one row per discretization of
     :func:`experiments.swap_plan` (the weights unchanged): its Lipschitz bound, its clean
-    accuracy and certified accuracy at each ε, or ``"no bound"`` and why.
+    accuracy and certified accuracy at each ε; a row without a finite bound has NaN
+    certified accuracies and its ``bound`` column names the layers without one.
 
     Args:
         checkpoint: a ``best.pt`` or ``last.pt`` of :func:`experiments.fit`.
         eps: ℓ2 radii in pixel units (default: 0.1, 0.25, 0.5 on digits; 36/255, 72/255,
             108/255 otherwise).
         data, data_root: the splits (default: loaded as the checkpoint's config says).
-        images: the first ``images`` test images only (default: all).
+        images: ``images`` test images spread evenly over the test set (every class
+            represented, as :func:`experiments.swap_table`'s; default: all).
         out: where ``certify.csv``/``.md``/``.png`` (and ``certify_swap.csv``/``.md``)
             go (default: nothing is written).
 
     Returns:
         ``{"rows": [...], "swap": [...] or None, "radius": (n,) pixel radii}``; each row has
         ``eps``, ``certified_accuracy``, ``clean_accuracy``, ``lipschitz``, ``images``.
-    """
-    from ._swap import load_trained, swap_plan
 
+    Raises:
+        ValueError: ``images`` below 1; a checkpoint of a dynamics not registered in this
+            process (``neuralpde.register_arch`` it first).
+        experiments.CheckpointError: an unreadable or foreign checkpoint.
+        experiments.DatasetNotFoundError: the data set is not where the config says.
+    """
+    from ._swap import load_trained, spread_test_images, swap_plan
+
+    if images is not None and (
+        isinstance(images, bool) or not isinstance(images, int) or images < 1
+    ):
+        raise ValueError(
+            f"certify_table: images must be a positive int (or None: all), got {images!r}"
+        )
     net, cfg = load_trained(checkpoint, device)
     if data is None:
         if data_root is not None:
             cfg.data_root = data_root
         data = load_data(cfg)
+    data = spread_test_images(data, images)
     eps = tuple(default_eps(cfg.dataset) if eps is None else eps)
-    r, ok, bound = radii(net, data.test, device, images=images)
+    r, ok, bound = radii(net, data.test, device)
     rows = _rows(r, ok, bound, eps)
     if not bound.finite:
         log("no finite Lipschitz bound: " + "; ".join(bound.unbounded))
@@ -182,7 +197,7 @@ def certify_table(
             if method is not None and solvers.methods()[method] == "adaptive":
                 step = None
             net.set_solver(method, step, **opts)
-            rr, okk, b = radii(net, data.test, device, images=images)
+            rr, okk, b = radii(net, data.test, device)
             row = {
                 "solver": item["label"],
                 "lipschitz": b.total,

@@ -528,6 +528,8 @@ def _check_certified(cfg: TrainConfig) -> None:
     if not cfg.certified:
         if cfg.certified_margin:
             raise ConfigError("--certified-margin is the margin of --certified training; add it")
+        if cfg.temperature != 1.0:  # the plain cross-entropy has none
+            raise ConfigError("--temperature is that of --certified's margin loss; add it")
         return
     if cfg.preset == "paper":
         raise ConfigError(
@@ -652,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--certified-margin", type=float, help="with --certified: the l2 radius (pixel units) "
       "the margin loss aims at (digits 0.15, else 36/255)")  # fmt: skip
     a("--optimizer", choices=OPTIMIZERS, help="sgd (momentum, the paper's) or adam")
-    a("--temperature", type=float, help="with --certified: inverse temperature of the loss (4)")
+    a("--temperature", type=float, help="with --certified: inverse temperature of the loss (digits 32, else 4)")
     a("--memory", choices=MEMORY_MODES, help="how gradients are computed through the stages")
     a("--train-fraction", type=float, help="use this fraction of the training split")
     a("--image-size", type=int, help="imagefolder only: resize images to this size (32)")

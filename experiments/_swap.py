@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import neuralpde
 import solvers
 
-from ._checkpoint import check_state_dict, load_checkpoint
+from ._checkpoint import CheckpointError, check_state_dict, load_checkpoint
 from ._config import TrainConfig
 from ._data import EpochBatches, Split, batch_loader, load_data
 from ._trainer import build_model
@@ -67,9 +67,22 @@ def swap_plan(
 
 def load_trained(checkpoint: str | Path, device="cpu"):
     """``(network, config)`` from a ``best.pt``/``last.pt`` of :func:`experiments.fit`;
-    the network is in eval mode with the checkpoint's weights, verified before loading."""
+    the network is in eval mode with the checkpoint's weights, verified before loading.
+
+    Raises:
+        experiments.CheckpointError: an unreadable, foreign or mismatched checkpoint, or
+            one trained with a dynamics not registered in this process
+            (:func:`neuralpde.register_arch` it first).
+    """
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
+    if cfg.arch not in neuralpde.archs():
+        raise CheckpointError(
+            f"{checkpoint}: trained with the dynamics {cfg.arch!r}, which is not registered "
+            f"in this process (known: {sorted(neuralpde.archs())}); call "
+            f"neuralpde.register_arch({cfg.arch!r}, YourRHS) first, then load it from Python "
+            "(experiments.load_trained, experiments.certify_table, experiments.swap_table)"
+        )
     d = state["data"]
     net = build_model(
         cfg,

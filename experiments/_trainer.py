@@ -329,6 +329,17 @@ def _setup(cfg: TrainConfig, data: DataSplits | None, resume: bool, log) -> _Run
                 + "; ".join(bound.unbounded)
                 + "); choose another --solver or --arch"
             )
+        loose = [r for r in bound.layers if r["layer"].startswith("stage") and r["bound"] > 1.0]
+        if loose and rank == 0 and not resume:
+            # Legal (a user may study it) but the certificate divides by this factor.
+            log(
+                "warning: --certified: "
+                + "; ".join(
+                    f"{r['layer']} is bounded by {r['bound']:.3g} ({r['note']})" for r in loose
+                )
+                + ". Only a parabolic-type stage under forward Euler (h·ρ <= 2) or an adaptive "
+                "solver is 1-Lipschitz: the certificates of this configuration will be loose"
+            )
     if run.main and cfg.dataset == "imagefolder" and data.layout and not resume:
         log(f"splits: {data.layout}")
     if world > 1:

@@ -31,6 +31,16 @@ def _eps(text: str) -> list[float]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of images, got {text!r}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m experiments.certify", description=__doc__.split("\n\n")[0],
@@ -45,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="where certify.csv/.md/.png go (default: the checkpoint's dir)")
     p.add_argument("--data-root", help="override the data root saved in the checkpoint")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--images", type=int, help="the first N test images only (default: all)")
+    p.add_argument(
+        "--images", type=_positive,
+        help="N test images spread over the test set (default: all)",
+    )  # fmt: skip
     p.add_argument("--swap", action="store_true", help="also certify every solver-swap row")
     args = p.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent

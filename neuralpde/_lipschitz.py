@@ -352,7 +352,8 @@ def _stage_row(stage, k: int, height: int, width: int) -> dict[str, Any]:
 
 def lipschitz_bound(net: nn.Module, input_shape: tuple[int, ...]) -> LipschitzBound:
     """A rigorous upper bound of the ℓ2 Lipschitz constant of ``net`` (in eval mode) as a
-    function of its input, with each layer's factor.
+    function of its input, with each layer's factor: logits per unit of the network's
+    input (the data path's normalized units; :mod:`experiments` converts to pixels).
 
     The network is the composition opening → (stage → connector → pooling) per unit →
     classifier (:class:`~neuralpde.PDECNN`), so its constant is at most the product of:
@@ -362,7 +363,8 @@ def lipschitz_bound(net: nn.Module, input_shape: tuple[int, ...]) -> LipschitzBo
       holds the zero padding; Sedghi, Gupta & Long, ICLR 2019). A BatchNorm after it, in
       eval mode, is the affine map ``γ (x - μ)/sqrt(var + ε) + β`` and is merged into the
       kernel; alone it has gain ``max|γ|/sqrt(var + ε)``.
-    * ReLU: 1. 2×2 average pooling: 1/2 (each output averages four disjoint inputs).
+    * ReLU and MaxMin: 1. 2×2 average pooling: 1/2 (each output averages four disjoint
+      inputs).
       Global mean pooling over ``h × w``: ``1/sqrt(h w)`` (Cauchy–Schwarz).
     * the classifier: its matrix's spectral norm.
     * each stage: :meth:`neuralpde.RHS.lipschitz` of its dynamics under its current
@@ -380,7 +382,8 @@ def lipschitz_bound(net: nn.Module, input_shape: tuple[int, ...]) -> LipschitzBo
 
     Raises:
         TypeError: ``net`` is not a :class:`~neuralpde.PDECNN`.
-        ValueError: a malformed ``input_shape``, a BatchNorm in training mode, a layer
+        ValueError: a malformed ``input_shape`` (or one with other channels, or a size the
+            network's pooling cannot take), a BatchNorm in training mode, a layer
             this function has no bound for, a dynamics returning a negative or non-finite
             value.
     """
@@ -388,13 +391,28 @@ def lipschitz_bound(net: nn.Module, input_shape: tuple[int, ...]) -> LipschitzBo
 
     if not isinstance(net, PDECNN):
         raise TypeError(f"lipschitz_bound: expected a PDECNN, got {type(net).__name__}")
-    shape = tuple(int(s) for s in input_shape)
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
     if len(shape) not in (3, 4) or min(shape) < 1:
         raise ValueError(
             "lipschitz_bound: input_shape must be (channels, height, width) or (batch, "
             f"channels, height, width), got {input_shape!r}"
         )
     height, width = shape[-2:]
+    if shape[-3] != net.in_channels:
+        raise ValueError(
+            f"lipschitz_bound: input_shape has {shape[-3]} channels, the network takes "
+            f"{net.in_channels}; pass (channels, height, width) of its input"
+        )
+    factor = 2 ** (len(net.stages) - 1)
+    if height % factor or width % factor:
+        raise ValueError(
+            f"lipschitz_bound: the network pools 2×2 after each of its first "
+            f"{len(net.stages) - 1} stages, so height and width must be divisible by "
+            f"{factor}, got {height}×{width}"
+        )
     rows = _sequential_rows(net.opening, "opening", height, width)
     last = len(net.stages) - 1
     for k, (stage, connector) in enumerate(zip(net.stages, net.connectors)):
@@ -430,6 +448,24 @@ def lipschitz_bound(net: nn.Module, input_shape: tuple[int, ...]) -> LipschitzBo
     return LipschitzBound(total, rows)
 
 
+def _checked_bound(bound: LipschitzBound | float, x: Tensor) -> float:
+    """``L`` of a bound given to :func:`certify`, refused where it cannot be one of ``x``'s."""
+    fix = "pass bound=lipschitz_bound(net, x.shape), or leave it out"
+    if isinstance(bound, LipschitzBound):
+        size = f"{x.shape[-2]}×{x.shape[-1]}"
+        if bound.layers and bound.layers[0]["size"] != size:
+            raise ValueError(
+                f"certify: the bound was computed for {bound.layers[0]['size']} inputs, x is "
+                f"{size} (a convolution's norm depends on the size); {fix}"
+            )
+        return bound.total
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+        raise ValueError(f"certify: bound must be a LipschitzBound or a float, got {bound!r}")
+    if not bound >= 0:  # also NaN
+        raise ValueError(f"certify: bound must be >= 0 (math.inf: none), got {bound!r}; {fix}")
+    return float(bound)
+
+
 def certify(
     net: nn.Module,
     x: Tensor,
@@ -449,28 +485,31 @@ def certify(
         net: a :class:`~neuralpde.PDECNN`; evaluated in eval mode (restored afterwards).
         x: ``(batch, channels, height, width)``, the network's input units.
         y: ``(batch,)`` labels, optional: the radius is 0 where the prediction is wrong.
-        bound: a :class:`LipschitzBound` or a float ``L`` already computed for this input
-            size (default: :func:`lipschitz_bound` of ``net`` at ``x``'s shape).
+        bound: a :class:`LipschitzBound` or a float ``L >= 0`` already computed for this
+            input size (default: :func:`lipschitz_bound` of ``net`` at ``x``'s shape).
 
     Returns:
-        ``(batch,)`` radii in the units of ``x`` (0 everywhere when the bound is infinite).
+        ``(batch,)`` float64 radii in the units of ``x``: 0 everywhere when the bound is
+        infinite, ``inf`` where ``L = 0`` (a constant network).
 
     Raises:
-        ValueError: ``x`` not 4-d, ``y`` of another length; what :func:`lipschitz_bound`
-            raises.
+        ValueError: ``x`` not 4-d, ``y`` not a tensor of ``x``'s length, a ``bound`` that is
+            negative, NaN, not a number, or computed for another image size; what
+            :func:`lipschitz_bound` raises.
     """
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(
             f"certify: x must be (batch, channels, height, width), got {getattr(x, 'shape', x)!r}"
         )
-    if y is not None and (y.dim() != 1 or len(y) != len(x)):
-        raise ValueError(f"certify: y must be ({len(x)},) labels, got {tuple(y.shape)}")
+    if y is not None and (not isinstance(y, Tensor) or y.dim() != 1 or len(y) != len(x)):
+        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"certify: y must be a ({len(x)},) tensor of labels, got {got}")
+    L = _checked_bound(bound, x) if bound is not None else None
     was = net.training
     net.eval()
     try:
-        if bound is None:
-            bound = lipschitz_bound(net, tuple(x.shape))
-        L = bound.total if isinstance(bound, LipschitzBound) else float(bound)
+        if L is None:
+            L = lipschitz_bound(net, tuple(x.shape)).total
         with torch.no_grad():
             logits = net(x)
     finally:

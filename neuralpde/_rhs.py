@@ -27,7 +27,7 @@ from ._layers import (
     resnet_layer,
     symmetric_layer,
 )
-from ._lipschitz import scheme_lipschitz
+from ._lipschitz import scheme_lipschitz, steps_of
 from ._spectra import Spectrum, kernel_spectrum, symbol_rho
 from ._weights import TimeWeights
 
@@ -349,7 +349,8 @@ class RHS(nn.Module):
     ) -> float | None:
         """An upper bound of the ℓ2 Lipschitz constant of the stage's map, input
         ``(batch, channels, height, width)`` to output, under ``method`` with ``step_size``,
-        for every θ it may meet: what :func:`neuralpde.lipschitz_bound` multiplies.
+        at the current weights (every ``θ(t)``, ``t`` in ``[0, T]``): what
+        :func:`neuralpde.lipschitz_bound` multiplies.
         ``None`` (the default): no bound declared, and the network's bound is infinite.
 
         It must be rigorous (never a power-iteration estimate): with ``L`` a bound of the
@@ -363,7 +364,7 @@ class RHS(nn.Module):
             step_size: the step (``None`` for an adaptive method).
 
         Returns:
-            A finite float ``>= 0``, or ``None``.
+            A float ``>= 0`` (``math.inf`` where the bound overflows), or ``None``.
         """
         return None
 
@@ -423,15 +424,19 @@ class ParabolicRHS(RHS):
         convex and ``ρ``-smooth, ``ρ = max_j ρ̄(K_jᵀK_j)`` (:func:`~neuralpde.stability.symbol_rho`, rigorous; a
         linearly interpolated ``K(t)`` has no larger norm). Then a forward-Euler step with
         ``h ρ <= 2`` is non-expansive (``∇Φ`` is ``1/ρ``-cocoercive, Baillon & Haddad
-        1977), and so is the flow (``F`` is monotone): the bound is 1. Otherwise, and with
-        the TV normalization (gain ``max|scale|/sqrt(ε)``), :func:`~neuralpde.stability.scheme_lipschitz` of the
-        field's Lipschitz constant ``ρ · gain``."""
+        1977), and so is the flow (``F`` is monotone): the bound is 1. Beyond the limit a
+        forward-Euler step is ``max(1, h ρ - 1)``-Lipschitz (its Jacobians ``I - h KᵀDK``,
+        ``0 <= D <= I``, are symmetric with eigenvalues in ``[1 - h ρ, 1]``), so a network
+        constrained at one image size and bounded at another, where ``ρ̄`` is a little
+        larger, loses a little, not everything. Other methods, and the TV normalization
+        (gain ``max|scale|/sqrt(ε)``): :func:`~neuralpde.stability.scheme_lipschitz` of
+        the field's Lipschitz constant ``ρ · gain``."""
         rho = _rho_max(self.theta.weight, height, width)
         if self.normalization != "tv":
             if solvers.methods().get(method) == "adaptive":
                 return 1.0
-            if method == "euler" and step_size * rho <= 2.0:
-                return 1.0
+            if method == "euler":
+                return max(1.0, step_size * rho - 1.0) ** steps_of(self.T, step_size)
         return scheme_lipschitz(method, step_size, self.T, rho * _gain(self.theta, self.eps))
 
 

@@ -25,8 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import neuralpde  # noqa: E402
-from experiments import certify_table, fit, load_data, resolve_config  # noqa: E402
-from experiments._swap import load_trained  # noqa: E402
+from experiments import certify_table, fit, load_data, load_trained, resolve_config  # noqa: E402
 
 SMALL = os.environ.get("NEURALPDE_SMALL") == "1"
 FIGURES = Path(os.environ.get("NEURALPDE_FIGURES", Path(__file__).parent / "figures"))
