@@ -654,7 +654,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--certified-margin", type=float, help="with --certified: the l2 radius (pixel units) "
       "the margin loss aims at (digits 0.15, else 36/255)")  # fmt: skip
     a("--optimizer", choices=OPTIMIZERS, help="sgd (momentum, the paper's) or adam")
-    a("--temperature", type=float, help="with --certified: inverse temperature of the loss (digits 32, else 4)")
+    a(
+        "--temperature",
+        type=float,
+        help="with --certified: inverse temperature of the loss (digits 32, else 4)",
+    )
     a("--memory", choices=MEMORY_MODES, help="how gradients are computed through the stages")
     a("--train-fraction", type=float, help="use this fraction of the training split")
     a("--image-size", type=int, help="imagefolder only: resize images to this size (32)")
