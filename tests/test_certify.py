@@ -99,6 +99,31 @@ def test_certify_command_writes_table_and_figure(trained, tmp_path, capsys):
     assert swap["rk4"]["lipschitz"] > 10 * swap["euler x1"]["lipschitz"]
 
 
+def test_part_of_the_test_set_is_spread_over_it_and_errors_are_named(trained, tmp_path, capsys):
+    ckpt, cfg, data, _ = trained
+    part = certify_table(ckpt, [0.1], data=data, images=36, log=lambda *a: None)
+    assert part["rows"][0]["images"] == 36 and len(part["radius"]) == 36
+    from experiments._swap import spread_test_images
+
+    want = spread_test_images(data, 36).test.indices
+    assert len(set(data.test.labels[want].tolist())) == 10  # every class, not the first ones
+    with pytest.raises(ValueError, match="images must be a positive int"):
+        certify_table(ckpt, [0.1], data=data, images=0, log=lambda *a: None)
+    with pytest.raises(SystemExit):
+        certify_cmd.main(["--checkpoint", str(ckpt), "--images", "0"])
+    assert "positive number of images" in capsys.readouterr().err
+    # A checkpoint of a dynamics this process has not registered: named, with the fix.
+    from experiments import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(ckpt)
+    state["config"]["arch"] = "not_registered_here"
+    save_checkpoint(tmp_path / "other.pt", state)
+    assert certify_cmd.main(["--checkpoint", str(tmp_path / "other.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "'not_registered_here', which is not registered" in err
+    assert "neuralpde.register_arch" in err
+
+
 def test_pixel_radius_is_certified_on_raw_images(trained):
     # The data path normalizes x' = (x - μ)/σ: a pixel radius R' min σ is certified.
     ckpt, cfg, data, _ = trained
