@@ -67,8 +67,9 @@ def shear_lipschitz(b: float) -> float:
 
 
 def _splitting_tableau(method: str):
-    stepper = solvers._methods.STEPPERS.get(method)
-    return getattr(stepper, "tableau", None)
+    if solvers.methods().get(method) != "symplectic":
+        return None
+    return getattr(solvers.stepper(method), "tableau", None)
 
 
 def steps_of(T: float, step_size: float) -> int:

@@ -25,6 +25,7 @@ from ._errors import NonFiniteError as NonFiniteError
 from ._errors import SolverError as SolverError
 from ._methods import methods as methods
 from ._methods import register_stepper as register_stepper
+from ._methods import stepper as stepper
 from ._odeint import odeint as odeint
 from ._odeint import odeint_adjoint as odeint_adjoint
 from ._odeint import odeint_second_order as odeint_second_order
@@ -49,4 +50,5 @@ __all__ = [
     "odeint_second_order",
     "register_stepper",
     "solve",
+    "stepper",
 ]

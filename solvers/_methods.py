@@ -49,6 +49,23 @@ def kind_of(method: object) -> str:
 STEPPERS: dict[str, Stepper] = {}
 
 
+def stepper(method: str) -> Stepper:
+    """The registered :class:`Stepper` of a symplectic method name (its splitting tableau,
+    order and step, for code that reasons about the method, e.g. a Lipschitz bound).
+
+    Raises:
+        ValueError: ``method`` is not a registered symplectic method (torchdiffeq's methods
+            have no stepper object); :func:`methods` lists the kinds.
+    """
+    if not isinstance(method, str) or method not in STEPPERS:
+        symplectic = sorted(STEPPERS)
+        raise ValueError(
+            f"solvers.stepper: {method!r} is not a registered symplectic method; those are "
+            f"{', '.join(symplectic)} (solvers.methods() gives every method's kind)"
+        )
+    return STEPPERS[method]
+
+
 def register_stepper(stepper: Stepper) -> Stepper:
     """Register a stepper instance under ``stepper.name`` for every solver entry point.
 

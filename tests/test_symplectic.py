@@ -209,3 +209,13 @@ def test_register_refuses_taken_names_and_classes():
         solvers.register_stepper(STEPPERS["verlet"])
     with pytest.raises(TypeError, match="Stepper instance"):
         solvers.register_stepper(solvers.SplittingStepper)
+
+
+def test_stepper_gives_a_registered_methods_tableau_and_names_the_others():
+    verlet = solvers.stepper("verlet")
+    assert verlet is STEPPERS["verlet"] and verlet.tableau and verlet.order == 2
+    with registered(USER.name):
+        assert solvers.stepper(USER.name) is USER  # a user's stepper too
+    for name in ("rk4", "dopri5", "no_such_method", None):
+        with pytest.raises(ValueError, match="is not a registered symplectic method"):
+            solvers.stepper(name)
