@@ -51,13 +51,20 @@ def test_random_steps_are_a_pure_function_of_seed_epoch_and_batch():
 
 
 def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
-    for arch, bound in (("parabolic", 0.25), ("hamiltonian", 0.25), ("second_order", 0.1)):
+    for arch, bound, solver in (
+        ("parabolic", 0.25, None),
+        ("hamiltonian", 0.25, "verlet"),  # second order: its network is its flow
+        ("second_order", 0.1, None),
+    ):
         cfg = resolve_config(arch=arch)
         assert (cfg.normalization, cfg.rate_bound, cfg.stability_penalty) == ("bias", bound, 0.0)
-        assert cfg.step_size is None and cfg.solver is None
-    # A strategy that is given replaces the arch's default.
+        assert cfg.step_size is None and cfg.solver == solver
+    # A strategy that is given replaces the arch's default (all of it).
     assert resolve_config(arch="second_order", rate_bound=0.5).rate_bound == 0.5
     assert resolve_config(arch="second_order", stability_penalty=0.1).rate_bound == 0.25
+    assert resolve_config(arch="hamiltonian", solver="yoshida4").solver == "yoshida4"
+    paper_scheme = resolve_config(arch="hamiltonian", normalization="tv", rate_bound=0.0)
+    assert paper_scheme.solver is None  # the paper's symplectic Euler
     # The ResNet control has no normalization to choose and no step limit to hold.
     assert resolve_config(arch="resnet").normalization == "tv"
     with pytest.raises(ConfigError, match="no choice of normalization"):

@@ -41,7 +41,8 @@ def test_swap_keeps_weights_and_counts_evaluations(trained):
     rows = {r["solver"]: r for r in swap_table(out / "best.pt", log=lambda *_: None)}
     # The training scheme reproduces the test accuracy of training: nothing was changed.
     t = rows["training scheme"]
-    assert t["accuracy"] == report["test_accuracy"] and t["method"] == "symplectic_euler"
+    # The quick recipe trains the Hamiltonian network with Verlet (QUICK_ARCH_OPTIONS).
+    assert t["accuracy"] == report["test_accuracy"] and t["method"] == "verlet"
     assert t["loss"] == pytest.approx(report["test_loss"], rel=1e-6)
     # One stage of 3 steps: euler xk takes 3k evaluations of the full field, rk4 4 per step.
     for k in (1, 2, 4, 8):
