@@ -161,9 +161,9 @@ def certify_table(
         ``eps``, ``certified_accuracy``, ``clean_accuracy``, ``lipschitz``, ``images``.
 
     Raises:
-        ValueError: ``images`` below 1; a checkpoint of a dynamics not registered in this
-            process (``neuralpde.register_arch`` it first).
-        experiments.CheckpointError: an unreadable or foreign checkpoint.
+        ValueError: ``images`` below 1.
+        experiments.CheckpointError: an unreadable or foreign checkpoint, or one of a
+            dynamics not registered in this process (``neuralpde.register_arch`` it first).
         experiments.DatasetNotFoundError: the data set is not where the config says.
     """
     from ._swap import load_trained, spread_test_images, swap_plan
