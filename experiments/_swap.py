@@ -364,12 +364,17 @@ def write_swap(rows: list[dict[str, Any]], out: Path, title: str) -> None:
 
 
 def swap_verdict(
-    rows: list[dict[str, Any]], tolerance: float = 0.01
+    rows: list[dict[str, Any]],
+    tolerance: float = 0.01,
+    *,
+    method: str | None = None,
+    rate_bound: float | None = None,
 ) -> neuralpde.ConvergenceVerdict:
     """Whether the network behind the rows of :func:`swap_table` is a converged
     discretization of its ODE (:class:`neuralpde.ConvergenceVerdict`): its training scheme
     against half the step and against dopri5 at rtol 1e-4; ``print()`` it for the verdict
-    in plain words.
+    in plain words. ``method`` and ``rate_bound`` (the training method and the fraction of
+    the stability limit it was trained at, 0 for none) choose its advice.
 
     Raises:
         ValueError: ``rows`` lack one of the rows the verdict reads (a custom plan), or one
@@ -399,4 +404,6 @@ def swap_verdict(
         rk4=by["rk4"],
         reference=by["dopri5 rtol=0.0001"],
         tolerance=tolerance,
+        method=method,
+        rate_bound=rate_bound,
     )

@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="also sweep RK4 and dopri5 to the NFE that reaches the converged accuracy",
     )
+    p.add_argument(
+        "--row-seconds", type=float, metavar="S",
+        help="budget per swap row: a row still running after S seconds is reported 'did "
+        "not finish' (default: none)",
+    )  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="runs/ode-study")
     p.add_argument("--resume", action="store_true", help="keep the pairs already done")
@@ -92,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         resume=a.resume,
         images=a.images,
         nfe_sweep=a.nfe_sweep,
+        row_seconds=a.row_seconds,
     )
     print((out / "study.md").read_text())
     print(f"results in {out}/: study.md, study.json, study.png, and one run per pair")

@@ -4,8 +4,8 @@ evaluated unchanged under many solvers (accuracy, NFE, time; a table, a CSV and 
 A row that could run for long (dopri5 at a tight tolerance on a network that is no ODE)
 can be given a budget: ``--row-seconds S`` stops a row between batches once it has run
 S seconds, ``--max-steps N`` stops an adaptive solve after N steps; such a row is reported
-"did not finish within ..." and the table goes on. ``--images N`` evaluates on the first N
-test images only, for a quick look.
+"did not finish within ..." and the table goes on. ``--images N`` evaluates on N test images
+spread over the test set (every class represented), for a quick look.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
+import neuralpde.stability
+
 from ._checkpoint import CheckpointError
 from ._data import DatasetNotFoundError
-from ._swap import swap_table, swap_verdict, write_swap
+from ._swap import load_trained, swap_table, swap_verdict, write_swap
 
 
 def _positive(kind):
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     title = f"solver swap: {args.checkpoint}"
     if args.images is not None:
-        title += f" (first {args.images:,} test images)"
+        title += f" ({args.images:,} test images spread over the test set)"
     write_swap(rows, out, title)
     print(f"\nwrote {out}/solver_swap.csv, {out}/solver_swap.md and {out}/solver_swap.png")
     finite = [r for r in rows if r["accuracy"] == r["accuracy"]]
@@ -91,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r["status"] != "ok":
             print(f"no accuracy: {r['solver']}: {r['status']}")
+    net, cfg = load_trained(args.checkpoint)
+    # The configured bound, where constrain applied it (not to the ResNet control).
+    bounded = any(isinstance(m, neuralpde.stability.RateBound) for m in net.modules())
+    bound = cfg.rate_bound if bounded or not cfg.rate_bound else None
     try:
-        print(f"\nverdict: {swap_verdict(rows)}")
+        verdict = swap_verdict(rows, method=net.stages[0].method, rate_bound=bound)
+        print(f"\nverdict: {verdict}")
     except ValueError as err:
         print(f"\nno verdict: {err}")
     return 0

@@ -34,6 +34,10 @@ class ConvergenceVerdict:
         labelled: whether the scores are accuracies (``False``: agreement with the
             reference solver's predictions).
         converged: both gaps are at most ``tolerance``.
+        method: the training method (``None``: unknown); with ``rate_bound`` it picks the
+            advice when the network has not converged.
+        rate_bound: the fraction of the stability limit its rates were held to in training
+            (:func:`neuralpde.stability.constrain`), ``0`` for none, ``None`` if unknown.
 
     The verdict reads these four solvers only; a swap table's worst row (e.g. midpoint
     at the training step) can lie further from the training scheme.
@@ -47,6 +51,8 @@ class ConvergenceVerdict:
     reference: float
     tolerance: float = 0.01
     labelled: bool = True
+    method: str | None = None
+    rate_bound: float | None = None
 
     @property
     def step_gap(self) -> float:
@@ -78,14 +84,38 @@ class ConvergenceVerdict:
             )
         return (
             f"NOT converged: the weights solve the training discretization, not the ODE "
-            f"({facts}). A finer solver changes its "
-            "predictions. Retrain stable by construction (an elementwise-bias normalization "
-            "and every step's rate held to a fraction of the stability limit: "
-            "neuralpde.stability.constrain; `--normalization bias --rate-bound 0.25`, the "
-            "default of experiments.train); if it is so trained already, with a tighter bound "
-            "(`--rate-bound 0.1`), a finer training step (`--step-size`) or multilevel "
-            "refinement in time (PDECNN.refine; `--multilevel`)."
+            f"({facts}). A finer solver changes its predictions. {self._advice()}"
         )
+
+    def _advice(self) -> str:
+        """What to retrain with, from what the network was trained with."""
+        stable = (
+            "stable by construction (an elementwise-bias normalization and every step's rate "
+            "held to a fraction of the stability limit: neuralpde.stability.constrain; "
+            "`--normalization bias --rate-bound 0.25`, the default of experiments.train)"
+        )
+        if self.rate_bound == 0:
+            return f"It was trained without a rate bound. Retrain {stable}."
+        if self.rate_bound is None:
+            return f"Retrain {stable}; if it is so trained already, with {self._finer(None)}."
+        return (
+            f"It was trained with every rate at {self.rate_bound:g} of the stability limit. "
+            f"Retrain with {self._finer(self.rate_bound)}."
+        )
+
+    def _finer(self, bound: float | None) -> str:
+        # A second-order training method is the remedy measured on CIFAR-10 (tutorial 02):
+        # trained with Verlet the hyperbolic networks are their flow.
+        from .stability import second_order_method
+
+        higher = second_order_method(self.method)
+        tighter = "a tighter bound" + (f" (`--rate-bound {bound / 2.5:.2g}`)" if bound else "")
+        options = ([f"a second-order training method (`--solver {higher}`)"] if higher else []) + [
+            tighter,
+            "a finer training step (`--step-size`)",
+            "multilevel refinement in time (PDECNN.refine; `--multilevel`)",
+        ]
+        return ", ".join(options[:-1]) + " or " + options[-1]
 
 
 def _scores(net: nn.Module, x: Tensor, y: Tensor | None, batch_size: int) -> dict[str, float]:
@@ -160,5 +190,19 @@ def convergence_check(
     if not 0 < tolerance < 1:
         raise ValueError(f"convergence_check: tolerance must be in (0, 1), got {tolerance!r}")
     return ConvergenceVerdict(
-        **_scores(net, x, y, batch_size), tolerance=tolerance, labelled=y is not None
+        **_scores(net, x, y, batch_size),
+        tolerance=tolerance,
+        labelled=y is not None,
+        method=net.stages[0].method,
+        rate_bound=_rate_bound(net),
     )
+
+
+def _rate_bound(net: nn.Module) -> float | None:
+    """The fraction :func:`~neuralpde.stability.constrain` held ``net``'s rates to; ``None``
+    when no kernel is so parametrized (unconstrained, or constrained some other way)."""
+    from .stability import RateBound
+
+    fractions = {getattr(m, "fraction", None) for m in net.modules() if isinstance(m, RateBound)}
+    fractions.discard(None)
+    return max(fractions) if fractions else None

@@ -164,6 +164,44 @@ def test_verdict_from_scores_in_plain_words():
     assert round(bad.step_gap, 4) == 0.52 and round(bad.ode_gap, 4) == 0.46
 
 
+@pytest.mark.parametrize(
+    "method, bound, says, never",
+    [
+        # Unknown training: the generic advice names the default and what goes beyond it.
+        (None, None, ["--rate-bound 0.25", "--step-size", "--multilevel"], ["trained with every"]),
+        # Trained without a bound: retrain with it.
+        ("euler", 0.0, ["without a rate bound", "--rate-bound 0.25"], ["tighter"]),
+        # Already bounded: never the bound it already has; a tighter one, a second-order method.
+        ("euler", 0.25, ["at 0.25 of", "--solver midpoint", "--rate-bound 0.1"], ["0.25`"]),
+        ("euler", 0.1, ["--rate-bound 0.04", "--solver midpoint"], ["--rate-bound 0.1`"]),
+        ("symplectic_euler", 0.25, ["--solver verlet"], ["midpoint"]),
+        ("leapfrog", 0.1, ["--solver verlet", "--rate-bound 0.04"], []),
+        ("verlet", 0.25, ["--rate-bound 0.1", "--step-size"], ["--solver"]),
+    ],
+)
+def test_verdict_advice_follows_how_the_network_was_trained(method, bound, says, never):
+    text = str(
+        ConvergenceVerdict(
+            training=0.9, refined=0.8, rk4=0.8, reference=0.8, method=method, rate_bound=bound
+        )
+    )
+    for s in says:
+        assert s in text, (s, text)
+    for s in never:
+        assert s not in text, (s, text)
+
+
+def test_convergence_check_reads_the_training_method_and_bound():
+    from neuralpde.stability import constrain
+
+    net = PDECNN("parabolic", 1, 10, (8, 8)).eval()
+    x = torch.randn(16, 1, 8, 8)
+    assert convergence_check(net, x).rate_bound is None
+    constrain(net, (1, 8, 8), fraction=0.3)
+    verdict = convergence_check(net, x)
+    assert (verdict.method, verdict.rate_bound) == ("euler", 0.3)
+
+
 def test_convergence_check_on_networks_that_are_and_are_not_odes():
     torch.manual_seed(0)
     x = torch.randn(64, 1, 8, 8)

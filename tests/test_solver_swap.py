@@ -213,7 +213,7 @@ def test_cli_reports_rows_that_did_not_finish(trained, tmp_path, capsys):
         r["status"].startswith("did not finish within 1e-09 s (1 of 2 batches") for r in rows
     )
     table = (tmp_path / "solver_swap.md").read_text()
-    assert "(first 80 test images)" in table and table.count(
+    assert "(80 test images spread over the test set)" in table and table.count(
         "did not finish within 1e-09 s"
     ) == len(rows)
     assert "no accuracy: rk4: did not finish within 1e-09 s" in printed

@@ -1,0 +1,100 @@
+"""experiments.ode_study: every strategy trains, is swapped and lands in the table, on a
+budget's options as on the quick recipe's."""
+
+import json
+
+import pytest
+
+import neuralpde
+from experiments._ode_study import STRATEGIES, _options, study
+from neuralpde.stability import second_order_method
+
+
+@pytest.mark.parametrize(
+    "method, expected",
+    [
+        ("euler", "midpoint"),
+        ("symplectic_euler", "verlet"),
+        ("leapfrog", "verlet"),
+        ("midpoint", None),
+        ("verlet", None),
+        ("rk4", None),
+        ("no such method", None),
+        (None, None),
+    ],
+)
+def test_second_order_method_of_each_first_order_scheme(method, expected):
+    assert second_order_method(method) == expected
+
+
+@pytest.mark.parametrize(
+    "arch, solver",
+    [("parabolic", "midpoint"), ("hamiltonian", "verlet"), ("second_order", "verlet")],
+)
+def test_second_order_strategies_train_with_the_method_of_the_archs_kind(arch, solver):
+    for name in ("second-order method", "second-order method 1/2"):
+        opts = _options(name, 4, arch)
+        assert opts["solver"] == solver
+        assert opts["normalization"] == "bias" and opts["rate_bound"] > 0
+
+
+def test_second_order_strategy_names_an_arch_without_one(registered):
+    class Fourth(neuralpde.ParabolicRHS):
+        default_method = "rk4"
+
+    registered("fourth_order_test", Fourth)
+    with pytest.raises(ValueError, match="no second-order method"):
+        _options("second-order method", 4, "fourth_order_test")
+
+
+def test_study_on_a_budget_trains_each_strategy_and_writes_the_table(tmp_path):
+    # A budget's options (as experiments.table1's cpu budget gives them) set the strategy
+    # options too; each strategy's own must win, not collide.
+    base = {
+        "dataset": "digits",
+        "widths": [4, 4],
+        "epochs": 1,
+        "train_fraction": 0.25,
+        "threads": 1,
+        "stability_penalty": 0.0,
+        "normalization": "tv",
+        "rate_bound": 0.0,
+    }
+    rows = study(
+        ["parabolic", "hamiltonian"],
+        ["paper", "second-order method"],
+        tmp_path,
+        base=base,
+        images=60,
+        nfe_sweep=False,
+        row_seconds=60.0,
+        log=lambda *_: None,
+    )
+    assert [(r["arch"], r["strategy"]) for r in rows] == [
+        ("parabolic", "paper"),
+        ("parabolic", "second-order method"),
+        ("hamiltonian", "paper"),
+        ("hamiltonian", "second-order method"),
+    ]
+    for r in rows:
+        assert "diverged" not in r, r
+        folder = tmp_path / r["arch"] / r["strategy"].replace(" ", "-").replace("/", "")
+        saved = json.loads((folder / "config.json").read_text())
+        want = STRATEGIES[r["strategy"]]["options"]
+        assert saved["normalization"] == want.get("normalization", "tv")
+        assert saved["rate_bound"] == want.get("rate_bound", 0.0)
+        if r["strategy"] == "second-order method":
+            assert saved["solver"] == {"parabolic": "midpoint", "hamiltonian": "verlet"}[r["arch"]]
+        else:
+            assert saved["solver"] is None  # the arch's own scheme
+        assert 0 <= r["worst"] <= r["training_scheme"] <= 1
+        assert r["swap_images"] == 60
+    assert [r["time_ratio"] for r in rows if r["strategy"] == "paper"] == [1.0, 1.0]
+    table = (tmp_path / "study.md").read_text()
+    assert table.count("| parabolic |") == 2 and table.count("| hamiltonian |") == 2
+    assert (tmp_path / "study.png").stat().st_size > 0
+    # Resumed: read back, not trained again.
+    again = study(
+        ["parabolic"], ["paper"], tmp_path, base=base, resume=True, log=lambda *_: None
+    )
+    assert again[0]["study_seconds"] == rows[0]["study_seconds"]
