@@ -121,8 +121,11 @@ def _options(strategy: str, epochs: int, arch: str) -> dict[str, Any]:
     opts = dict(_PLAIN, **STRATEGIES[strategy]["options"])
     if opts["multilevel"] == "auto":
         opts["multilevel"] = multilevel_epochs(epochs)
-    if opts.get("solver") == "second-order":
-        scheme = neuralpde.archs()[arch].default_method
+    # Each strategy names its training method: the arch's own scheme (the paper's), unless
+    # it is the second-order one; the quick recipe's per-arch method never leaks in.
+    scheme = neuralpde.archs()[arch].default_method
+    opts.setdefault("solver", scheme)
+    if opts["solver"] == "second-order":
         opts["solver"] = neuralpde.stability.second_order_method(scheme)
         if opts["solver"] is None:
             raise ValueError(

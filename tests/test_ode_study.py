@@ -85,8 +85,10 @@ def test_study_on_a_budget_trains_each_strategy_and_writes_the_table(tmp_path):
         assert saved["rate_bound"] == want.get("rate_bound", 0.0)
         if r["strategy"] == "second-order method":
             assert saved["solver"] == {"parabolic": "midpoint", "hamiltonian": "verlet"}[r["arch"]]
-        else:
-            assert saved["solver"] is None  # the arch's own scheme
+        else:  # the arch's own scheme, the paper's
+            assert saved["solver"] == {"parabolic": "euler", "hamiltonian": "symplectic_euler"}[
+                r["arch"]
+            ]
         assert 0 <= r["worst"] <= r["training_scheme"] <= 1
         assert r["swap_images"] == 60
     assert [r["time_ratio"] for r in rows if r["strategy"] == "paper"] == [1.0, 1.0]

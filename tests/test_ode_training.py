@@ -54,17 +54,22 @@ def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
     for arch, bound, solver in (
         ("parabolic", 0.25, None),
         ("hamiltonian", 0.25, "verlet"),  # second order: its network is its flow
-        ("second_order", 0.1, None),
+        ("second_order", 0.25, "verlet"),
     ):
         cfg = resolve_config(arch=arch)
         assert (cfg.normalization, cfg.rate_bound, cfg.stability_penalty) == ("bias", bound, 0.0)
         assert cfg.step_size is None and cfg.solver == solver
-    # A strategy that is given replaces the arch's default (all of it).
+    # An arch's default stays unless that option is given...
+    for arch in ("hamiltonian", "second_order"):
+        assert resolve_config(arch=arch, rate_bound=0.1).solver == "verlet"
+        assert resolve_config(arch=arch, step_size=0.5).solver == "verlet"
+        assert resolve_config(arch=arch, stability_penalty=0.1).solver == "verlet"
+        assert resolve_config(arch=arch, random_steps=[1.0, 0.5]).solver == "verlet"
+        assert resolve_config(arch=arch, solver="yoshida4").solver == "yoshida4"
+        # ...and none with the bound turned off: the paper's scheme.
+        paper_scheme = resolve_config(arch=arch, normalization="tv", rate_bound=0.0)
+        assert paper_scheme.solver is None  # symplectic Euler, leapfrog
     assert resolve_config(arch="second_order", rate_bound=0.5).rate_bound == 0.5
-    assert resolve_config(arch="second_order", stability_penalty=0.1).rate_bound == 0.25
-    assert resolve_config(arch="hamiltonian", solver="yoshida4").solver == "yoshida4"
-    paper_scheme = resolve_config(arch="hamiltonian", normalization="tv", rate_bound=0.0)
-    assert paper_scheme.solver is None  # the paper's symplectic Euler
     # The ResNet control has no normalization to choose and no step limit to hold.
     assert resolve_config(arch="resnet").normalization == "tv"
     with pytest.raises(ConfigError, match="no choice of normalization"):
@@ -231,6 +236,10 @@ STRATEGIES = {
     "random steps": ({"random_steps": [1.0, 0.5]}, ["--random-steps", "1,0.5"]),
     "stability penalty": ({"stability_penalty": 0.05}, ["--stability-penalty", "0.05"]),
     "rate bound": ({"rate_bound": 0.5}, ["--rate-bound", "0.5"]),
+    "second-order method": (
+        {"solver": "midpoint", "rate_bound": 0.5},
+        ["--solver", "midpoint", "--rate-bound", "0.5"],
+    ),
     "paper scheme": (
         {"normalization": "tv", "rate_bound": 0.0},
         ["--normalization", "tv", "--rate-bound", "0"],
