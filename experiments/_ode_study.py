@@ -253,6 +253,11 @@ def run_one(
     return result
 
 
+def _pct(v: float | None) -> str:
+    # A row without an accuracy did not finish within its budget (or failed).
+    return "did not finish" if v is None or not math.isfinite(v) else f"{v:.1%}"
+
+
 def _fmt_nfe(v: float | None) -> str:
     return "never" if v is None else f"{v:.0f}"
 
@@ -272,21 +277,30 @@ def write_study(results: list[dict[str, Any]], out: Path, title: str) -> None:
     lines = [
         f"# {title}",
         "",
-        "| arch | strategy | training time (× paper) | accuracy, training scheme | worst "
-        "accuracy across the solver swap (row) | converged flow | RK4 NFE to ±0.5 pt | "
-        "dopri5 NFE to ±0.5 pt |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| arch | strategy | training time (× paper) | test accuracy | accuracy, training "
+        "scheme | worst accuracy across the solver swap (row) | converged flow | RK4 NFE to "
+        "±0.5 pt | dopri5 NFE to ±0.5 pt |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    swapped = {r.get("swap_images") for r in results if "diverged" not in r}
+    if swapped - {None}:
+        n = ", ".join(f"{k:,}" for k in sorted(swapped - {None}))
+        lines[1:1] = [
+            "",
+            f"Test accuracy on the whole test set; the swap columns on {n} test images "
+            "spread over it.",
+        ]
     for r in results:
         if "diverged" in r:
             lines.append(
-                f"| {r['arch']} | {r['strategy']} | diverged (non-finite loss) | | | | | |"
+                f"| {r['arch']} | {r['strategy']} | diverged (non-finite loss) | | | | | | |"
             )
             continue
         ratio = "–" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}"
         lines.append(
-            f"| {r['arch']} | {r['strategy']} | {ratio} | {r['training_scheme']:.1%} | "
-            f"{r['worst']:.1%} ({r['worst_solver']}) | {r['converged']:.1%} | "
+            f"| {r['arch']} | {r['strategy']} | {ratio} | {_pct(r['test_accuracy'])} | "
+            f"{_pct(r['training_scheme'])} | "
+            f"{_pct(r['worst'])} ({r['worst_solver']}) | {_pct(r['converged'])} | "
             f"{_fmt_nfe(r['rk4_nfe'])} | {_fmt_nfe(r['dopri5_nfe'])} |"
         )
     lines += ["", "Strategies:", ""]

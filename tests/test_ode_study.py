@@ -100,3 +100,25 @@ def test_study_on_a_budget_trains_each_strategy_and_writes_the_table(tmp_path):
         ["parabolic"], ["paper"], tmp_path, base=base, resume=True, log=lambda *_: None
     )
     assert again[0]["study_seconds"] == rows[0]["study_seconds"]
+
+
+def test_study_table_says_which_rows_did_not_finish(tmp_path):
+    from experiments._ode_study import write_study
+
+    row = {
+        "arch": "parabolic",
+        "strategy": "paper",
+        "train_seconds": 10.0,
+        "test_accuracy": 0.7,
+        "swap_images": 2000,
+        "training_scheme": 0.71,
+        "worst": 0.1,
+        "worst_solver": "midpoint",
+        "converged": float("nan"),  # dopri5 at rtol 1e-4 ran out of its budget
+        "rk4_nfe": None,
+        "dopri5_nfe": None,
+    }
+    write_study([row], tmp_path, "t")
+    md = (tmp_path / "study.md").read_text()
+    assert "| parabolic | paper | 1.00 | 70.0% | 71.0% | 10.0% (midpoint) | did not finish |" in md
+    assert "on 2,000 test images" in md and "nan" not in md
