@@ -73,6 +73,16 @@ STRATEGIES: dict[str, dict[str, Any]] = {
         "midpoint step multiplies a mode by 1/2 where the flow gives exp(-1) = 0.37, as "
         "forward Euler at 1/4 does (1/2 against 0.61)",
     },
+    "second-order method 1/2 + random steps": {
+        "options": {
+            **_BOUND,
+            "rate_bound": 0.5,
+            "solver": "second-order",
+            "random_steps": [1.0, 0.5],
+        },
+        "about": "the second-order method at 1/2 of its limit, each batch drawing the "
+        "training step from {1, 1/2}: the weights must classify under two discretizations",
+    },
     "fine-step h/2": {
         "options": {"step_size": 0.5},
         "about": "the training solver takes two steps per parameter set (h = 1/2)",
