@@ -46,7 +46,7 @@ def test_second_order_strategy_names_an_arch_without_one(registered):
 
     registered("fourth_order_test", Fourth)
     with pytest.raises(ValueError, match="no second-order method"):
-        _options("second-order method", 4, "fourth_order_test")
+        _options("second-order method 1/4", 4, "fourth_order_test")
 
 
 def test_study_on_a_budget_trains_each_strategy_and_writes_the_table(tmp_path):
@@ -64,7 +64,7 @@ def test_study_on_a_budget_trains_each_strategy_and_writes_the_table(tmp_path):
     }
     rows = study(
         ["parabolic", "hamiltonian"],
-        ["paper", "second-order method"],
+        ["paper", "second-order method 1/4"],
         tmp_path,
         base=base,
         images=60,
@@ -74,9 +74,9 @@ def test_study_on_a_budget_trains_each_strategy_and_writes_the_table(tmp_path):
     )
     assert [(r["arch"], r["strategy"]) for r in rows] == [
         ("parabolic", "paper"),
-        ("parabolic", "second-order method"),
+        ("parabolic", "second-order method 1/4"),
         ("hamiltonian", "paper"),
-        ("hamiltonian", "second-order method"),
+        ("hamiltonian", "second-order method 1/4"),
     ]
     for r in rows:
         assert "diverged" not in r, r
@@ -85,7 +85,7 @@ def test_study_on_a_budget_trains_each_strategy_and_writes_the_table(tmp_path):
         want = STRATEGIES[r["strategy"]]["options"]
         assert saved["normalization"] == want.get("normalization", "tv")
         assert saved["rate_bound"] == want.get("rate_bound", 0.0)
-        if r["strategy"] == "second-order method":
+        if r["strategy"] == "second-order method 1/4":
             assert saved["solver"] == {"parabolic": "midpoint", "hamiltonian": "verlet"}[r["arch"]]
         else:  # the arch's own scheme, the paper's
             assert saved["solver"] == {"parabolic": "euler", "hamiltonian": "symplectic_euler"}[
@@ -97,6 +97,8 @@ def test_study_on_a_budget_trains_each_strategy_and_writes_the_table(tmp_path):
     table = (tmp_path / "study.md").read_text()
     assert table.count("| parabolic |") == 2 and table.count("| hamiltonian |") == 2
     assert (tmp_path / "study.png").stat().st_size > 0
+    assert table.count("not measured | not measured |") == 4  # nfe_sweep=False
+    assert "**paper**" in table and "**multilevel**" not in table  # the strategies shown
     # Resumed: read back, not trained again.
     again = study(
         ["parabolic"], ["paper"], tmp_path, base=base, resume=True, log=lambda *_: None
