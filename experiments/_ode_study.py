@@ -43,7 +43,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     },
     "rate bound 1/4": {
         "options": {**_BOUND, "rate_bound": 0.25},
-        "about": "stable by construction (the default): N an elementwise bias and every "
+        "about": "stable by construction (the default on digits): N an elementwise bias and every "
         "parameter set's h·z held to 1/4 of the method's limit by the parametrization "
         "(neuralpde.stability.constrain; spectral normalization with a rigorous bound, "
         "Miyato et al. 2018; the parabolic step of Convex Potential Layers, Meunier et al. "

@@ -18,6 +18,7 @@ import torch
 
 from ._checkpoint import load_checkpoint
 from ._config import (
+    IMAGES_ARCH_OPTIONS,
     NON_MATH_KEYS,
     PAPER_RECIPES,
     QUICK_ARCH_OPTIONS,
@@ -243,10 +244,16 @@ def pick_examples(probs: torch.Tensor, labels: torch.Tensor, per_kind: int = 2) 
 def config_options(config: str, arch: str) -> dict[str, Any]:
     """The :func:`resolve_config` options of configuration ``config`` (``"paper"`` or
     ``"stable"``) for ``arch``: ``CONFIGS[config]``, and for ``"stable"`` what the quick
-    recipe changes for that arch (``QUICK_ARCH_OPTIONS``, e.g. a tighter rate bound)."""
+    recipe changes for that arch on photographs (``QUICK_ARCH_OPTIONS``: Verlet for the
+    hyperbolic networks; ``IMAGES_ARCH_OPTIONS``: midpoint at 1/2 of its limit with random
+    steps for the parabolic one), as ``experiments.train --dataset imagefolder`` trains it."""
     if config == "paper":
         return dict(CONFIGS["paper"])
-    return {**CONFIGS["stable"], **QUICK_ARCH_OPTIONS.get(arch, {})}
+    return {
+        **CONFIGS["stable"],
+        **QUICK_ARCH_OPTIONS.get(arch, {}),
+        **IMAGES_ARCH_OPTIONS.get(arch, {}),
+    }
 
 
 def _runs(archs, config: str) -> list[tuple[str, str]]:

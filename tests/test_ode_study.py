@@ -88,9 +88,10 @@ def test_study_on_a_budget_trains_each_strategy_and_writes_the_table(tmp_path):
         if r["strategy"] == "second-order method 1/4":
             assert saved["solver"] == {"parabolic": "midpoint", "hamiltonian": "verlet"}[r["arch"]]
         else:  # the arch's own scheme, the paper's
-            assert saved["solver"] == {"parabolic": "euler", "hamiltonian": "symplectic_euler"}[
-                r["arch"]
-            ]
+            assert (
+                saved["solver"]
+                == {"parabolic": "euler", "hamiltonian": "symplectic_euler"}[r["arch"]]
+            )
         assert 0 <= r["worst"] <= r["training_scheme"] <= 1
         assert r["swap_images"] == 60
     assert [r["time_ratio"] for r in rows if r["strategy"] == "paper"] == [1.0, 1.0]
@@ -100,9 +101,7 @@ def test_study_on_a_budget_trains_each_strategy_and_writes_the_table(tmp_path):
     assert table.count("not measured | not measured |") == 4  # nfe_sweep=False
     assert "**paper**" in table and "**multilevel**" not in table  # the strategies shown
     # Resumed: read back, not trained again.
-    again = study(
-        ["parabolic"], ["paper"], tmp_path, base=base, resume=True, log=lambda *_: None
-    )
+    again = study(["parabolic"], ["paper"], tmp_path, base=base, resume=True, log=lambda *_: None)
     assert again[0]["study_seconds"] == rows[0]["study_seconds"]
 
 

@@ -113,9 +113,13 @@ def test_both_configurations_with_their_solver_swaps(folder, tmp_path, capsys):
     quick = resolve_config(dataset="imagefolder", arch="second_order")
     stable_second_order = {k: getattr(quick, k) for k in (*PAPER_SCHEME, "solver")}
     assert stable_second_order["solver"] == "verlet"
+    # The parabolic network's own on photographs: midpoint at 1/2, random steps {1, 1/2}.
+    quick = resolve_config(dataset="imagefolder", arch="parabolic")
+    stable_parabolic = {k: getattr(quick, k) for k in (*PAPER_SCHEME, "solver", "random_steps")}
+    assert stable_parabolic["solver"] == "midpoint" and stable_parabolic["random_steps"]
     expected = {
         "paper/parabolic": PAPER_SCHEME,
-        "stable/parabolic": stable,
+        "stable/parabolic": stable_parabolic,
         "paper/second_order": PAPER_SCHEME,
         "stable/second_order": stable_second_order,
     }
@@ -160,8 +164,10 @@ def test_both_configurations_with_their_solver_swaps(folder, tmp_path, capsys):
     ratio = nets["stable/parabolic"]["train_seconds"] / nets["paper/parabolic"]["train_seconds"]
     assert nets["stable/parabolic"]["time_ratio_to_paper"] == pytest.approx(ratio, abs=1e-3)
     md = (out / "results.md").read_text()
-    assert "| parabolic | stable |" in md and "| resnet | paper |" in md
-    own = [f"{k.replace('_', ' ')} {v}" for k, v in stable_second_order.items() if stable.get(k) != v]
+    assert "| parabolic | stable (" in md and "| resnet | paper |" in md
+    own = [
+        f"{k.replace('_', ' ')} {v}" for k, v in stable_second_order.items() if stable.get(k) != v
+    ]
     cell = "stable" + (f" ({', '.join(own)})" if own else "")
     assert f"| second_order | {cell} |" in md
     assert "worst swap" in md and "converged flow" in md and "× paper time" in md
