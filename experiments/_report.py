@@ -284,8 +284,9 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         f"α2 {cfg.weight_decay:g}, augmentation {'on' if cfg.augment else 'off'}, weight "
         f"clipping {'on' if cfg.clip_weights else 'off'}",
         f"- {report['params']:,} parameters, widths {report['widths']}, {cfg.steps} steps of "
-        f"h = 1 per stage, trained with {cfg.solver or 'the paper scheme'}"
-        f"{'' if cfg.step_size is None else f' at step {cfg.step_size}'}",
+        f"h = 1 per stage, trained with {cfg.solver or _own_scheme(cfg.arch)}"
+        f"{'' if cfg.step_size is None else f' at step {cfg.step_size}'}"
+        f"{'' if not cfg.random_steps else f', each batch drawing its step from {cfg.random_steps}'}",
         f"- {report['train_images']} training / {report['val_images']} validation / "
         f"{report['test_images']} test images of {data.image_size}×{data.image_size} pixels"
         f"{layout}; batch {cfg.batch_size}, lr schedule "
@@ -313,3 +314,9 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
     ]
     (out / "report.md").write_text("\n".join(lines))
     return report
+
+
+def _own_scheme(arch: str) -> str:
+    """The method a stage trains with when none is given: its dynamics' own (the paper's)."""
+    cls = neuralpde.archs().get(arch)
+    return f"{cls.default_method} (the dynamics' own scheme)" if cls else "the dynamics' own scheme"

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._config import ARCHS
+from ._config import ARCHS, ConfigError, resolve_config
 from ._ode_study import STRATEGIES, study
 from ._table1 import budget_options
 
@@ -28,7 +28,8 @@ def _names(choices):
         bad = [n for n in names if n not in choices]
         if bad or not names:
             raise argparse.ArgumentTypeError(
-                f"expected comma-separated names from {list(choices)}, got {text!r}"
+                f"unknown {', '.join(map(repr, bad))}; " * bool(bad)
+                + f"expected comma-separated names from {list(choices)}, got {text!r}"
             )
         return names
 
@@ -43,8 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         "training time as a ratio to the paper's scheme).",
         allow_abbrev=False,
     )
-    p.add_argument("--archs", type=_names(ARCHS), default=list(ARCHS))
-    p.add_argument("--strategies", type=_names(list(STRATEGIES)), default=list(STRATEGIES))
+    p.add_argument(
+        "--archs", type=_names(ARCHS), default=list(ARCHS),
+        help=f"comma-separated, from {', '.join(ARCHS)} (default: all)",
+    )  # fmt: skip
+    p.add_argument(
+        "--strategies", type=_names(list(STRATEGIES)), default=list(STRATEGIES),
+        help=f"comma-separated, from: {'; '.join(STRATEGIES)} (default: all)",
+    )  # fmt: skip
     p.add_argument("--dataset", default="digits", help="digits (default) or imagefolder")
     p.add_argument("--data-root", help="for --dataset imagefolder")
     p.add_argument("--widths", help="stage widths, e.g. 16,32,64 (default: the recipe's)")
@@ -88,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(a, k) is not None:
             base[k] = getattr(a, k)
     out = Path(a.out)
+    try:
+        resolve_config(**base)  # a bad option is a usage error, before any training
+    except ConfigError as err:
+        p.error(str(err))
     results = study(
         a.archs,
         a.strategies,

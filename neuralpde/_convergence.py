@@ -80,7 +80,9 @@ class ConvergenceVerdict:
         if self.converged:
             return (
                 f"converged: the network is a discretization of its ODE ({facts}). Its "
-                "solver can be swapped after training."
+                "solver can be swapped after training for a converged one (a first-order "
+                "method at the training step, e.g. forward Euler at h = 1, can still lie "
+                "further from it: see the swap table's worst row)."
             )
         return (
             f"NOT converged: the weights solve the training discretization, not the ODE "
@@ -92,7 +94,8 @@ class ConvergenceVerdict:
         stable = (
             "stable by construction (an elementwise-bias normalization and every step's rate "
             "held to a fraction of the stability limit: neuralpde.stability.constrain; "
-            "`--normalization bias --rate-bound 0.25`, the default of experiments.train)"
+            "experiments.train's default, e.g. `--normalization bias --rate-bound 0.25` on "
+            "digits)"
         )
         if self.rate_bound == 0:
             return f"It was trained without a rate bound. Retrain {stable}."
@@ -109,7 +112,14 @@ class ConvergenceVerdict:
         from .stability import second_order_method
 
         higher = second_order_method(self.method)
-        tighter = "a tighter bound" + (f" (`--rate-bound {bound / 2.5:.2g}`)" if bound else "")
+        # The method goes with the bound: a discretization option given alone replaces the
+        # recipe's whole default (experiments.train), the method included.
+        keep = f"--solver {self.method} " if self.method else ""
+        tighter = "a tighter bound" + (
+            f" (`{keep}--rate-bound {bound / 2.5:.2g}`, with the same training steps)"
+            if bound
+            else ""
+        )
         options = ([f"a second-order training method (`--solver {higher}`)"] if higher else []) + [
             tighter,
             "a finer training step (`--step-size`)",

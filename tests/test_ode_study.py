@@ -125,3 +125,14 @@ def test_study_table_says_which_rows_did_not_finish(tmp_path):
     md = (tmp_path / "study.md").read_text()
     assert "| parabolic | paper | 1.00 | 70.0% | 71.0% | 10.0% (midpoint) | did not finish |" in md
     assert "on 2,000 test images" in md and "nan" not in md
+
+
+def test_command_refuses_bad_options_before_any_training(capsys):
+    from experiments.ode_study import main
+
+    with pytest.raises(SystemExit):
+        main(["--epochs", "0", "--out", "unused"])
+    assert "--epochs must be a positive int" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--strategies", "paper,rate bound 1/3"])
+    assert "unknown 'rate bound 1/3'" in capsys.readouterr().err

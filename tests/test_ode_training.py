@@ -188,11 +188,23 @@ def test_verdict_from_scores_in_plain_words():
         # Trained without a bound: retrain with it.
         ("euler", 0.0, ["without a rate bound", "--rate-bound 0.25"], ["tighter"]),
         # Already bounded: never the bound it already has; a tighter one, a second-order method.
-        ("euler", 0.25, ["at 0.25 of", "--solver midpoint", "--rate-bound 0.1"], ["0.25`"]),
+        (
+            "euler",
+            0.25,
+            ["at 0.25 of", "--solver midpoint", "--solver euler --rate-bound 0.1"],
+            ["0.25`"],
+        ),  # fmt: skip
+        # The photographs' default: the tighter bound keeps the method it was trained with.
+        ("midpoint", 0.5, ["--solver midpoint --rate-bound 0.2"], ["second-order training"]),
         ("euler", 0.1, ["--rate-bound 0.04", "--solver midpoint"], ["--rate-bound 0.1`"]),
         ("symplectic_euler", 0.25, ["--solver verlet"], ["midpoint"]),
         ("leapfrog", 0.1, ["--solver verlet", "--rate-bound 0.04"], []),
-        ("verlet", 0.25, ["--rate-bound 0.1", "--step-size"], ["--solver"]),
+        (
+            "verlet",
+            0.25,
+            ["--solver verlet --rate-bound 0.1", "--step-size"],
+            ["second-order training"],
+        ),  # fmt: skip
     ],
 )
 def test_verdict_advice_follows_how_the_network_was_trained(method, bound, says, never):
