@@ -362,10 +362,9 @@ def resolve_config(base: TrainConfig | None = None, **given: Any) -> TrainConfig
         if given.get("rate_bound", recipe["rate_bound"]) != 0:
             arch_opts = QUICK_ARCH_OPTIONS.get(given.get("arch", "parabolic"), {})
             recipe.update({k: v for k, v in arch_opts.items() if k not in given})
-        images = IMAGES_ARCH_OPTIONS.get(given.get("arch", "parabolic"))
-        if dataset != "digits" and images and not DISCRETIZATION_KEYS & set(given):
-            if not given.get("certified"):
-                recipe.update(images)
+        on_photographs = dataset != "digits" and not given.get("certified")
+        if on_photographs and not DISCRETIZATION_KEYS & set(given):
+            recipe.update(IMAGES_ARCH_OPTIONS.get(given.get("arch", "parabolic"), {}))
         if given.get("certified"):
             recipe.update(CERTIFIED_RECIPE)
             if dataset != "digits":

@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         if r["status"] != "ok":
             print(f"no accuracy: {r['solver']}: {r['status']}")
     net, cfg = load_trained(args.checkpoint)
-    # The configured bound, where constrain applied it (not to the ResNet control).
-    bounded = any(isinstance(m, neuralpde.stability.RateBound) for m in net.modules())
-    bound = cfg.rate_bound if bounded or not cfg.rate_bound else None
+    # The bound constrain applied (none to the ResNet control); 0: trained without one.
+    bound = neuralpde.stability.rate_fraction(net)
+    if bound is None and not cfg.rate_bound:
+        bound = 0.0
     try:
         verdict = swap_verdict(rows, method=net.stages[0].method, rate_bound=bound)
         print(f"\nverdict: {verdict}")

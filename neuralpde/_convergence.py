@@ -199,20 +199,12 @@ def convergence_check(
         )
     if not 0 < tolerance < 1:
         raise ValueError(f"convergence_check: tolerance must be in (0, 1), got {tolerance!r}")
+    from .stability import rate_fraction
+
     return ConvergenceVerdict(
         **_scores(net, x, y, batch_size),
         tolerance=tolerance,
         labelled=y is not None,
         method=net.stages[0].method,
-        rate_bound=_rate_bound(net),
+        rate_bound=rate_fraction(net),
     )
-
-
-def _rate_bound(net: nn.Module) -> float | None:
-    """The fraction :func:`~neuralpde.stability.constrain` held ``net``'s rates to; ``None``
-    when no kernel is so parametrized (unconstrained, or constrained some other way)."""
-    from .stability import RateBound
-
-    fractions = {getattr(m, "fraction", None) for m in net.modules() if isinstance(m, RateBound)}
-    fractions.discard(None)
-    return max(fractions) if fractions else None

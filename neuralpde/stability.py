@@ -53,6 +53,7 @@ __all__ = [
     "constrain",
     "kernel_spectrum",
     "power_iteration",
+    "rate_fraction",
     "report",
     "scheme_lipschitz",
     "second_order_method",
@@ -558,8 +559,7 @@ class RateBound(nn.Module):
     ``forward(K)``: ``K (n, c_out, c_in, kh, kw)`` -> the same shape.
 
     ``fraction``: the fraction of the stability limit the cap stands for, where
-    :func:`constrain` set it (``None`` otherwise); :func:`neuralpde.convergence_check`
-    reads it to say what to retrain with.
+    :func:`constrain` set it (``None`` otherwise); :func:`rate_fraction` reads it.
     """
 
     fraction: float | None = None
@@ -609,6 +609,19 @@ def _rate_homogeneity(rhs: nn.Module) -> tuple[Tensor, Tensor]:
             "--rate-bound 0)"
         )
     return g1, p[0]
+
+
+def rate_fraction(net: nn.Module) -> float | None:
+    """The fraction of the stability limit :func:`constrain` held ``net``'s rates to (the
+    largest, if stages differ), or ``None`` when no kernel is so parametrized
+    (unconstrained, or constrained some other way).
+
+    Args:
+        net: any module (a :class:`~neuralpde.PDECNN`, a stage, a list of stages).
+    """
+    fractions = {m.fraction for m in net.modules() if isinstance(m, RateBound)}
+    fractions.discard(None)
+    return max(fractions) if fractions else None
 
 
 # First-order training schemes and the second-order method of the same kind: one stage

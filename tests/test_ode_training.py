@@ -228,6 +228,7 @@ def test_convergence_check_reads_the_training_method_and_bound():
     constrain(net, (1, 8, 8), fraction=0.3)
     verdict = convergence_check(net, x)
     assert (verdict.method, verdict.rate_bound) == ("euler", 0.3)
+    assert neuralpde.stability.rate_fraction(net) == 0.3
 
 
 def test_convergence_check_on_networks_that_are_and_are_not_odes():
