@@ -76,6 +76,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     multilevel: list[int] = field(default_factory=list)
     random_steps: list[float] = field(default_factory=list)
+    random_methods: list[str] = field(default_factory=list)
     stability_penalty: float = 0.0
     stability_margin: float = 1.0
     normalization: str = "tv"
@@ -222,6 +223,7 @@ DISCRETIZATION_KEYS = {
     "step_size",
     "multilevel",
     "random_steps",
+    "random_methods",
     "stability_penalty",
     "rate_bound",
 }
@@ -516,6 +518,7 @@ def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
                 "--random-steps replaces --step-size during training (evaluation uses "
                 "--step-size); give the training steps in --random-steps only"
             )
+    _check_random_methods(cfg, kinds)
     if not (math.isfinite(cfg.stability_penalty) and cfg.stability_penalty >= 0):
         raise ConfigError(f"--stability-penalty must be >= 0, got {cfg.stability_penalty}")
     if not (math.isfinite(cfg.stability_margin) and cfg.stability_margin > 0):
@@ -548,6 +551,60 @@ def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
         raise ConfigError(
             f"--stability-penalty bounds h·ρ for a fixed step; --solver {cfg.solver} is adaptive"
         )
+
+
+def _model_problem(dynamics: type[neuralpde.RHS]) -> str | None:
+    """The model problem (``"dissipative"``, ``"oscillatory"`` or ``None``) a dynamics'
+    spectrum declares, read from a small instance of it."""
+    for width in (2, 4, 8, 16):
+        try:
+            dynamics.check_width(width)
+        except ValueError:
+            continue
+        spec = dynamics(width, steps=1).spectrum(4, 4, iters=5)
+        return None if spec is None else spec.model
+    return None
+
+
+def _check_random_methods(cfg: TrainConfig, kinds: dict[str, str]) -> None:
+    """``--random-methods``: fixed-step methods the dynamics and memory mode take, each at
+    least as stable as the training method whose limit ``--rate-bound`` holds the rates to."""
+    rm = list(cfg.random_methods)
+    if not rm:
+        return
+    dynamics = neuralpde.archs()[cfg.arch]
+    memory = cfg.memory or "autograd"
+    for m in rm:
+        if m not in kinds:
+            raise ConfigError(f"--random-methods: unknown method {m!r}; one of {sorted(kinds)}")
+        if kinds[m] == "adaptive":
+            raise ConfigError(
+                f"--random-methods draws a fixed-step method per batch; {m} is adaptive"
+            )
+        try:
+            dynamics.check_solver(m, memory)
+            solvers.Solver(m, memory=memory)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"--random-methods {m} (--arch {cfg.arch}): {err}") from None
+    if cfg.solver is not None and kinds.get(cfg.solver) == "adaptive":
+        raise ConfigError(
+            f"--random-methods draws fixed-step methods; --solver {cfg.solver} is adaptive"
+        )
+    if cfg.rate_bound:
+        from neuralpde.stability import _unit_limit
+
+        model = _model_problem(dynamics)
+        own = cfg.solver or dynamics.default_method
+        c0 = None if model is None else _unit_limit(own, model)
+        for m in rm:
+            c = None if c0 is None else _unit_limit(m, model)
+            if c0 is not None and (c is None or c < c0 - 1e-6):
+                raise ConfigError(
+                    f"--random-methods {m}: its stability limit on the {cfg.arch} dynamics "
+                    f"(h·z <= {c or 0:.3g}) is below that of the training method {own} "
+                    f"(h·z <= {c0:.3g}), which --rate-bound holds the rates to; list methods "
+                    "at least as stable as --solver, or give the least stable one as --solver"
+                )
 
 
 def _check_certified(cfg: TrainConfig) -> None:
@@ -588,6 +645,13 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers such as 1,0.5, got {text!r}"
         ) from None
+
+
+def _names(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated method names, got {text!r}")
+    return names
 
 
 def _widths(text: str) -> list[int]:
@@ -642,6 +706,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-steps",
         type=_floats,
         help="draw the training solver's step for each batch from these, e.g. 1,0.5",
+    )
+    a(
+        "--random-methods",
+        type=_names,
+        help="draw the training method for each batch from these fixed-step methods, e.g. "
+        "verlet,symplectic_euler (validation and the report use --solver)",
     )
     a(
         "--stability-penalty",

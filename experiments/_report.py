@@ -286,7 +286,8 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         f"- {report['params']:,} parameters, widths {report['widths']}, {cfg.steps} steps of "
         f"h = 1 per stage, trained with {cfg.solver or _own_scheme(cfg.arch)}"
         f"{'' if cfg.step_size is None else f' at step {cfg.step_size}'}"
-        f"{'' if not cfg.random_steps else f', each batch drawing its step from {cfg.random_steps}'}",
+        f"{'' if not cfg.random_steps else f', each batch drawing its step from {cfg.random_steps}'}"
+        f"{'' if not cfg.random_methods else f', its method from {cfg.random_methods}'}",
         f"- {report['train_images']} training / {report['val_images']} validation / "
         f"{report['test_images']} test images of {data.image_size}×{data.image_size} pixels"
         f"{layout}; batch {cfg.batch_size}, lr schedule "

@@ -255,6 +255,15 @@ def batch_step_size(cfg: TrainConfig, epoch: int, batch: int) -> float | None:
     return float(cfg.random_steps[_mix(cfg.seed, 7919, epoch, batch) % len(cfg.random_steps)])
 
 
+def batch_method(cfg: TrainConfig, epoch: int, batch: int) -> str | None:
+    """The training method for one batch under ``cfg.random_methods`` (``None``: the run's
+    own), drawn independently of the step (:func:`batch_step_size`) and, like it, a pure
+    function of ``(seed, epoch, batch)``."""
+    if not cfg.random_methods:
+        return None
+    return cfg.random_methods[_mix(cfg.seed, 104729, epoch, batch) % len(cfg.random_methods)]
+
+
 @dataclass
 class _Run:
     """What one training run holds between its named steps (see :func:`fit`)."""
@@ -504,7 +513,11 @@ def _train_epoch(run: _Run, loader, sampler, progress, log) -> None:
         if cfg.lr_decay != "step":
             for g in run.opt.param_groups:
                 g["lr"] = lr_now(cfg, run.epoch, b, nb)
-        h = batch_step_size(cfg, run.epoch, b)
+        h, method = batch_step_size(cfg, run.epoch, b), batch_method(cfg, run.epoch, b)
+        if method is not None:
+            for s, solver in zip(net.stages, own):
+                # The run's own step (or this batch's random one below) at the drawn method.
+                s.set_solver(method, step_size=solver.step_size)
         if h is not None:
             for s in net.stages:
                 s.set_solver(step_size=h)
@@ -564,7 +577,7 @@ def _train_epoch(run: _Run, loader, sampler, progress, log) -> None:
             run.accum["seconds"] += time.perf_counter() - t_epoch
             t_epoch = time.perf_counter()
             _save_last(run, run.epoch, b + 1)
-    if cfg.random_steps:
+    if cfg.random_steps or cfg.random_methods:
         # Validation, checkpoints and the report see the run's own solver.
         for s, solver in zip(net.stages, own):
             s.solver = solver

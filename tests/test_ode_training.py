@@ -13,7 +13,7 @@ import torch
 
 import neuralpde
 from experiments import ConfigError, fit, load_checkpoint, resolve_config
-from experiments._trainer import batch_step_size
+from experiments._trainer import batch_method, batch_step_size
 from neuralpde import PDECNN, ConvergenceVerdict, convergence_check
 from neuralpde.stability import StabilityPenalty, report
 
@@ -31,11 +31,21 @@ from neuralpde.stability import StabilityPenalty, report
         ({"random_steps": [1.0], "solver": "dopri5"}, "adaptive"),
         ({"random_steps": [1.0], "multilevel": [5]}, "use one of the two"),
         ({"random_steps": [1.0], "step_size": 0.5}, "replaces --step-size"),
+        ({"random_methods": ["dopri5"]}, "dopri5 is adaptive"),
+        ({"random_methods": ["euler", "rk9"]}, "unknown method 'rk9'"),
+        ({"random_methods": ["euler"], "solver": "dopri5"}, "adaptive"),
+        ({"random_methods": ["verlet"]}, "--random-methods verlet"),  # parabolic: one state
+        # The rate bound holds rk4's limit (2.79); forward Euler's (2) is below it.
+        ({"random_methods": ["rk4", "euler"], "solver": "rk4"}, "h·z <= 2.*below"),
+        ({"random_methods": ["verlet", "rk4"], "arch": "hamiltonian", "solver": "verlet"}, None),
         ({"stability_penalty": -1.0}, "must be >= 0"),
         ({"stability_penalty": 0.1, "solver": "dopri5"}, "adaptive"),
     ],
 )
 def test_strategy_options_are_checked_with_a_named_error(given, message):
+    if message is None:  # on oscillations rk4 (2.83) is at least as stable as Verlet (2)
+        resolve_config(**given)
+        return
     with pytest.raises(ConfigError, match=message):
         resolve_config(**given)
 
@@ -48,6 +58,48 @@ def test_random_steps_are_a_pure_function_of_seed_epoch_and_batch():
     other = resolve_config(random_steps=[1.0, 0.5, 0.25], seed=4)
     assert draws != [batch_step_size(other, e, b) for e in range(3) for b in range(40)]
     assert batch_step_size(resolve_config(), 0, 0) is None
+
+
+def test_random_methods_are_drawn_per_batch_independently_of_the_steps():
+    cfg = resolve_config(random_methods=["euler", "midpoint"], random_steps=[1.0, 0.5], seed=3)
+    pairs = [
+        (batch_method(cfg, e, b), batch_step_size(cfg, e, b)) for e in range(3) for b in range(40)
+    ]
+    assert pairs == [
+        (batch_method(cfg, e, b), batch_step_size(cfg, e, b)) for e in range(3) for b in range(40)
+    ]
+    assert set(pairs) == {(m, h) for m in ("euler", "midpoint") for h in (1.0, 0.5)}
+    assert batch_method(resolve_config(), 0, 0) is None
+
+
+def test_each_batch_trains_with_its_drawn_method_and_validation_with_the_own(monkeypatch, tmp_path):
+    import experiments._trainer as trainer
+
+    seen = []
+    real_loss, real_evaluate = trainer._loss, trainer.evaluate
+
+    def spy_loss(run, x, y):
+        seen.append(("train", [(s.solver.method, s.step_size) for s in run.net.stages]))
+        return real_loss(run, x, y)
+
+    def spy_evaluate(model, *args, **kwargs):
+        seen.append(("eval", [(s.solver.method, s.step_size) for s in model.stages]))
+        return real_evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_loss", spy_loss)
+    monkeypatch.setattr(trainer, "evaluate", spy_evaluate)
+    cfg = resolve_config(
+        widths=[4, 4], epochs=1, train_fraction=0.3, seed=2, solver="midpoint",
+        random_methods=["euler", "midpoint"], random_steps=[1.0, 0.5], out=str(tmp_path),
+    )  # fmt: skip
+    fit(cfg, log=lambda *_: None)
+    train = [stages for kind, stages in seen if kind == "train"]
+    want = [(batch_method(cfg, 0, b), batch_step_size(cfg, 0, b)) for b in range(len(train))]
+    assert [stages[0] for stages in train] == want
+    assert all(len(set(stages)) == 1 for stages in train)  # every stage alike
+    assert {m for m, _ in want} == {"euler", "midpoint"}
+    assert all(stages == [("midpoint", 1.0)] * 2 for kind, stages in seen if kind == "eval")
+    assert "its method from ['euler', 'midpoint']" in (tmp_path / "report.md").read_text()
 
 
 def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
@@ -258,6 +310,10 @@ ARGS = ["--widths", "8,8", "--epochs", "3", "--batch-size", "32", "--checkpoint-
 STRATEGIES = {
     "multilevel": ({"multilevel": [2, 3]}, ["--multilevel", "2,3"]),
     "random steps": ({"random_steps": [1.0, 0.5]}, ["--random-steps", "1,0.5"]),
+    "random methods": (
+        {"solver": "midpoint", "random_methods": ["euler", "midpoint"], "rate_bound": 0.5},
+        ["--solver", "midpoint", "--random-methods", "euler,midpoint", "--rate-bound", "0.5"],
+    ),
     "stability penalty": ({"stability_penalty": 0.05}, ["--stability-penalty", "0.05"]),
     "rate bound": ({"rate_bound": 0.5}, ["--rate-bound", "0.5"]),
     "second-order method": (
