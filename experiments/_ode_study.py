@@ -17,6 +17,8 @@ from typing import Any
 
 import neuralpde
 import neuralpde.stability
+import solvers
+from neuralpde.stability import second_order_method
 
 from ._config import NON_MATH_KEYS, resolve_config, takes_normalization
 from ._data import load_data
@@ -28,6 +30,7 @@ _PLAIN = {
     "step_size": None,
     "multilevel": [],
     "random_steps": [],
+    "random_methods": [],
     "stability_penalty": 0.0,
     "normalization": "tv",
     "rate_bound": 0.0,
@@ -83,6 +86,29 @@ STRATEGIES: dict[str, dict[str, Any]] = {
         "about": "the second-order method at 1/2 of its limit, each batch drawing the "
         "training step from {1, 1/2}: the weights must classify under two discretizations",
     },
+    "second-order method 9/10 + random steps": {
+        "options": {
+            **_BOUND,
+            "rate_bound": 0.9,
+            "solver": "second-order",
+            "random_steps": [1.0, 0.5],
+        },
+        "about": "as the one at 1/2, with h·z held to 9/10 of the limit: the random steps "
+        "keep the network its flow while it uses nearly the whole stable range",
+    },
+    "second-order method 9/10 + random steps and methods": {
+        "options": {
+            **_BOUND,
+            "rate_bound": 0.9,
+            "solver": "second-order",
+            "random_steps": [1.0, 0.5],
+            "random_methods": "of its kind",
+        },
+        "about": "as the one before, each batch also drawing its method from the second-order "
+        "one and the first-order ones of its kind (midpoint, forward Euler; Verlet, "
+        "symplectic Euler, leapfrog): the weights must classify under the cheaper "
+        "first-order methods at the training step too",
+    },
     "fine-step h/2": {
         "options": {"step_size": 0.5},
         "about": "the training solver takes two steps per parameter set (h = 1/2)",
@@ -136,12 +162,16 @@ def _options(strategy: str, epochs: int, arch: str) -> dict[str, Any]:
     scheme = neuralpde.archs()[arch].default_method
     opts.setdefault("solver", scheme)
     if opts["solver"] == "second-order":
-        opts["solver"] = neuralpde.stability.second_order_method(scheme)
+        opts["solver"] = second_order_method(scheme)
         if opts["solver"] is None:
             raise ValueError(
                 f"strategy {strategy!r}: {arch}'s scheme {scheme!r} has no second-order "
                 "method of its kind (neuralpde.stability.second_order_method)"
             )
+    if opts["random_methods"] == "of its kind":
+        # The second-order method and every first-order scheme it is the remedy for.
+        first = [m for m in solvers.methods() if second_order_method(m) == opts["solver"]]
+        opts["random_methods"] = [opts["solver"], *sorted(first)]
     return opts
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 import neuralpde
+from experiments import resolve_config
 from experiments._ode_study import STRATEGIES, _options, study
 from neuralpde.stability import second_order_method
 
@@ -33,11 +34,16 @@ def test_second_order_method_of_each_first_order_scheme(method, expected):
 )
 def test_second_order_strategies_train_with_the_method_of_the_archs_kind(arch, solver):
     names = [n for n in STRATEGIES if n.startswith("second-order method")]
-    assert len(names) == 3
+    assert len(names) == 5
     for name in names:
         opts = _options(name, 4, arch)
         assert opts["solver"] == solver
         assert opts["normalization"] == "bias" and opts["rate_bound"] > 0
+    # "and methods": the second-order method and the first-order schemes of its kind.
+    opts = _options("second-order method 9/10 + random steps and methods", 4, arch)
+    first = {"midpoint": ["euler"], "verlet": ["leapfrog", "symplectic_euler"]}[solver]
+    assert opts["random_methods"] == [solver, *first]
+    assert resolve_config(arch=arch, **opts).random_methods == [solver, *first]
 
 
 def test_second_order_strategy_names_an_arch_without_one(registered):
