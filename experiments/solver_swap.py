@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 import neuralpde.stability
 
 from ._checkpoint import CheckpointError
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=_positive(int), default=500)
     p.add_argument(
+        "--threads", type=_positive(int), metavar="N",
+        help="torch.set_num_threads(N) for the CPU (default: torch's choice)",
+    )  # fmt: skip
+    p.add_argument(
         "--images",
         type=_positive(int),
         help="evaluate on N test images spread over the test set, every class represented (default: all)",
@@ -67,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = p.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         rows = swap_table(
             args.checkpoint,

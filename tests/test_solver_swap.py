@@ -218,10 +218,24 @@ def test_cli_reports_rows_that_did_not_finish(trained, tmp_path, capsys):
     ) == len(rows)
     assert "no accuracy: rk4: did not finish within 1e-09 s" in printed
     assert "no verdict:" in printed and "worst row" not in printed
-    for bad in (["--images", "0"], ["--row-seconds", "-1"], ["--max-steps", "x"]):
+    for bad in (
+        ["--images", "0"],
+        ["--row-seconds", "-1"],
+        ["--max-steps", "x"],
+        ["--threads", "0"],
+    ):
         with pytest.raises(SystemExit) as e:
             main([*args, *bad])
         assert e.value.code == 2
+
+
+def test_cli_threads_sets_torchs_thread_count(trained, tmp_path, monkeypatch):
+    out, _ = trained
+    calls = []  # recorded, not applied: the rest of the suite keeps its thread count
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    args = ["--checkpoint", str(out / "best.pt"), "--out", str(tmp_path), "--no-progress"]
+    assert main([*args, "--images", "40", "--row-seconds", "1e-9", "--threads", "1"]) == 0
+    assert calls == [1]
 
 
 def test_verdict_needs_the_accuracy_of_its_rows(trained):
