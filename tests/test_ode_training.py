@@ -139,7 +139,13 @@ def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
         assert cfg.random_steps == [] and cfg.solver == given.get("solver"), given
         assert cfg.rate_bound == given.get("rate_bound", 0.25), given
     assert resolve_config(dataset="imagefolder", certified=True).random_steps == []
-    assert resolve_config(dataset="imagefolder", arch="hamiltonian").solver == "verlet"
+    # The Hamiltonian network's: Verlet at 9/10, random steps and symplectic methods.
+    cfg = resolve_config(dataset="imagefolder", arch="hamiltonian")
+    assert (cfg.solver, cfg.rate_bound, cfg.random_steps) == ("verlet", 0.9, [1.0, 0.5])
+    assert cfg.random_methods == ["verlet", "symplectic_euler", "leapfrog"]
+    cfg = resolve_config(dataset="imagefolder", arch="hamiltonian", rate_bound=0.25)
+    assert (cfg.solver, cfg.random_steps, cfg.random_methods) == ("verlet", [], [])
+    assert resolve_config(arch="hamiltonian").random_methods == []  # digits: Verlet at 1/4
 
 
 def test_paper_preset_is_exactly_the_papers_scheme():
