@@ -10,8 +10,8 @@ own method), per arch, measured in one run.
 Both configurations come from ``experiments.resolve_config`` and
 ``experiments.build_model``, so the table follows the defaults. Each step is forward,
 cross-entropy, backward and an SGD step on a fixed synthetic batch. Under random steps a
-candidate's timed call runs one step at each of the listed step sizes and is divided by
-their number: the expected cost of a batch. Candidates alternate (shuffled per round); the
+candidate's timed call runs one step at each (method, step size) pair the random steps and
+random methods can draw and is divided by their number: the expected cost of a batch. Candidates alternate (shuffled per round); the
 table gives the median seconds per step and the median of per-round ratios to the paper's
 scheme of the same arch. The target of the stable default: at most 1.5x the paper's
 training time on CIFAR-10 (Ruthotto & Haber 2020's Table 1 network at the cpu budget).
@@ -41,24 +41,29 @@ def _step(cfg, batch: int, size: int):
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 10, (batch,))
-    steps = cfg.random_steps or [None]
+    # Every (method, step) pair the random draws give, each once: their mean is the
+    # expected cost of a batch (the draws are uniform and independent).
+    draws = [(m, h) for m in cfg.random_methods or [None] for h in cfg.random_steps or [None]]
 
     def step() -> None:
-        for h in steps:
-            if h is not None:
-                for s in net.stages:
+        for method, h in draws:
+            for s in net.stages:
+                if method is not None:
+                    s.set_solver(method, step_size=h)
+                elif h is not None:
                     s.set_solver(step_size=h)
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), y).backward()
             opt.step()
 
-    return step, len(steps)
+    return step, len(draws)
 
 
 def _describe(cfg) -> str:
     method = cfg.solver or "own"
     rs = f", random steps {cfg.random_steps}" if cfg.random_steps else ""
-    return f"{cfg.normalization}, {method}, bound {cfg.rate_bound:g}{rs}"
+    rm = f", random methods {cfg.random_methods}" if cfg.random_methods else ""
+    return f"{cfg.normalization}, {method}, bound {cfg.rate_bound:g}{rs}{rm}"
 
 
 def main() -> None:
