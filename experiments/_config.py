@@ -215,15 +215,16 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 # (flow 71.65 % against 72.5 % at its scheme).
 # Hamiltonian: Verlet at 1/4 costs 5.5 points against the paper's scheme (66.0 % against
 # 71.5 %). At 9/10 of Verlet's limit with random steps it reached 70.5 % but its first-order
-# symplectic methods at h = 1 sat 3.8-4.6 points below its scheme; each batch also drawing
+# symplectic methods at h = 1 sat 3.6-4.6 points below its scheme; each batch also drawing
 # its method from Verlet, symplectic Euler and leapfrog keeps them within 2 points (seed 0:
 # 70.0 %, worst judged row leapfrog 68.3 %, flow 69.95 %; seed 1: 70.3 %, every row of its
 # swap table within 1.5 points, forward Euler at h = 1 included; tutorial 02).
 # Second order: Verlet at 1/4 reached 65.8 % (the paper's scheme 71.8 %); at 9/10 with random
 # steps 72.4 % but no ODE (forward Euler x4 57 %, leapfrog 12 %); at 7/10 with random steps
 # and methods 69.4 % (seed 0) and 66.7 % (seed 1), its flow 1-2 points above its test
-# accuracy, forward Euler x4 within 2.1 points; only the first-order symplectic methods at
-# h = 1 stay further (its leapfrog row is BatchNorm's running statistics: tutorial 02).
+# accuracy, forward Euler x4 no more than 2.1 points below; only the first-order symplectic
+# methods at h = 1 stay further (its leapfrog row is BatchNorm's running statistics:
+# tutorial 02).
 # The options of one arch are one choice: the bound is that large only because the method
 # is second order and the steps (and methods) vary, so giving any option of how training
 # discretizes θ(t) (DISCRETIZATION_KEYS) replaces them all.
@@ -593,17 +594,24 @@ def _model_problem(dynamics: type[neuralpde.RHS]) -> str | None:
 def _check_random_methods(cfg: TrainConfig, kinds: dict[str, str]) -> None:
     """``--random-methods``: fixed-step methods the dynamics and memory mode take, each at
     least as stable as the training method whose limit ``--rate-bound`` holds the rates to."""
+    if isinstance(cfg.random_methods, str):
+        raise ConfigError(
+            f"random_methods is a list of method names, got the string {cfg.random_methods!r} "
+            '(e.g. ["verlet", "leapfrog"]; on the command line: --random-methods verlet,leapfrog)'
+        )
     rm = list(cfg.random_methods)
     if not rm:
         return
     dynamics = neuralpde.archs()[cfg.arch]
     memory = cfg.memory or "autograd"
+    fixed = sorted(m for m, kind in kinds.items() if kind != "adaptive")
     for m in rm:
         if m not in kinds:
-            raise ConfigError(f"--random-methods: unknown method {m!r}; one of {sorted(kinds)}")
+            raise ConfigError(f"--random-methods: unknown method {m!r}; one of {fixed}")
         if kinds[m] == "adaptive":
             raise ConfigError(
-                f"--random-methods draws a fixed-step method per batch; {m} is adaptive"
+                f"--random-methods draws a fixed-step method per batch; {m} is adaptive "
+                f"(fixed-step methods: {fixed})"
             )
         try:
             dynamics.check_solver(m, memory)
@@ -614,11 +622,23 @@ def _check_random_methods(cfg: TrainConfig, kinds: dict[str, str]) -> None:
         raise ConfigError(
             f"--random-methods draws fixed-step methods; --solver {cfg.solver} is adaptive"
         )
-    if cfg.rate_bound:
-        from neuralpde.stability import _unit_limit
+    from neuralpde.stability import _unit_limit
 
-        model = _model_problem(dynamics)
-        own = cfg.solver or dynamics.default_method
+    model = _model_problem(dynamics)
+    own = cfg.solver or dynamics.default_method
+    for m in rm:
+        if model is not None and not _unit_limit(m, model):
+            raise ConfigError(
+                f"--random-methods {m}: no step of it is stable on the {cfg.arch} dynamics "
+                f"({model} modes grow under it at every step size); drop it"
+            )
+    if own not in rm:
+        # Validation, checkpoints and the report use the training method.
+        raise ConfigError(
+            f"--random-methods {','.join(rm)} does not list the training method {own}, which "
+            "validation and the report use; add it, or give one of them as --solver"
+        )
+    if cfg.rate_bound:
         c0 = None if model is None else _unit_limit(own, model)
         for m in rm:
             c = None if c0 is None else _unit_limit(m, model)
@@ -718,7 +738,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--smoothness", type=float, help="alpha1 of the time-smoothness regularizer on theta")
     a("--clip-weights", action=argparse.BooleanOptionalAction, help="clip weights to [-1, 1]")
     a("--augment", action=argparse.BooleanOptionalAction, help="flip + pad + random crop")
-    a("--solver", help="training solver of every stage (default: the paper's scheme)")
+    a(
+        "--solver",
+        help="training solver of every stage (default: the dynamics' own scheme on digits "
+        "for the parabolic network, Verlet for the hyperbolic ones; see README for "
+        "photographs)",
+    )
     a("--step-size", type=float, help="training solver's step (default: h = 1, one per step)")
     a(
         "--multilevel",
@@ -735,7 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-methods",
         type=_names,
         help="draw the training method for each batch from these fixed-step methods, e.g. "
-        "verlet,symplectic_euler (validation and the report use --solver)",
+        "verlet,symplectic_euler,leapfrog: each at least as stable as --solver, which "
+        "must be among them (validation and the report use it)",
     )
     a(
         "--stability-penalty",

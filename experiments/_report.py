@@ -287,7 +287,7 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         f"h = 1 per stage, trained with {cfg.solver or _own_scheme(cfg.arch)}"
         f"{'' if cfg.step_size is None else f' at step {cfg.step_size}'}"
         f"{'' if not cfg.random_steps else f', each batch drawing its step from {cfg.random_steps}'}"
-        f"{'' if not cfg.random_methods else f', its method from {cfg.random_methods}'}",
+        f"{_random_methods(cfg)}",
         f"- {report['train_images']} training / {report['val_images']} validation / "
         f"{report['test_images']} test images of {data.image_size}×{data.image_size} pixels"
         f"{layout}; batch {cfg.batch_size}, lr schedule "
@@ -315,6 +315,13 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
     ]
     (out / "report.md").write_text("\n".join(lines))
     return report
+
+
+def _random_methods(cfg) -> str:
+    if not cfg.random_methods:
+        return ""
+    lead = " and" if cfg.random_steps else ", each batch drawing"
+    return f"{lead} its method from {cfg.random_methods}"
 
 
 def _own_scheme(arch: str) -> str:

@@ -35,6 +35,19 @@ from neuralpde.stability import StabilityPenalty, report
         ({"random_methods": ["euler", "rk9"]}, "unknown method 'rk9'"),
         ({"random_methods": ["euler"], "solver": "dopri5"}, "adaptive"),
         ({"random_methods": ["verlet"]}, "--random-methods verlet"),  # parabolic: one state
+        # Forward Euler grows every oscillation: no step of it is stable on a hyperbolic stage.
+        ({"random_methods": ["verlet", "euler"], "arch": "hamiltonian"}, "no step of it is"),
+        # Validation uses the training method (here the paper's symplectic Euler): listed?
+        (
+            {
+                "random_methods": ["verlet", "leapfrog"],
+                "arch": "hamiltonian",
+                "rate_bound": 0.0,
+                "normalization": "tv",
+            },
+            "does not list the training method symplectic_euler",
+        ),
+        ({"random_methods": "verlet"}, "a list of method names"),
         # The rate bound holds rk4's limit (2.79); forward Euler's (2) is below it.
         ({"random_methods": ["rk4", "euler"], "solver": "rk4"}, "h·z <= 2.*below"),
         ({"random_methods": ["verlet", "rk4"], "arch": "hamiltonian", "solver": "verlet"}, None),
@@ -99,7 +112,14 @@ def test_each_batch_trains_with_its_drawn_method_and_validation_with_the_own(mon
     assert all(len(set(stages)) == 1 for stages in train)  # every stage alike
     assert {m for m, _ in want} == {"euler", "midpoint"}
     assert all(stages == [("midpoint", 1.0)] * 2 for kind, stages in seen if kind == "eval")
-    assert "its method from ['euler', 'midpoint']" in (tmp_path / "report.md").read_text()
+    assert (
+        "[1.0, 0.5] and its method from ['euler', 'midpoint']"
+        in (tmp_path / "report.md").read_text()
+    )
+    from experiments._report import _random_methods
+
+    alone = resolve_config(solver="midpoint", random_methods=["euler", "midpoint"])
+    assert _random_methods(alone) == ", each batch drawing its method from ['euler', 'midpoint']"
 
 
 def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
