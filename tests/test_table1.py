@@ -108,11 +108,13 @@ def test_both_configurations_with_their_solver_swaps(folder, tmp_path, capsys):
     stable = {k: QUICK_RECIPE[k] for k in PAPER_SCHEME}
     assert CONFIGS == {"paper": PAPER_SCHEME, "stable": stable}
     assert stable["normalization"] != "tv" and stable["rate_bound"] > 0
-    # The stable configuration is the quick recipe's default of each arch (Verlet for the
-    # second-order network), as the main job trains it.
+    # The stable configuration is the quick recipe's default of each arch on photographs
+    # (the second-order network: Verlet at 7/10, random steps and methods), as
+    # experiments.train --dataset imagefolder trains it.
     quick = resolve_config(dataset="imagefolder", arch="second_order")
-    stable_second_order = {k: getattr(quick, k) for k in (*PAPER_SCHEME, "solver")}
-    assert stable_second_order["solver"] == "verlet"
+    keys = (*PAPER_SCHEME, "solver", "random_steps", "random_methods")
+    stable_second_order = {k: getattr(quick, k) for k in keys}
+    assert stable_second_order["solver"] == "verlet" and stable_second_order["random_methods"]
     # The parabolic network's own on photographs: midpoint at 1/2, random steps {1, 1/2}.
     quick = resolve_config(dataset="imagefolder", arch="parabolic")
     stable_parabolic = {k: getattr(quick, k) for k in (*PAPER_SCHEME, "solver", "random_steps")}
