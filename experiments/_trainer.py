@@ -514,13 +514,12 @@ def _train_epoch(run: _Run, loader, sampler, progress, log) -> None:
             for g in run.opt.param_groups:
                 g["lr"] = lr_now(cfg, run.epoch, b, nb)
         h, method = batch_step_size(cfg, run.epoch, b), batch_method(cfg, run.epoch, b)
-        if method is not None:
+        if method is not None or h is not None:
             for s, solver in zip(net.stages, own):
-                # The run's own step (or this batch's random one below) at the drawn method.
-                s.set_solver(method, step_size=solver.step_size)
-        if h is not None:
-            for s in net.stages:
-                s.set_solver(step_size=h)
+                # This batch's method and step, each the run's own unless drawn.
+                s.set_solver(
+                    method or solver.method, step_size=solver.step_size if h is None else h
+                )
         saved = [t.clone() for t in bn_buffers] if cfg.nan == "skip" else None
         what = None
         try:
