@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import math
@@ -12,6 +13,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import update_bn
 
 import neuralpde
 import solvers
@@ -189,6 +192,68 @@ def evaluate_solver(
     }
 
 
+def _batchnorms(net) -> list[nn.Module]:
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise ValueError(
+            "recalibrate_bn: the network has no BatchNorm layer (e.g. a --certified network), "
+            "so there are no statistics to re-estimate; drop the option"
+        )
+    return norms
+
+
+@contextlib.contextmanager
+def batchnorm_recalibrated(net, ds, images: int, device, batch_size: int = 500):
+    """Within the block, every BatchNorm of ``net`` holds statistics re-estimated under the
+    stages' current solvers; on leaving it, the trained statistics are back.
+
+    A solver swap keeps the weights but moves the features a stage hands to the next
+    connector, whose BatchNorm normalizes them with the mean and variance seen under the
+    training scheme. Re-estimating those statistics under the new solver separates what
+    the swap does to the dynamics from what it does to the statistics: the average of the
+    per-batch statistics over ``images`` training images, each batch normalized by its
+    own (:func:`torch.optim.swa_utils.update_bn`, as for stochastic weight averaging;
+    Izmailov et al., UAI 2018); the weights do not change. Li et al. (*Revisiting Batch
+    Normalization for Practical Domain Adaptation*, ICLR Workshops 2017) re-estimate the
+    statistics the same way for a shift of the data.
+
+    Args:
+        net: a network with BatchNorm layers (in eval mode for the evaluation after).
+        ds: the training split (a :class:`Split`); the first ``images`` of a fixed
+            permutation of it (seed 0, every class mixed into every batch) are used,
+            without augmentation.
+        images: how many training images (positive).
+
+    Raises:
+        ValueError: ``net`` has no BatchNorm layer (nothing to re-estimate), or
+            ``images`` is not positive.
+    """
+    norms = _batchnorms(net)
+    if not images > 0:
+        raise ValueError(f"recalibrate_bn must be a positive number of images, got {images}")
+    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+    was = net.training
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
+    plain = Split(
+        ds.images,
+        ds.labels,
+        [ds.indices[i] for i in order[: min(images, len(ds))].tolist()],
+        ds.mean.view(-1),
+        ds.std.view(-1),
+    )
+    dtype = next(net.parameters()).dtype
+    sampler = EpochBatches(len(plain), batch_size, seed=0, shuffle=False)
+    try:
+        update_bn((x.to(device, dtype) for x, _ in batch_loader(plain, sampler)), net)
+        net.eval()
+        yield net
+    finally:
+        for m, buffers in zip(norms, saved):
+            for k, b in buffers.items():
+                getattr(m, k).copy_(b)
+        net.train(was)
+
+
 def spread_test_images(data, images: int | None):
     """``data`` with its test split cut to ``images`` images spread evenly over it (every
     (n/images)-th; ``None``, 0 or at least the split's size: all of it). Not the first
@@ -219,6 +284,7 @@ def swap_table(
     images: int | None = None,
     row_seconds: float | None = None,
     max_steps: int | None = None,
+    recalibrate_bn: int | None = None,
     progress: bool = False,
     log=print,
 ) -> list[dict[str, Any]]:
@@ -236,6 +302,10 @@ def swap_table(
         max_steps: a step limit for each adaptive solve (torchdiffeq's ``max_num_steps``
             option, per stage and batch; default 10,000): a row that needs more is
             reported ``"did not finish within N steps"``.
+        recalibrate_bn: re-estimate every BatchNorm's statistics under each row's solver on
+            this many training images before evaluating the row
+            (:func:`batchnorm_recalibrated`; the trained statistics are restored after
+            it). Default: the trained statistics, as the network was saved.
         progress: show progress within a row (a tqdm bar on a terminal, else a line to
             ``log`` every ``PROGRESS_EVERY`` seconds).
 
@@ -243,10 +313,18 @@ def swap_table(
     why the row has no accuracy: a row over its budget, or a discretization that fails
     (e.g. non-finite states) gets ``accuracy`` and ``loss`` NaN, and its status is logged.
     """
-    for name, value in (("images", images), ("row_seconds", row_seconds), ("max_steps", max_steps)):
+    limits = (
+        ("images", images),
+        ("row_seconds", row_seconds),
+        ("max_steps", max_steps),
+        ("recalibrate_bn", recalibrate_bn),
+    )
+    for name, value in limits:
         if value is not None and not value > 0:
             raise ValueError(f"swap_table: {name} must be positive, got {value}")
     net, cfg = load_trained(checkpoint, device)
+    if recalibrate_bn:
+        _batchnorms(net)  # no BatchNorm: say so before loading the data
     if data is None:
         if data_root is not None:
             cfg.data_root = data_root
@@ -270,10 +348,15 @@ def swap_table(
                 opts.setdefault("max_num_steps", int(max_steps))
         net.set_solver(method, step, **opts)
         try:
-            r = evaluate_solver(
-                net, data.test, device, batch_size, seconds=row_seconds,
-                label=item["label"], log=log, progress=progress,
-            )  # fmt: skip
+            with (
+                batchnorm_recalibrated(net, data.train, recalibrate_bn, device, batch_size)
+                if recalibrate_bn
+                else contextlib.nullcontext()
+            ):
+                r = evaluate_solver(
+                    net, data.test, device, batch_size, seconds=row_seconds,
+                    label=item["label"], log=log, progress=progress,
+                )  # fmt: skip
         except (solvers.SolverError, solvers.NonFiniteError) as err:
             if getattr(err, "status", None) == "max_num_steps":
                 limit = net.stages[0].solver.options.get("max_num_steps", 10_000)

@@ -5,7 +5,10 @@ A row that could run for long (dopri5 at a tight tolerance on a network that is 
 can be given a budget: ``--row-seconds S`` stops a row between batches once it has run
 S seconds, ``--max-steps N`` stops an adaptive solve after N steps; such a row is reported
 "did not finish within ..." and the table goes on. ``--images N`` evaluates on N test images
-spread over the test set (every class represented), for a quick look.
+spread over the test set (every class represented), for a quick look. ``--recalibrate-bn N``
+re-estimates the BatchNorm statistics under each row's solver on N training images before
+the row (the weights stay; the table then says how far a row's loss is the statistics'
+shift rather than the dynamics').
 """
 
 from __future__ import annotations
@@ -68,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         "that needs more is reported 'did not finish within N steps'",
     )  # fmt: skip
     p.add_argument(
+        "--recalibrate-bn", type=_positive(int), metavar="N",
+        help="re-estimate the BatchNorm statistics under each row's solver on N training "
+        "images before evaluating it (weights unchanged; default: the trained statistics)",
+    )  # fmt: skip
+    p.add_argument(
         "--no-progress", action="store_true",
         help="no progress within a row (default: a bar on a terminal, else a line every 30 s)",
     )  # fmt: skip
@@ -84,14 +92,17 @@ def main(argv: list[str] | None = None) -> int:
             images=args.images,
             row_seconds=args.row_seconds,
             max_steps=args.max_steps,
+            recalibrate_bn=args.recalibrate_bn,
             progress=not args.no_progress,
         )
-    except (CheckpointError, DatasetNotFoundError) as err:
+    except (CheckpointError, DatasetNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     title = f"solver swap: {args.checkpoint}"
     if args.images is not None:
         title += f" ({args.images:,} test images spread over the test set)"
+    if args.recalibrate_bn is not None:
+        title += f", BatchNorm statistics re-estimated per row on {args.recalibrate_bn:,} training images"
     write_swap(rows, out, title)
     print(f"\nwrote {out}/solver_swap.csv, {out}/solver_swap.md and {out}/solver_swap.png")
     finite = [r for r in rows if r["accuracy"] == r["accuracy"]]

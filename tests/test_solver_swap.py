@@ -243,3 +243,73 @@ def test_verdict_needs_the_accuracy_of_its_rows(trained):
     rows = swap_table(out / "best.pt", max_steps=2, **QUIET)
     with pytest.raises(ValueError, match=r"no accuracy for dopri5 rtol=0.0001 \(did not finish"):
         swap_verdict(rows)
+
+
+def test_recalibrated_batchnorm_holds_the_statistics_of_the_new_solver(trained):
+    out, _ = trained
+    net, cfg = load_trained(out / "best.pt")
+    data = load_data(cfg)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    trained_stats = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    # What each BatchNorm sees under another solver on the images the re-estimate uses,
+    # every BatchNorm before it normalizing by the batch's own statistics.
+    net.set_solver("symplectic_euler")
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
+    x = torch.stack([data.train[int(i)][0] for i in order[:100]])
+    seen = {}
+
+    def record(module, inputs, output):
+        seen[module] = inputs[0]  # returns None: the output stays the module's
+
+    hooks = [m.register_forward_hook(record) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # batch statistics, the running ones left as trained
+    with torch.no_grad():
+        net.train()(x)
+    for m, h in zip(norms, hooks):
+        m.momentum = 0.1
+        h.remove()
+    net.eval()
+    with swap.batchnorm_recalibrated(net, data.train, 100, "cpu", batch_size=100):
+        assert not net.training and not any(m.training for m in norms)
+        for m in norms:
+            f = seen[m]
+            torch.testing.assert_close(m.running_mean, f.mean((0, 2, 3)))
+            torch.testing.assert_close(m.running_var, f.var((0, 2, 3), unbiased=True))
+        # The connector after the stage sees other features than in training.
+        assert not torch.allclose(norms[-1].running_mean, trained_stats[-1][0])
+    # Leaving the block gives back the trained statistics, bit for bit, and the momentum.
+    for m, (mean, var) in zip(norms, trained_stats):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert m.momentum == 0.1
+
+
+def test_swap_table_recalibrates_each_row_and_leaves_the_weights(trained):
+    out, report = trained
+    before = load_checkpoint(out / "best.pt")["model"]
+    plan = [p for p in swap_plan("hamiltonian", 1.0, "verlet") if p["label"] in
+            ("training scheme", "leapfrog")]  # fmt: skip
+    plain = swap_table(out / "best.pt", plan=plan, log=lambda *_: None)
+    again = swap_table(out / "best.pt", plan=plan, recalibrate_bn=200, log=lambda *_: None)
+    assert plain[0]["accuracy"] == report["test_accuracy"]
+    # Statistics re-estimated on 200 training images are not the trained ones: the
+    # losses differ, the accuracy stays a probability.
+    assert all(a["loss"] != b["loss"] for a, b in zip(plain, again))
+    assert all(0 <= r["accuracy"] <= 1 for r in again)
+    after = load_checkpoint(out / "best.pt")["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="recalibrate_bn must be positive"):
+        swap_table(out / "best.pt", plan=plan, recalibrate_bn=0)
+
+
+def test_recalibrating_a_network_without_batchnorm_is_refused(trained, tmp_path, capsys):
+    out, _ = trained
+    _, cfg = load_trained(out / "best.pt")
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))
+    with pytest.raises(ValueError, match="no BatchNorm layer"):
+        with swap.batchnorm_recalibrated(plain, load_data(cfg).train, 10, "cpu"):
+            pass
+    code = main(["--checkpoint", str(out / "best.pt"), "--out", str(tmp_path),
+                 "--recalibrate-bn", "20", "--images", "20"])  # fmt: skip
+    assert code == 0
+    assert "re-estimated per row on 20 training images" in (tmp_path / "solver_swap.md").read_text()
