@@ -223,7 +223,8 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 # steps 72.4 % but no ODE (forward Euler x4 57 %, leapfrog 12 %); at 7/10 with random steps
 # and methods 69.4 % (seed 0) and 66.7 % (seed 1), its flow 1-2 points above its test
 # accuracy, forward Euler x4 no more than 2.1 points below; only the first-order symplectic
-# methods at h = 1 stay further (its leapfrog row is BatchNorm's running statistics:
+# methods at h = 1 stay further: BatchNorm's statistics, measured under the training methods
+# (re-estimated under each method, solver_swap --recalibrate-bn, they come within 1.7 points;
 # tutorial 02).
 # The options of one arch are one choice: the bound is that large only because the method
 # is second order and the steps (and methods) vary, so giving any option of how training
