@@ -246,7 +246,7 @@ def config_options(config: str, arch: str) -> dict[str, Any]:
     ``"stable"``) for ``arch``: ``CONFIGS[config]``, and for ``"stable"`` what the quick
     recipe changes for that arch on photographs (``QUICK_ARCH_OPTIONS``: Verlet for the
     hyperbolic networks; ``IMAGES_ARCH_OPTIONS``: midpoint at 1/2 of its limit with random
-    steps for the parabolic one, Verlet at 9/10 (Hamiltonian) and 7/10 (second-order) with
+    steps and methods (midpoint, forward Euler) for the parabolic one, Verlet at 9/10 (Hamiltonian) and 7/10 (second-order) with
     random steps and random symplectic methods), as ``experiments.train --dataset imagefolder`` trains
     it."""
     if config == "paper":

@@ -149,15 +149,17 @@ def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
         resolve_config(arch="resnet", normalization="bias")
     # An image folder without --preset gets the same recipe, the parabolic network its own
     # training scheme on photographs (IMAGES_ARCH_OPTIONS): midpoint at 1/2 of its limit
-    # with random steps, as one choice that any discretization option replaces whole.
+    # with random steps and methods, as one choice that any discretization option replaces.
     for dataset in ("imagefolder", "cifar10", "stl10"):
         cfg = resolve_config(dataset=dataset)
         assert (cfg.normalization, cfg.rate_bound) == ("bias", 0.5)
         assert (cfg.solver, cfg.random_steps, cfg.step_size) == ("midpoint", [1.0, 0.5], None)
+        assert cfg.random_methods == ["midpoint", "euler"]
     for given in ({"rate_bound": 0.25}, {"solver": "euler"}, {"step_size": 0.5},
                   {"multilevel": [2, 3]}, {"stability_penalty": 0.1}):  # fmt: skip
         cfg = resolve_config(dataset="imagefolder", **given)
-        assert cfg.random_steps == [] and cfg.solver == given.get("solver"), given
+        assert cfg.random_steps == cfg.random_methods == [], given
+        assert cfg.solver == given.get("solver"), given
         assert cfg.rate_bound == given.get("rate_bound", 0.25), given
     assert resolve_config(dataset="imagefolder", certified=True).random_steps == []
     # The Hamiltonian network's: Verlet at 9/10, random steps and symplectic methods.
