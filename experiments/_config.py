@@ -213,9 +213,9 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 # {1, 1/2}, was as accurate as the paper's scheme (69.4 % against 69.9 %) with the flow at
 # 69.7 % (experiments.ode_study; tutorial 02), but forward Euler at h = 1 lay 9 points
 # below (60.5 %). Each batch also drawing its method from midpoint and forward Euler (the
-# same limit on the parabolic spectrum) brings every swap row within 1.4 points of its
+# same limit on the parabolic spectrum) leaves no swap row more than 1.4 points below its
 # scheme (seed 0: forward Euler at h = 1 67.6 %, the flow 69.75 %, 2,000 test images) for
-# 67.4 % test accuracy, and costs two thirds of midpoint alone.
+# 67.4 % test accuracy, and costs three quarters of midpoint alone.
 # Hamiltonian: Verlet at 1/4 costs 5.5 points against the paper's scheme (66.0 % against
 # 71.5 %). At 9/10 of Verlet's limit with random steps it reached 70.5 % but its first-order
 # symplectic methods at h = 1 sat 3.6-4.6 points below its scheme; each batch also drawing
@@ -227,7 +227,7 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 # and methods 69.4 % (seed 0) and 66.7 % (seed 1), its flow 1-2 points above its test
 # accuracy, forward Euler x4 no more than 2.1 points below; only the first-order symplectic
 # methods at h = 1 stay further: BatchNorm's statistics, measured under the training methods
-# (re-estimated under each method, solver_swap --recalibrate-bn, they come within 1.7 points;
+# (re-estimated under each method, solver_swap --recalibrate-bn, they come within 1.6 points;
 # tutorial 02).
 # The options of one arch are one choice: the bound is that large only because the method
 # is second order and the steps (and methods) vary, so giving any option of how training

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import math
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import update_bn
 
 import neuralpde
 import solvers
@@ -192,65 +192,115 @@ def evaluate_solver(
     }
 
 
-def _batchnorms(net) -> list[nn.Module]:
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def _downstream_batchnorms(net) -> list[nn.Module]:
+    """The BatchNorms whose input depends on the stages' solvers: those of the connectors
+    (the opening's sees the images only, whatever the solver)."""
+    opening = set(net.opening.modules()) if hasattr(net, "opening") else set()
+    norms = [
+        m
+        for m in net.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in opening
+    ]
     if not norms:
         raise ValueError(
-            "recalibrate_bn: the network has no BatchNorm layer (e.g. a --certified network), "
-            "so there are no statistics to re-estimate; drop the option"
+            "--recalibrate-bn: the network has no BatchNorm after a stage (e.g. a --certified "
+            "network, which has none), so no statistics depend on the solver; drop the option"
         )
     return norms
 
 
+class RowOverBudget(RuntimeError):
+    """A row's re-estimation of its BatchNorm statistics ran past the row's budget."""
+
+
 @contextlib.contextmanager
-def batchnorm_recalibrated(net, ds, images: int, device, batch_size: int = 500):
-    """Within the block, every BatchNorm of ``net`` holds statistics re-estimated under the
-    stages' current solvers; on leaving it, the trained statistics are back.
+def batchnorm_recalibrated(
+    net, ds, images: int, device, batch_size: int = 500, seconds: float | None = None
+):
+    """Within the block, every BatchNorm after a stage holds statistics re-estimated under
+    the stages' current solvers; on leaving it (also by an exception), the trained
+    statistics, the momentum and ``net``'s train/eval mode are back. Yields ``net``, in
+    eval mode.
 
     A solver swap keeps the weights but moves the features a stage hands to the next
     connector, whose BatchNorm normalizes them with the mean and variance seen under the
-    training scheme. Re-estimating those statistics under the new solver separates what
-    the swap does to the dynamics from what it does to the statistics: the average of the
-    per-batch statistics over ``images`` training images, each batch normalized by its
-    own (:func:`torch.optim.swa_utils.update_bn`, as for stochastic weight averaging;
-    Izmailov et al., UAI 2018); the weights do not change. Li et al. (*Revisiting Batch
+    training methods. Re-estimating those statistics under the new solver separates what
+    the swap does to the dynamics from what it does to the statistics. The estimate is
+    the one of stochastic weight averaging's ``torch.optim.swa_utils.update_bn`` (Izmailov
+    et al., UAI 2018), weighted by batch size: per channel, the average over the batches of
+    each batch's mean and unbiased variance, each batch weighing its number of images (a
+    short last batch does not weigh as much as a full one). Every other layer, the opening's
+    BatchNorm included (it sees the images only), stays in eval mode, so each re-estimated
+    layer sees the features the deployed network gives it. Li et al. (*Revisiting Batch
     Normalization for Practical Domain Adaptation*, ICLR Workshops 2017) re-estimate the
-    statistics the same way for a shift of the data.
+    statistics the same way for a shift of the data. The weights do not change.
 
     Args:
-        net: a network with BatchNorm layers (in eval mode for the evaluation after).
-        ds: the training split (a :class:`Split`); the first ``images`` of a fixed
-            permutation of it (seed 0, every class mixed into every batch) are used,
-            without augmentation.
-        images: how many training images (positive).
+        net: a :class:`neuralpde.PDECNN` with BatchNorm in its connectors.
+        ds: the training split (a :class:`Split`, images ``(C, H, W)`` normalized); the
+            first ``images`` of a fixed permutation of it (seed 0, so every class is in every
+            batch) are used, without augmentation.
+        images: how many training images: a positive ``int``, at most ``len(ds)``.
+        device: where the forward passes run (the network's device).
+        batch_size: images per forward pass (positive ``int``).
+        seconds: a budget in seconds, checked between batches (``None``: none).
 
     Raises:
-        ValueError: ``net`` has no BatchNorm layer (nothing to re-estimate), or
-            ``images`` is not positive.
+        ValueError: ``net`` has no BatchNorm after a stage, or ``images`` or
+            ``batch_size`` is not a positive ``int`` or ``images`` exceeds ``len(ds)``.
+        RowOverBudget: the pass ran past ``seconds`` (the statistics are restored).
     """
-    norms = _batchnorms(net)
-    if not images > 0:
-        raise ValueError(f"recalibrate_bn must be a positive number of images, got {images}")
-    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+    norms = _downstream_batchnorms(net)
+    for name, value in (("images", images), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"recalibrate_bn: {name} must be a positive int, got {value!r}")
+    if images > len(ds):
+        raise ValueError(
+            f"--recalibrate-bn {images}: the training split has only {len(ds):,} images; "
+            f"give at most {len(ds):,}"
+        )
+    saved = [({k: b.clone() for k, b in m.named_buffers(recurse=False)}, m.momentum) for m in norms]
     was = net.training
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
     plain = Split(
         ds.images,
         ds.labels,
-        [ds.indices[i] for i in order[: min(images, len(ds))].tolist()],
+        [ds.indices[i] for i in order[:images].tolist()],
         ds.mean.view(-1),
         ds.std.view(-1),
     )
     dtype = next(net.parameters()).dtype
     sampler = EpochBatches(len(plain), batch_size, seed=0, shuffle=False)
+    t0 = time.perf_counter()
     try:
-        update_bn((x.to(device, dtype) for x, _ in batch_loader(plain, sampler)), net)
         net.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.train()
+        seen = 0
+        with torch.no_grad():
+            for x, _ in batch_loader(plain, sampler):
+                for m in norms:
+                    # running <- running + (b / (seen + b)) (batch - running): the average
+                    # weighted by batch size.
+                    m.momentum = len(x) / (seen + len(x))
+                net(x.to(device, dtype))
+                seen += len(x)
+                spent = time.perf_counter() - t0
+                if seconds is not None and seen < images and spent > seconds:
+                    raise RowOverBudget(
+                        f"did not finish within {seconds:g} s (re-estimating the BatchNorm "
+                        f"statistics: {seen:,} of {images:,} training images)"
+                    )
+        for m in norms:
+            m.eval()
         yield net
     finally:
-        for m, buffers in zip(norms, saved):
+        for m, (buffers, momentum) in zip(norms, saved):
             for k, b in buffers.items():
                 getattr(m, k).copy_(b)
+            m.momentum = momentum
+            m.eval()
         net.train(was)
 
 
@@ -302,16 +352,25 @@ def swap_table(
         max_steps: a step limit for each adaptive solve (torchdiffeq's ``max_num_steps``
             option, per stage and batch; default 10,000): a row that needs more is
             reported ``"did not finish within N steps"``.
-        recalibrate_bn: re-estimate every BatchNorm's statistics under each row's solver on
-            this many training images before evaluating the row
-            (:func:`batchnorm_recalibrated`; the trained statistics are restored after
-            it). Default: the trained statistics, as the network was saved.
+        recalibrate_bn: re-estimate the statistics of every BatchNorm after a stage under
+            each row's solver on this many training images (at most the training split's)
+            before evaluating the row (``batchnorm_recalibrated``: a batch-size-weighted
+            average, the weights unchanged, the trained statistics restored after the
+            row). The pass counts in the row's ``seconds`` and its ``row_seconds`` budget.
+            Default: the trained statistics, as the network was saved.
         progress: show progress within a row (a tqdm bar on a terminal, else a line to
             ``log`` every ``PROGRESS_EVERY`` seconds).
 
     Returns one row per discretization (``SWAP_FIELDS``). ``status`` is ``"ok"``, or says
     why the row has no accuracy: a row over its budget, or a discretization that fails
     (e.g. non-finite states) gets ``accuracy`` and ``loss`` NaN, and its status is logged.
+
+    Raises:
+        ValueError: ``images``, ``row_seconds``, ``max_steps`` or ``recalibrate_bn`` not
+            positive; ``recalibrate_bn`` on a network without BatchNorm after a stage, or
+            above the number of training images.
+        experiments.CheckpointError: an unreadable or mismatched checkpoint.
+        experiments.DatasetNotFoundError: the checkpoint's data is not where it says.
     """
     limits = (
         ("images", images),
@@ -324,12 +383,19 @@ def swap_table(
             raise ValueError(f"swap_table: {name} must be positive, got {value}")
     net, cfg = load_trained(checkpoint, device)
     if recalibrate_bn:
-        _batchnorms(net)  # no BatchNorm: say so before loading the data
+        _downstream_batchnorms(net)  # no BatchNorm: say so before loading the data
+        if not isinstance(recalibrate_bn, int) or isinstance(recalibrate_bn, bool):
+            raise ValueError(f"swap_table: recalibrate_bn must be an int, got {recalibrate_bn!r}")
     if data is None:
         if data_root is not None:
             cfg.data_root = data_root
         data = load_data(cfg)
     data = spread_test_images(data, images)
+    if recalibrate_bn and recalibrate_bn > len(data.train):
+        raise ValueError(
+            f"--recalibrate-bn {recalibrate_bn}: the training split has only "
+            f"{len(data.train):,} images; give at most {len(data.train):,}"
+        )
     # The network's own step: the training step, refined with θ(t) under multilevel training.
     own = net.stages[0]
     own_step = None if own.kind == "adaptive" else own.step_size
@@ -347,16 +413,31 @@ def swap_table(
             if max_steps is not None:
                 opts.setdefault("max_num_steps", int(max_steps))
         net.set_solver(method, step, **opts)
+        t0 = time.perf_counter()
         try:
-            with (
-                batchnorm_recalibrated(net, data.train, recalibrate_bn, device, batch_size)
-                if recalibrate_bn
-                else contextlib.nullcontext()
-            ):
+            if recalibrate_bn:
+                with batchnorm_recalibrated(
+                    net, data.train, recalibrate_bn, device, batch_size, seconds=row_seconds
+                ):
+                    spent = time.perf_counter() - t0
+                    left = None if row_seconds is None else max(row_seconds - spent, 0.0)
+                    r = evaluate_solver(
+                        net, data.test, device, batch_size, seconds=left,
+                        label=item["label"], log=log, progress=progress,
+                    )  # fmt: skip
+                # The row's time and budget are the pass's and the evaluation's together.
+                r["seconds"] = time.perf_counter() - t0
+                if r["status"].startswith("did not finish within"):
+                    r["status"] = r["status"].replace(f"{left:g} s", f"{row_seconds:g} s", 1)
+            else:
                 r = evaluate_solver(
                     net, data.test, device, batch_size, seconds=row_seconds,
                     label=item["label"], log=log, progress=progress,
                 )  # fmt: skip
+        except RowOverBudget as err:
+            nan = float("nan")
+            r = {"accuracy": nan, "loss": nan, "nfe": nan, "seconds": time.perf_counter() - t0,
+                 "status": str(err)}  # fmt: skip
         except (solvers.SolverError, solvers.NonFiniteError) as err:
             if getattr(err, "status", None) == "max_num_steps":
                 limit = net.stages[0].solver.options.get("max_num_steps", 10_000)
@@ -438,7 +519,7 @@ def write_swap(rows: list[dict[str, Any]], out: Path, title: str) -> None:
         xscale="log",
         xlabel="function evaluations per forward pass (all stages)",
         ylabel="test accuracy",
-        title=title,
+        title=textwrap.fill(title, 70),
     )
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -28,10 +28,11 @@ from ._swap import load_trained, swap_table, swap_verdict, write_swap
 
 def _positive(kind):
     def parse(text: str):
+        what = "whole number" if kind is int else "number"
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
@@ -83,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.recalibrate_bn is not None:
+        print(
+            f"re-estimating the BatchNorm statistics after each stage under each row's solver "
+            f"on {args.recalibrate_bn:,} training images before the row"
+        )
     try:
         rows = swap_table(
             args.checkpoint,
@@ -101,14 +107,22 @@ def main(argv: list[str] | None = None) -> int:
     title = f"solver swap: {args.checkpoint}"
     if args.images is not None:
         title += f" ({args.images:,} test images spread over the test set)"
+    note = ""
     if args.recalibrate_bn is not None:
-        title += f", BatchNorm statistics re-estimated per row on {args.recalibrate_bn:,} training images"
+        note = (
+            f"BatchNorm statistics re-estimated per row on {args.recalibrate_bn:,} training "
+            "images (not the saved network's)"
+        )
+        title += f", {note}"
     write_swap(rows, out, title)
     print(f"\nwrote {out}/solver_swap.csv, {out}/solver_swap.md and {out}/solver_swap.png")
     finite = [r for r in rows if r["accuracy"] == r["accuracy"]]
     if finite:
         worst = min(finite, key=lambda r: r["accuracy"])
-        print(f"worst row: {worst['solver']} at {worst['accuracy']:.2%}")
+        print(
+            f"worst row: {worst['solver']} at {worst['accuracy']:.2%}"
+            + (f" ({note})" if note else "")
+        )
     for r in rows:
         if r["status"] != "ok":
             print(f"no accuracy: {r['solver']}: {r['status']}")
@@ -119,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         bound = 0.0
     try:
         verdict = swap_verdict(rows, method=net.stages[0].method, rate_bound=bound)
-        print(f"\nverdict: {verdict}")
+        print(f"\nverdict{' (' + note + ')' if note else ''}: {verdict}")
     except ValueError as err:
         print(f"\nno verdict: {err}")
     return 0

@@ -249,39 +249,43 @@ def test_recalibrated_batchnorm_holds_the_statistics_of_the_new_solver(trained):
     out, _ = trained
     net, cfg = load_trained(out / "best.pt")
     data = load_data(cfg)
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    trained_stats = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
-    # What each BatchNorm sees under another solver on the images the re-estimate uses,
-    # every BatchNorm before it normalizing by the batch's own statistics.
+    opening = net.opening[1]
+    (after,) = [m for m in net.connectors.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    trained_stats = [
+        (m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in (opening, after)
+    ]
+    # What the BatchNorm after the stage sees under another solver, from the deployed
+    # network (the opening's BatchNorm at its trained statistics), on the images the
+    # re-estimate uses: the first 101 of the seed-0 permutation of the training split.
     net.set_solver("symplectic_euler")
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
-    x = torch.stack([data.train[int(i)][0] for i in order[:100]])
-    seen = {}
-
-    def record(module, inputs, output):
-        seen[module] = inputs[0]  # returns None: the output stays the module's
-
-    hooks = [m.register_forward_hook(record) for m in norms]
-    for m in norms:
-        m.momentum = 0.0  # batch statistics, the running ones left as trained
+    x = torch.stack([data.train[int(i)][0] for i in order[:101]])
+    seen = []
+    hook = after.register_forward_hook(lambda m, i, o: seen.append(i[0]))
     with torch.no_grad():
-        net.train()(x)
-    for m, h in zip(norms, hooks):
-        m.momentum = 0.1
-        h.remove()
-    net.eval()
+        net.eval()(x)
+    hook.remove()
+    f = seen[0]
     with swap.batchnorm_recalibrated(net, data.train, 100, "cpu", batch_size=100):
-        assert not net.training and not any(m.training for m in norms)
-        for m in norms:
-            f = seen[m]
-            torch.testing.assert_close(m.running_mean, f.mean((0, 2, 3)))
-            torch.testing.assert_close(m.running_var, f.var((0, 2, 3), unbiased=True))
-        # The connector after the stage sees other features than in training.
-        assert not torch.allclose(norms[-1].running_mean, trained_stats[-1][0])
+        assert not net.training and not after.training
+        torch.testing.assert_close(after.running_mean, f[:100].mean((0, 2, 3)))
+        torch.testing.assert_close(after.running_var, f[:100].var((0, 2, 3), unbiased=True))
+        # The opening's statistics do not depend on the solver: kept as trained.
+        assert torch.equal(opening.running_mean, trained_stats[0][0])
+        assert not torch.allclose(after.running_mean, trained_stats[1][0])
+    # A short last batch weighs its one image, not as much as the 100 before it.
+    with swap.batchnorm_recalibrated(net, data.train, 101, "cpu", batch_size=100):
+        torch.testing.assert_close(after.running_mean, f.mean((0, 2, 3)))
     # Leaving the block gives back the trained statistics, bit for bit, and the momentum.
-    for m, (mean, var) in zip(norms, trained_stats):
+    for m, (mean, var, momentum) in zip((opening, after), trained_stats):
         assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
-        assert m.momentum == 0.1
+        assert m.momentum == momentum and not m.training
+    with pytest.raises(ValueError, match="only 377 images; give at most 377"):
+        with swap.batchnorm_recalibrated(net, data.train, 378, "cpu"):
+            pass
+    with pytest.raises(ValueError, match="positive int, got 2.5"):
+        with swap.batchnorm_recalibrated(net, data.train, 2.5, "cpu"):
+            pass
 
 
 def test_swap_table_recalibrates_each_row_and_leaves_the_weights(trained):
@@ -300,13 +304,20 @@ def test_swap_table_recalibrates_each_row_and_leaves_the_weights(trained):
     assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ValueError, match="recalibrate_bn must be positive"):
         swap_table(out / "best.pt", plan=plan, recalibrate_bn=0)
+    with pytest.raises(ValueError, match="give at most 377"):
+        swap_table(out / "best.pt", plan=plan, recalibrate_bn=10**6)
+    # The re-estimating pass counts in the row's budget.
+    slow = swap_table(out / "best.pt", plan=plan[:1], recalibrate_bn=100, batch_size=10,
+                      row_seconds=1e-9, log=lambda *_: None)  # fmt: skip
+    assert math.isnan(slow[0]["accuracy"]) and slow[0]["seconds"] > 0
+    assert slow[0]["status"].startswith("did not finish within 1e-09 s (re-estimating")
 
 
 def test_recalibrating_a_network_without_batchnorm_is_refused(trained, tmp_path, capsys):
     out, _ = trained
     _, cfg = load_trained(out / "best.pt")
     plain = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))
-    with pytest.raises(ValueError, match="no BatchNorm layer"):
+    with pytest.raises(ValueError, match="no BatchNorm after a stage"):
         with swap.batchnorm_recalibrated(plain, load_data(cfg).train, 10, "cpu"):
             pass
     code = main(["--checkpoint", str(out / "best.pt"), "--out", str(tmp_path),
