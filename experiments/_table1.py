@@ -615,8 +615,14 @@ def _config_words(name: str, c: dict[str, Any]) -> str:
         if c["stability_penalty"]
         else ("no stability penalty")
     )
-    what = {"paper": "the paper's scheme", "stable": "the quick recipe's default"}[name]
-    return f"{name} = {what} (normalization {c['normalization']}, {bound}, {penalty})"
+    if name == "stable":
+        # Each network's own method, bound and random draws (IMAGES_ARCH_OPTIONS): its row.
+        return (
+            f"{name} = the quick recipe's default on photographs (normalization "
+            f"{c['normalization']}, {penalty}; each network's method, rate bound and random "
+            "steps and methods as its row says)"
+        )
+    return f"{name} = the paper's scheme (normalization {c['normalization']}, {bound}, {penalty})"
 
 
 def _markdown(r: dict[str, Any], ref: str) -> str:
