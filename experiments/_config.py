@@ -619,7 +619,7 @@ def _check_random_methods(cfg: TrainConfig, kinds: dict[str, str]) -> None:
             raise ConfigError(f"--random-methods: unknown method {m!r}; one of {fixed}")
         if kinds[m] == "adaptive":
             raise ConfigError(
-                f"--random-methods draws a fixed-step method per batch; {m} is adaptive "
+                f"--random-methods splits each batch among fixed-step methods; {m} is adaptive "
                 f"(fixed-step methods: {fixed})"
             )
         try:
@@ -629,7 +629,7 @@ def _check_random_methods(cfg: TrainConfig, kinds: dict[str, str]) -> None:
             raise ConfigError(f"--random-methods {m} (--arch {cfg.arch}): {err}") from None
     if cfg.solver is not None and kinds.get(cfg.solver) == "adaptive":
         raise ConfigError(
-            f"--random-methods draws fixed-step methods; --solver {cfg.solver} is adaptive"
+            f"--random-methods takes fixed-step methods; --solver {cfg.solver} is adaptive"
         )
     from neuralpde.stability import _unit_limit
 
@@ -763,12 +763,13 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--random-steps",
         type=_floats,
-        help="draw the training solver's step for each batch from these, e.g. 1,0.5",
+        help="split each training batch evenly among these steps of the training solver, "
+        "e.g. 1,0.5",
     )
     a(
         "--random-methods",
         type=_names,
-        help="draw the training method for each batch from these fixed-step methods, e.g. "
+        help="split each training batch evenly among these fixed-step methods, e.g. "
         "verlet,symplectic_euler,leapfrog: each at least as stable as --solver, which "
         "must be among them (validation and the report use it)",
     )

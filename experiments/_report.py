@@ -286,8 +286,7 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         f"- {report['params']:,} parameters, widths {report['widths']}, {cfg.steps} steps of "
         f"h = 1 per stage, trained with {cfg.solver or _own_scheme(cfg.arch)}"
         f"{'' if cfg.step_size is None else f' at step {cfg.step_size}'}"
-        f"{'' if not cfg.random_steps else f', each batch drawing its step from {cfg.random_steps}'}"
-        f"{_random_methods(cfg)}",
+        f"{_training_mix(cfg)}",
         f"- {report['train_images']} training / {report['val_images']} validation / "
         f"{report['test_images']} test images of {data.image_size}×{data.image_size} pixels"
         f"{layout}; batch {cfg.batch_size}, lr schedule "
@@ -317,11 +316,17 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
     return report
 
 
-def _random_methods(cfg) -> str:
-    if not cfg.random_methods:
+def _training_mix(cfg) -> str:
+    """How random steps and methods shared each batch (experiments._trainer.training_mix)."""
+    parts = [
+        f"{name} {values}"
+        for name, values in (("methods", cfg.random_methods), ("steps", cfg.random_steps))
+        if values
+    ]
+    if not parts:
         return ""
-    lead = " and" if cfg.random_steps else ", each batch drawing"
-    return f"{lead} its method from {cfg.random_methods}"
+    pairs = " (every pair)" if len(parts) == 2 else ""
+    return f", each batch split evenly among the {' and '.join(parts)}{pairs}"
 
 
 def _own_scheme(arch: str) -> str:

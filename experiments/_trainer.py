@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import solvers
 from . import _distributed as D
 from ._checkpoint import CheckpointError, check_state_dict, load_checkpoint, save_checkpoint
 from ._config import NON_MATH_KEYS, ConfigError, TrainConfig, lr_now
-from ._data import DataSplits, EpochBatches, _mix, batch_loader, load_data
+from ._data import DataSplits, EpochBatches, batch_loader, load_data
 
 METRIC_FIELDS = (
     "epoch",
@@ -246,22 +247,16 @@ def refinements(cfg: TrainConfig, epoch: int) -> int:
     return sum(1 for e in cfg.multilevel if e - 1 <= epoch)
 
 
-def batch_step_size(cfg: TrainConfig, epoch: int, batch: int) -> float | None:
-    """The training solver's step for one batch under ``cfg.random_steps`` (``None``: the
-    run's own step). A pure function of ``(seed, epoch, batch)``, so a resumed run and
-    every process of a distributed one draw the same steps."""
-    if not cfg.random_steps:
-        return None
-    return float(cfg.random_steps[_mix(cfg.seed, 7919, epoch, batch) % len(cfg.random_steps)])
-
-
-def batch_method(cfg: TrainConfig, epoch: int, batch: int) -> str | None:
-    """The training method for one batch under ``cfg.random_methods`` (``None``: the run's
-    own), drawn independently of the step (:func:`batch_step_size`) and, like it, a pure
-    function of ``(seed, epoch, batch)``."""
-    if not cfg.random_methods:
-        return None
-    return cfg.random_methods[_mix(cfg.seed, 104729, epoch, batch) % len(cfg.random_methods)]
+def training_mix(cfg: TrainConfig, own: solvers.Solver) -> list[solvers.Solver]:
+    """The discretizations that share each training batch (:attr:`neuralpde.Stage.
+    training_mix`): every pair of a method of ``cfg.random_methods`` (else ``own``'s) and a
+    step of ``cfg.random_steps`` (else ``own``'s), in that order; empty when there is only
+    one. The same for every batch, epoch and process, so a resumed or distributed run
+    trains exactly as an uninterrupted one."""
+    methods = cfg.random_methods or [own.method]
+    steps = [float(h) for h in cfg.random_steps] or [own.step_size]
+    mix = [dataclasses.replace(own, method=m, step_size=h) for m in methods for h in steps]
+    return mix if len(mix) > 1 else []
 
 
 @dataclass
@@ -504,7 +499,9 @@ def _train_epoch(run: _Run, loader, sampler, progress, log) -> None:
     nb = sampler.num_batches()
     dtype = run.params[0].dtype  # torch's default dtype when the network was built
     bn_buffers = list(net.buffers())
-    own = [s.solver for s in net.stages]
+    for s in net.stages:
+        # Random steps and methods: each batch shared among them (Stage.training_mix).
+        s.training_mix = training_mix(cfg, s.solver)
     run.model.train()
     t_epoch = time.perf_counter()
     progress.start(run.epoch + 1, cfg.epochs, nb, run.batch)
@@ -513,13 +510,6 @@ def _train_epoch(run: _Run, loader, sampler, progress, log) -> None:
         if cfg.lr_decay != "step":
             for g in run.opt.param_groups:
                 g["lr"] = lr_now(cfg, run.epoch, b, nb)
-        h, method = batch_step_size(cfg, run.epoch, b), batch_method(cfg, run.epoch, b)
-        if method is not None or h is not None:
-            for s, solver in zip(net.stages, own):
-                # This batch's method and step, each the run's own unless drawn.
-                s.set_solver(
-                    method or solver.method, step_size=solver.step_size if h is None else h
-                )
         saved = [t.clone() for t in bn_buffers] if cfg.nan == "skip" else None
         what = None
         try:
@@ -576,10 +566,8 @@ def _train_epoch(run: _Run, loader, sampler, progress, log) -> None:
             run.accum["seconds"] += time.perf_counter() - t_epoch
             t_epoch = time.perf_counter()
             _save_last(run, run.epoch, b + 1)
-    if cfg.random_steps or cfg.random_methods:
-        # Validation, checkpoints and the report see the run's own solver.
-        for s, solver in zip(net.stages, own):
-            s.solver = solver
+    for s in net.stages:
+        s.training_mix = ()  # validation, checkpoints and the report: the run's own solver
     run.accum["seconds"] += time.perf_counter() - t_epoch
 
 

@@ -2,6 +2,7 @@
 exact resumption of each strategy."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -12,8 +13,9 @@ import pytest
 import torch
 
 import neuralpde
+import solvers
 from experiments import ConfigError, fit, load_checkpoint, resolve_config
-from experiments._trainer import batch_method, batch_step_size
+from experiments._trainer import training_mix
 from neuralpde import PDECNN, ConvergenceVerdict, convergence_check
 from neuralpde.stability import StabilityPenalty, report
 
@@ -63,64 +65,61 @@ def test_strategy_options_are_checked_with_a_named_error(given, message):
         resolve_config(**given)
 
 
-def test_random_steps_are_a_pure_function_of_seed_epoch_and_batch():
-    cfg = resolve_config(random_steps=[1.0, 0.5, 0.25], seed=3)
-    draws = [batch_step_size(cfg, e, b) for e in range(3) for b in range(40)]
-    assert draws == [batch_step_size(cfg, e, b) for e in range(3) for b in range(40)]
-    assert set(draws) == {1.0, 0.5, 0.25}
-    other = resolve_config(random_steps=[1.0, 0.5, 0.25], seed=4)
-    assert draws != [batch_step_size(other, e, b) for e in range(3) for b in range(40)]
-    assert batch_step_size(resolve_config(), 0, 0) is None
-
-
-def test_random_methods_are_drawn_per_batch_independently_of_the_steps():
+def test_the_training_mix_is_every_pair_of_method_and_step_and_empty_for_one():
+    own = solvers.Solver("midpoint")
     cfg = resolve_config(random_methods=["euler", "midpoint"], random_steps=[1.0, 0.5], seed=3)
-    pairs = [
-        (batch_method(cfg, e, b), batch_step_size(cfg, e, b)) for e in range(3) for b in range(40)
-    ]
-    assert pairs == [
-        (batch_method(cfg, e, b), batch_step_size(cfg, e, b)) for e in range(3) for b in range(40)
-    ]
-    assert set(pairs) == {(m, h) for m in ("euler", "midpoint") for h in (1.0, 0.5)}
-    assert batch_method(resolve_config(), 0, 0) is None
+    mix = training_mix(cfg, own)
+    assert [(s.method, s.step_size) for s in mix] == [
+        ("euler", 1.0), ("euler", 0.5), ("midpoint", 1.0), ("midpoint", 0.5),
+    ]  # fmt: skip
+    steps = training_mix(
+        resolve_config(random_steps=[1, 0.5]), solvers.Solver("euler", step_size=0.25)
+    )
+    assert [(s.method, s.step_size) for s in steps] == [("euler", 1.0), ("euler", 0.5)]
+    methods = training_mix(resolve_config(random_methods=["euler", "midpoint"]), own)
+    assert [(s.method, s.step_size) for s in methods] == [("euler", None), ("midpoint", None)]
+    assert training_mix(resolve_config(), own) == []
+    assert training_mix(resolve_config(random_methods=["midpoint"], solver="midpoint"), own) == []
 
 
-def test_each_batch_trains_with_its_drawn_method_and_validation_with_the_own(monkeypatch, tmp_path):
-    import experiments._trainer as trainer
-
+def test_each_batch_is_shared_by_the_mix_and_validation_uses_the_own(monkeypatch, tmp_path):
     seen = []
-    real_loss, real_evaluate = trainer._loss, trainer.evaluate
+    real_integrate = neuralpde.Stage._integrate
 
-    def spy_loss(run, x, y):
-        seen.append(("train", [(s.solver.method, s.step_size) for s in run.net.stages]))
-        return real_loss(run, x, y)
+    def spy_integrate(stage, x):
+        seen.append((stage.training, stage.index, stage.method, stage.step_size, x.shape[0]))
+        return real_integrate(stage, x)
 
-    def spy_evaluate(model, *args, **kwargs):
-        seen.append(("eval", [(s.solver.method, s.step_size) for s in model.stages]))
-        return real_evaluate(model, *args, **kwargs)
-
-    monkeypatch.setattr(trainer, "_loss", spy_loss)
-    monkeypatch.setattr(trainer, "evaluate", spy_evaluate)
+    monkeypatch.setattr(neuralpde.Stage, "_integrate", spy_integrate)
     cfg = resolve_config(
         widths=[4, 4, 4], epochs=1, train_fraction=0.3, seed=2, solver="midpoint",
         random_methods=["euler", "midpoint"], random_steps=[1.0, 0.5], out=str(tmp_path),
+        batch_size=10,
     )  # fmt: skip
     fit(cfg, log=lambda *_: None)
-    train = [stages for kind, stages in seen if kind == "train"]
-    want = [(batch_method(cfg, 0, b), batch_step_size(cfg, 0, b)) for b in range(len(train))]
-    assert [stages[0] for stages in train] == want
-    assert all(len(set(stages)) == 1 for stages in train)  # every stage alike
-    assert {m for m, _ in want} == {"euler", "midpoint"}
-    evals = [stages for kind, stages in seen if kind == "eval"]
-    assert evals and all(set(stages) == {("midpoint", 1.0)} for stages in evals)
+    train = [r for r in seen if r[0]]
+    pairs = [("euler", 1.0), ("euler", 0.5), ("midpoint", 1.0), ("midpoint", 0.5)]
+    # A full batch of 10: four shares of 3, 3, 2, 2 images, in the mix's order, every stage.
+    first = [r[2:] for r in train[:4]]
+    assert first == [(*p, n) for p, n in zip(pairs, (3, 3, 2, 2))]
+    stages = {r[1] for r in train}
+    assert len(stages) > 1
+    for stage in stages:
+        assert [r[2:4] for r in train if r[1] == stage][:4] == pairs
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert sum(r[4] for r in train if r[1] == 0) == report["train_images"]  # none dropped
+    evals = [r for r in seen if not r[0]]
+    assert evals and {(r[2], r[3]) for r in evals} == {("midpoint", 1.0)}
     assert (
-        "[1.0, 0.5] and its method from ['euler', 'midpoint']"
-        in (tmp_path / "report.md").read_text()
+        "each batch split evenly among the methods ['euler', 'midpoint'] and steps [1.0, 0.5] "
+        "(every pair)" in (tmp_path / "report.md").read_text()
     )
-    from experiments._report import _random_methods
+    from experiments._report import _training_mix
 
     alone = resolve_config(solver="midpoint", random_methods=["euler", "midpoint"])
-    assert _random_methods(alone) == ", each batch drawing its method from ['euler', 'midpoint']"
+    assert (
+        _training_mix(alone) == ", each batch split evenly among the methods ['euler', 'midpoint']"
+    )
 
 
 def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():

@@ -131,3 +131,42 @@ def test_network_with_its_solvers_copies_and_pickles(tmp_path):
         assert [s.solver for s in other.stages] == [s.solver for s in net.stages]
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(twin(x), net(x))
+
+
+def test_training_mix_integrates_each_share_with_its_solver_in_training_only():
+    torch.manual_seed(0)
+    rhs = neuralpde.SecondOrderRHS(3)
+    stage = neuralpde.Stage(rhs, "verlet")
+    mix = [solvers.Solver(m) for m in ("verlet", "symplectic_euler", "leapfrog")]
+    stage.training_mix = mix
+    x = torch.randn(7, 3, 4, 4, requires_grad=True)
+    y = stage.train()(x)
+    # Shares of 3, 2, 2 images, each exactly what a stage of that one solver gives.
+    want = torch.cat(
+        [neuralpde.Stage(rhs, s.method)(part) for part, s in zip(x.split([3, 2, 2]), mix)]
+    )
+    assert torch.equal(y, want)
+    assert stage.last_stats["method"] == "verlet+symplectic_euler+leapfrog"
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    # A batch smaller than the mix: the empty shares are skipped, nothing is lost.
+    shares = [
+        neuralpde.Stage(rhs, m)(x[i : i + 1]) for i, m in enumerate(("verlet", "symplectic_euler"))
+    ]
+    assert torch.equal(stage(x[:2]), torch.cat(shares))
+    # Evaluation mode: the stage's own solver, whatever the mix.
+    assert torch.equal(stage.eval()(x), neuralpde.Stage(rhs, "verlet")(x))
+    assert stage.method == "verlet"
+    stage.training_mix = ()
+    assert torch.equal(stage.train()(x), neuralpde.Stage(rhs, "verlet")(x))
+
+
+def test_training_mix_is_checked_against_the_dynamics():
+    stage = neuralpde.Stage(neuralpde.ParabolicRHS(4))
+    with pytest.raises(ValueError, match="'verlet' needs a split"):
+        stage.training_mix = [solvers.Solver("euler"), solvers.Solver("verlet")]
+    with pytest.raises(ValueError, match="a training mix of one solver"):
+        stage.training_mix = [solvers.Solver("euler")]
+    with pytest.raises(TypeError, match="training_mix takes solvers.Solver"):
+        stage.training_mix = ["euler", "midpoint"]
+    assert stage.training_mix == ()
