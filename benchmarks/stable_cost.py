@@ -2,16 +2,16 @@
 cpu-budget network (widths 16-32-64-64, batch 125, 32×32 images) in the quick recipe's
 configuration for an image folder (what ``python -m experiments.train --dataset
 imagefolder`` trains: the bias normalization, the rate bound, the arch's training method
-and its random steps) against the paper's scheme (TV normalization, no bound, the arch's
+and its random steps and methods) against the paper's scheme (TV normalization, no bound, the arch's
 own method), per arch, measured in one run.
 
     python benchmarks/stable_cost.py [--repeats 5] [--threads 2] [--tiny]
 
 Both configurations come from ``experiments.resolve_config`` and
 ``experiments.build_model``, so the table follows the defaults. Each step is forward,
-cross-entropy, backward and an SGD step on a fixed synthetic batch. Under random steps a
-candidate's timed call runs one step at each (method, step size) pair the random steps and
-random methods can draw and is divided by their number: the expected cost of a batch. Candidates alternate (shuffled per round); the
+cross-entropy, backward and an SGD step on a fixed synthetic batch, eager; random steps and
+methods share the batch as in training (``neuralpde.Stage.training_mix``). Candidates
+alternate (shuffled per round); the
 table gives the median seconds per step and the median of per-round ratios to the paper's
 scheme of the same arch. The target of the stable default: at most 1.5x the paper's
 training time on CIFAR-10 (Ruthotto & Haber 2020's Table 1 network at the cpu budget).
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from _common import header, interleaved, median, paired_ratio, parser, setup, table
 
 from experiments import build_model, resolve_config
+from experiments._trainer import training_mix
 
 
 def configs(arch: str, widths: list[int]) -> dict:
@@ -38,25 +39,20 @@ def configs(arch: str, widths: list[int]) -> dict:
 def _step(cfg, batch: int, size: int):
     torch.manual_seed(0)
     net = build_model(cfg, 3, 10, image_size=size)
+    for s in net.stages:
+        # Random steps and methods share each batch, as in experiments.train.
+        s.training_mix = training_mix(cfg, s.solver)
+    net.train()
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 10, (batch,))
-    # Every (method, step) pair the random draws give, each once: their mean is the
-    # expected cost of a batch (the draws are uniform and independent).
-    draws = [(m, h) for m in cfg.random_methods or [None] for h in cfg.random_steps or [None]]
 
     def step() -> None:
-        for method, h in draws:
-            for s in net.stages:
-                if method is not None:
-                    s.set_solver(method, step_size=h)
-                elif h is not None:
-                    s.set_solver(step_size=h)
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y).backward()
-            opt.step()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
 
-    return step, len(draws)
+    return step
 
 
 def _describe(cfg) -> str:
@@ -80,9 +76,9 @@ def main() -> None:
     rows = []
     for arch in args.archs.split(","):
         cfgs = configs(arch, widths)
-        built = {name: _step(c, batch, size) for name, c in cfgs.items()}
-        times = interleaved({n: b[0] for n, b in built.items()}, repeats=repeats, warmup=1)
-        per_step = {n: [t / built[n][1] for t in times[n]] for n in built}
+        per_step = interleaved(
+            {name: _step(c, batch, size) for name, c in cfgs.items()}, repeats=repeats, warmup=1
+        )
         for name, cfg in cfgs.items():
             rows.append(
                 {

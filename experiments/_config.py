@@ -207,48 +207,44 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 # What the quick recipe changes on photographs (every data set but the digits), per arch.
-# Parabolic: forward Euler at 1/4 of its limit is its flow on digits but not on CIFAR-10,
-# where the network uses the rates the bound allows (cpu budget, seed 0: 68.1 %, the flow
-# 61.5 %). Midpoint (second order) at 1/2 of its limit, each batch drawing its step from
-# {1, 1/2}, was as accurate as the paper's scheme (69.4 % against 69.9 %) with the flow at
-# 69.7 % (experiments.ode_study; tutorial 02), but forward Euler at h = 1 lay 9 points
-# below (60.5 %). Each batch also drawing its method from midpoint and forward Euler (the
-# same limit on the parabolic spectrum) leaves no swap row more than 1.4 points below its
-# scheme (seed 0: forward Euler at h = 1 67.6 %, the flow 69.75 %, 2,000 test images) for
-# 67.4 % test accuracy, and costs three quarters of midpoint alone.
+# Each network trains with a second-order method held to a fraction of its limit, and each
+# batch split evenly among that method and the first-order ones of its kind with the same
+# limit (Stage.training_mix), so that the weights classify under several discretizations
+# of one θ(t): a discretization of its ODE, not of one scheme. Measured on CIFAR-10 at the
+# cpu budget (2,000 test images per swap table; tutorial 02,
+# benchmarks/results/random_methods_cifar.md):
+# Parabolic: forward Euler at 1/4 is stable there but 8 points from its flow (68.1 %, flow
+# 61.5 %); midpoint at 1/2 with random steps was as accurate as the paper's scheme (69.4 %)
+# but forward Euler at h = 1 lay 9 points below. Midpoint and forward Euler sharing each
+# batch: seed 1 68.9 % test accuracy, every swap row at or above the training scheme,
+# flow 69.95 %.
 # Hamiltonian: Verlet at 1/4 costs 5.5 points against the paper's scheme (66.0 % against
-# 71.5 %). At 9/10 of Verlet's limit with random steps it reached 70.5 % but its first-order
-# symplectic methods at h = 1 sat 3.6-4.6 points below its scheme; each batch also drawing
-# its method from Verlet, symplectic Euler and leapfrog keeps them within 2 points (seed 0:
-# 70.0 %, worst judged row leapfrog 68.3 %, flow 69.95 %; seed 1: 70.3 %, every row of its
-# swap table within 1.5 points, forward Euler at h = 1 included; tutorial 02).
-# Second order: Verlet at 1/4 reached 65.8 % (the paper's scheme 71.8 %); at 9/10 with random
-# steps 72.4 % but no ODE (forward Euler x4 57 %, leapfrog 12 %); at 7/10 with random steps
-# and methods 69.4 % (seed 0) and 66.7 % (seed 1), its flow 1-2 points above its test
-# accuracy, forward Euler x4 no more than 2.1 points below; only the first-order symplectic
-# methods at h = 1 stay further: BatchNorm's statistics, measured under the training methods
-# (re-estimated under each method, solver_swap --recalibrate-bn, they come within 1.6 points;
-# tutorial 02).
+# 71.5 %); at 9/10 with Verlet, symplectic Euler and leapfrog sharing each batch: seed 0
+# 69.5 %, every row of its swap table (forward Euler at h = 1 included) within 1.5 points
+# of its scheme, flow 70.45 %.
+# Second order: at 9/10 with random steps alone 72.4 % but no ODE (forward Euler x4 57 %,
+# leapfrog 12 %); at 7/10 with the three symplectic methods sharing each batch, seed 0
+# 68.2 %, every judged row within 1.1 points of its scheme (leapfrog 68.55 %), flow 68.55 %.
+# Drawing the method per batch instead left BatchNorm's running statistics of the last
+# batches' draws (the second-order network's leapfrog row at 54 %; the parabolic network
+# of seed 1 at 64.5 % under its own midpoint, 69.6 % under forward Euler).
 # The options of one arch are one choice: the bound is that large only because the method
-# is second order and the steps (and methods) vary, so giving any option of how training
+# is second order and the methods share each batch, so giving any option of how training
 # discretizes θ(t) (DISCRETIZATION_KEYS) replaces them all.
 IMAGES_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
     "parabolic": {
         "solver": "midpoint",
         "rate_bound": 0.5,
-        "random_steps": [1.0, 0.5],
         "random_methods": ["midpoint", "euler"],
     },
     "hamiltonian": {
         "solver": "verlet",
         "rate_bound": 0.9,
-        "random_steps": [1.0, 0.5],
         "random_methods": ["verlet", "symplectic_euler", "leapfrog"],
     },
     "second_order": {
         "solver": "verlet",
         "rate_bound": 0.7,
-        "random_steps": [1.0, 0.5],
         "random_methods": ["verlet", "symplectic_euler", "leapfrog"],
     },
 }

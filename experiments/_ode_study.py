@@ -83,8 +83,8 @@ STRATEGIES: dict[str, dict[str, Any]] = {
             "solver": "second-order",
             "random_steps": [1.0, 0.5],
         },
-        "about": "the second-order method at 1/2 of its limit, each batch drawing the "
-        "training step from {1, 1/2}: the weights must classify under two discretizations",
+        "about": "the second-order method at 1/2 of its limit, each batch split between "
+        "the training steps 1 and 1/2: the weights must classify under two discretizations",
     },
     "second-order method 9/10 + random steps": {
         "options": {
@@ -104,8 +104,8 @@ STRATEGIES: dict[str, dict[str, Any]] = {
             "random_steps": [1.0, 0.5],
             "random_methods": "of its kind",
         },
-        "about": "as the one before, each batch also drawing its method from the second-order "
-        "one and the first-order ones of its kind (midpoint, forward Euler; Verlet, "
+        "about": "as the one before, each batch also split among the second-order method "
+        "and the first-order ones of its kind (midpoint, forward Euler; Verlet, "
         "symplectic Euler, leapfrog): the weights must classify under the cheaper "
         "first-order methods at the training step too",
     },
@@ -121,7 +121,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     },
     "random steps": {
         "options": {"random_steps": [1.0, 0.5]},
-        "about": "each batch draws the training step from {1, 1/2}",
+        "about": "each batch is split between the training steps 1 and 1/2",
     },
     "stability penalty": {
         "options": {"stability_penalty": 0.1},

@@ -148,11 +148,12 @@ def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
         resolve_config(arch="resnet", normalization="bias")
     # An image folder without --preset gets the same recipe, the parabolic network its own
     # training scheme on photographs (IMAGES_ARCH_OPTIONS): midpoint at 1/2 of its limit
-    # with random steps and methods, as one choice that any discretization option replaces.
+    # with midpoint and forward Euler sharing each batch, as one choice that any
+    # discretization option replaces.
     for dataset in ("imagefolder", "cifar10", "stl10"):
         cfg = resolve_config(dataset=dataset)
         assert (cfg.normalization, cfg.rate_bound) == ("bias", 0.5)
-        assert (cfg.solver, cfg.random_steps, cfg.step_size) == ("midpoint", [1.0, 0.5], None)
+        assert (cfg.solver, cfg.random_steps, cfg.step_size) == ("midpoint", [], None)
         assert cfg.random_methods == ["midpoint", "euler"]
     for given in ({"rate_bound": 0.25}, {"solver": "euler"}, {"step_size": 0.5},
                   {"multilevel": [2, 3]}, {"stability_penalty": 0.1}):  # fmt: skip
@@ -161,16 +162,16 @@ def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
         assert cfg.solver == given.get("solver"), given
         assert cfg.rate_bound == given.get("rate_bound", 0.25), given
     assert resolve_config(dataset="imagefolder", certified=True).random_steps == []
-    # The Hamiltonian network's: Verlet at 9/10, random steps and symplectic methods.
+    # The Hamiltonian network's: Verlet at 9/10, the symplectic methods sharing each batch.
     cfg = resolve_config(dataset="imagefolder", arch="hamiltonian")
-    assert (cfg.solver, cfg.rate_bound, cfg.random_steps) == ("verlet", 0.9, [1.0, 0.5])
+    assert (cfg.solver, cfg.rate_bound, cfg.random_steps) == ("verlet", 0.9, [])
     assert cfg.random_methods == ["verlet", "symplectic_euler", "leapfrog"]
     cfg = resolve_config(dataset="imagefolder", arch="hamiltonian", rate_bound=0.25)
     assert (cfg.solver, cfg.random_steps, cfg.random_methods) == ("verlet", [], [])
     assert resolve_config(arch="hamiltonian").random_methods == []  # digits: Verlet at 1/4
     # The second-order network's: the same at 7/10 (at 9/10 it is no ODE).
     cfg = resolve_config(dataset="imagefolder", arch="second_order")
-    assert (cfg.solver, cfg.rate_bound, cfg.random_steps) == ("verlet", 0.7, [1.0, 0.5])
+    assert (cfg.solver, cfg.rate_bound, cfg.random_steps) == ("verlet", 0.7, [])
     assert cfg.random_methods == ["verlet", "symplectic_euler", "leapfrog"]
     assert resolve_config(arch="second_order").rate_bound == 0.25
 
