@@ -536,7 +536,7 @@ def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
             raise ConfigError(f"--random-steps needs positive step sizes, got {rs}")
         if not fixed:
             raise ConfigError(
-                f"--random-steps draws a fixed step per batch; --solver {cfg.solver} is adaptive"
+                f"--random-steps splits each batch among fixed steps; --solver {cfg.solver} is adaptive"
             )
         if ml:
             raise ConfigError(
@@ -574,7 +574,7 @@ def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
     if cfg.rate_bound and rs and max(rs) > (cfg.step_size or 1.0):
         raise ConfigError(
             f"--rate-bound holds h·z for steps up to the network's step "
-            f"({cfg.step_size or 1.0:g}), and --random-steps {rs} draws larger ones; draw "
+            f"({cfg.step_size or 1.0:g}), and --random-steps {rs} has larger ones; give "
             "steps no larger than it, or drop --rate-bound (--rate-bound 0)"
         )
     if cfg.stability_penalty and not fixed:

@@ -319,14 +319,17 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
 def _training_mix(cfg) -> str:
     """How random steps and methods shared each batch (experiments._trainer.training_mix)."""
     parts = [
-        f"{name} {values}"
+        f"the {name} {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}"
         for name, values in (("methods", cfg.random_methods), ("steps", cfg.random_steps))
         if values
     ]
     if not parts:
         return ""
     pairs = " (every pair)" if len(parts) == 2 else ""
-    return f", each batch split evenly among the {' and '.join(parts)}{pairs}"
+    return (
+        f"; each training batch split evenly among {' and '.join(parts)}{pairs}, "
+        "validation and test with the training method alone"
+    )
 
 
 def _own_scheme(arch: str) -> str:

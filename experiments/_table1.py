@@ -616,7 +616,7 @@ def _config_words(name: str, c: dict[str, Any]) -> str:
         else ("no stability penalty")
     )
     if name == "stable":
-        # Each network's own method, bound and random draws (IMAGES_ARCH_OPTIONS): its row.
+        # Each network's own method, bound and methods sharing a batch (IMAGES_ARCH_OPTIONS).
         return (
             f"{name} = the quick recipe's default on photographs (normalization "
             f"{c['normalization']}, {penalty}; each network's method, rate bound and random "

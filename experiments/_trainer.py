@@ -505,69 +505,71 @@ def _train_epoch(run: _Run, loader, sampler, progress, log) -> None:
     run.model.train()
     t_epoch = time.perf_counter()
     progress.start(run.epoch + 1, cfg.epochs, nb, run.batch)
-    for b, (x, y) in enumerate(loader, start=run.batch):
-        x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
-        if cfg.lr_decay != "step":
-            for g in run.opt.param_groups:
-                g["lr"] = lr_now(cfg, run.epoch, b, nb)
-        saved = [t.clone() for t in bn_buffers] if cfg.nan == "skip" else None
-        what = None
-        try:
-            loss, ce, logits = _loss(run, x, y)
-        except (solvers.NonFiniteError, ValueError) as err:
-            # The solvers reject a non-finite stage input (NaN images, or NaN from an
-            # earlier layer) with a ValueError, a NaN mid-stage with NonFiniteError.
-            nonfinite = isinstance(err, solvers.NonFiniteError) or "NaN or Inf" in str(err)
-            if run.world > 1 or not nonfinite:
-                raise
-            what, ce = f"non-finite state in the forward pass ({err})", None
-        if what is None:
-            run.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(run.params, math.inf)
-            bad_loss, bad_grad = not torch.isfinite(ce).item(), not torch.isfinite(gnorm).item()
-            if D.any_true(bad_loss or bad_grad, device):
-                what = (
-                    f"non-finite loss ({ce.item()})"
-                    if bad_loss
-                    else f"non-finite gradient (norm {gnorm.item()})"
-                )
-        if what is not None:
-            where = f"epoch {run.epoch + 1}, batch {b + 1} of {nb}"
-            if cfg.nan == "stop":
-                raise NonFiniteLossError(
-                    f"{what} at {where}. Training stopped; {run.out}/last.pt still holds the "
-                    "last good state (resume with --resume, e.g. with a lower --lr), or "
-                    "rerun with --nan skip to skip such batches",
-                    epoch=run.epoch + 1,
-                    batch=b + 1,
-                )
-            # Skip: undo the batch-norm statistics the bad batch already updated.
-            with torch.no_grad():
-                for t, s in zip(bn_buffers, saved):
-                    t.copy_(s)
-            run.opt.zero_grad(set_to_none=True)
-            run.accum["skipped"] += 1
-            if run.main:
-                log(f"warning: {what} at {where}; batch skipped (--nan skip)")
-            progress.update(math.nan, math.nan)
-        else:
-            run.opt.step()
-            if cfg.clip_weights:
+    try:
+        for b, (x, y) in enumerate(loader, start=run.batch):
+            x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
+            if cfg.lr_decay != "step":
+                for g in run.opt.param_groups:
+                    g["lr"] = lr_now(cfg, run.epoch, b, nb)
+            saved = [t.clone() for t in bn_buffers] if cfg.nan == "skip" else None
+            what = None
+            try:
+                loss, ce, logits = _loss(run, x, y)
+            except (solvers.NonFiniteError, ValueError) as err:
+                # The solvers reject a non-finite stage input (NaN images, or NaN from an
+                # earlier layer) with a ValueError, a NaN mid-stage with NonFiniteError.
+                nonfinite = isinstance(err, solvers.NonFiniteError) or "NaN or Inf" in str(err)
+                if run.world > 1 or not nonfinite:
+                    raise
+                what, ce = f"non-finite state in the forward pass ({err})", None
+            if what is None:
+                run.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(run.params, math.inf)
+                bad_loss, bad_grad = not torch.isfinite(ce).item(), not torch.isfinite(gnorm).item()
+                if D.any_true(bad_loss or bad_grad, device):
+                    what = (
+                        f"non-finite loss ({ce.item()})"
+                        if bad_loss
+                        else f"non-finite gradient (norm {gnorm.item()})"
+                    )
+            if what is not None:
+                where = f"epoch {run.epoch + 1}, batch {b + 1} of {nb}"
+                if cfg.nan == "stop":
+                    raise NonFiniteLossError(
+                        f"{what} at {where}. Training stopped; {run.out}/last.pt still holds the "
+                        "last good state (resume with --resume, e.g. with a lower --lr), or "
+                        "rerun with --nan skip to skip such batches",
+                        epoch=run.epoch + 1,
+                        batch=b + 1,
+                    )
+                # Skip: undo the batch-norm statistics the bad batch already updated.
                 with torch.no_grad():
-                    for p in run.params:
-                        p.clamp_(-1.0, 1.0)
-            n = len(y)
-            run.accum["loss"] += ce.item() * n
-            run.accum["correct"] += (logits.argmax(1) == y).sum().item()
-            run.accum["seen"] += n
-            progress.update(ce.item(), run.accum["correct"] / run.accum["seen"])
-        if cfg.checkpoint_every and (b + 1) % cfg.checkpoint_every == 0 and b + 1 < nb:
-            run.accum["seconds"] += time.perf_counter() - t_epoch
-            t_epoch = time.perf_counter()
-            _save_last(run, run.epoch, b + 1)
-    for s in net.stages:
-        s.training_mix = ()  # validation, checkpoints and the report: the run's own solver
+                    for t, s in zip(bn_buffers, saved):
+                        t.copy_(s)
+                run.opt.zero_grad(set_to_none=True)
+                run.accum["skipped"] += 1
+                if run.main:
+                    log(f"warning: {what} at {where}; batch skipped (--nan skip)")
+                progress.update(math.nan, math.nan)
+            else:
+                run.opt.step()
+                if cfg.clip_weights:
+                    with torch.no_grad():
+                        for p in run.params:
+                            p.clamp_(-1.0, 1.0)
+                n = len(y)
+                run.accum["loss"] += ce.item() * n
+                run.accum["correct"] += (logits.argmax(1) == y).sum().item()
+                run.accum["seen"] += n
+                progress.update(ce.item(), run.accum["correct"] / run.accum["seen"])
+            if cfg.checkpoint_every and (b + 1) % cfg.checkpoint_every == 0 and b + 1 < nb:
+                run.accum["seconds"] += time.perf_counter() - t_epoch
+                t_epoch = time.perf_counter()
+                _save_last(run, run.epoch, b + 1)
+    finally:
+        for s in net.stages:
+            s.training_mix = ()  # validation, checkpoints, the report: the own solver
     run.accum["seconds"] += time.perf_counter() - t_epoch
 
 

@@ -154,14 +154,20 @@ class Stage(nn.Module):
         at most one (``torch.tensor_split``), integrate share ``i`` with ``mix[i]`` and
         concatenate the results in order; an empty share (a batch smaller than the mix) is
         skipped. Evaluation mode always uses :attr:`solver`, so a swap table or a
-        checkpoint's evaluation never sees the mix. Assign ``()`` to clear it.
+        checkpoint's evaluation never sees the mix. Assign ``()`` or ``None`` to clear it.
+        The mix is its own setting: :meth:`set_solver`, :meth:`reset_solver` and
+        :meth:`refine` leave it as it is, and each of its solvers carries its own step and
+        memory mode (``dataclasses.replace(stage.solver, method=...)`` keeps the stage's).
+        It is not part of the ``state_dict``.
 
         Why shares and not one solver per batch: the BatchNorms after a stage then
-        normalize every batch, and average into their running statistics, features of
-        every method at once, the mixture the network meets at evaluation. A method drawn
-        per batch leaves running statistics that are those of the last batches' draws
-        (CIFAR-10, parabolic network, midpoint and forward Euler drawn per batch: 64.5 %
-        under midpoint, 69.6 % under forward Euler on the same weights). Training with
+        normalize every batch, and average into their running statistics, the features of
+        every method at once; a method whose features drift from the others' then costs
+        training loss, so training removes the drift, and whichever method evaluates
+        meets statistics that fit it. A method drawn per batch leaves running statistics
+        of the last batches' draws (CIFAR-10, parabolic network, midpoint and forward
+        Euler drawn per batch: 64.5 % under midpoint, 69.6 % under forward Euler on the
+        same weights). Training with
         that several discretizations of one θ(t) agree is the test of Ott et al., "ResNet
         After All? Neural ODEs and Their Numerical Solution", ICLR 2021; training one θ(t)
         to be accurate under several methods is the aim of Queiruga et al.,
@@ -176,6 +182,14 @@ class Stage(nn.Module):
 
     @training_mix.setter
     def training_mix(self, mix) -> None:
+        if mix is None:
+            mix = ()
+        if isinstance(mix, (solvers.Solver, str)) or not hasattr(mix, "__iter__"):
+            raise TypeError(
+                f"{self._name()}: training_mix takes a sequence of solvers.Solver (e.g. "
+                '[solvers.Solver("verlet"), solvers.Solver("leapfrog")]), got '
+                f"{type(mix).__name__}"
+            )
         mix = tuple(mix)
         if len(mix) == 1:
             raise ValueError(
@@ -185,8 +199,8 @@ class Stage(nn.Module):
         for s in mix:
             if not isinstance(s, solvers.Solver):
                 raise TypeError(
-                    f"{self._name()}: training_mix takes solvers.Solver objects, got "
-                    f"{type(s).__name__}"
+                    f"{self._name()}: training_mix takes solvers.Solver objects (e.g. "
+                    f'solvers.Solver("{s}") for a name), got {type(s).__name__}'
                 )
         self._mix = tuple(self._checked(s) for s in mix)
 
@@ -342,7 +356,7 @@ class Stage(nn.Module):
         # A constrained kernel (neuralpde.stability.constrain) is computed once per forward
         # pass, not at every evaluation of the right-hand side nor once per share.
         with parametrize.cached():
-            if self._mix and self.training:
+            if self._mix and self.training and x.shape[0]:
                 return self._integrate_mix(x)
             return self._integrate(x)
 
@@ -359,6 +373,7 @@ class Stage(nn.Module):
         self.last_stats = {
             "method": "+".join(s["method"] for s in stats),
             "nfe": sum(s["nfe"] for s in stats),
+            "steps": sum(s["steps"] or 0 for s in stats),
             "shares": stats,
         }
         return torch.cat(outs)

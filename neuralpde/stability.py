@@ -397,7 +397,8 @@ class StabilityPenalty(nn.Module):
     For every stage with a step limit (see :func:`report`) and every parameter set θ_j it
     adds ``relu(h z_j / c − margin)²``, where ``h`` is the stage's fixed step, ``c`` the
     method's limit on its unit model problem (forward Euler 2, RK4 2.785, symplectic
-    Euler and leapfrog 2) and ``z_j`` the largest rate of the linearization, as the
+    Euler and leapfrog 2; in training mode with a :attr:`~neuralpde.Stage.training_mix`,
+    the largest ``h / c`` of its solvers) and ``z_j`` the largest rate of the linearization, as the
     dynamics declares it in :meth:`~neuralpde.RHS.rates`: ``ρ(KᵀK)`` for a parabolic
     stage, ``sqrt(ρ(K1ᵀK1) ρ(K2ᵀK2))`` for a Hamiltonian one, ``sqrt(ρ(KᵀK))`` for a
     second-order one; a dynamics of the user's writes its own. ``ρ`` is the Rayleigh quotient
@@ -523,11 +524,17 @@ class StabilityPenalty(nn.Module):
         total = None
         for k, stage in enumerate(_stages(net)):
             model = self.models[k]
-            if model is None or stage.kind == "adaptive":
+            if model is None:
                 continue
-            c = _unit_limit(stage.method, model)
-            if not c:
+            # Every discretization the stage trains with (each share of a training mix),
+            # the one with the largest h/c: the penalty holds them all.
+            limits = [
+                (h, _unit_limit(method, model)) for method, h in _training_discretizations(stage)
+            ]
+            limits = [(h, c) for h, c in limits if c]
+            if not limits:
                 continue
+            h_over_c = max(h / c for h, c in limits)
             rate = stage.rhs.rates(self._rho(k))
             if not isinstance(rate, Tensor) or rate.shape != (stage.rhs.steps,):
                 raise ValueError(
@@ -535,11 +542,24 @@ class StabilityPenalty(nn.Module):
                     f"of shape ({stage.rhs.steps},), one rate per parameter set; got "
                     f"{getattr(rate, 'shape', type(rate).__name__)}"
                 )
-            term = torch.relu(stage.step_size * rate / c - self.margin).pow(2).sum()
+            term = torch.relu(h_over_c * rate - self.margin).pow(2).sum()
             total = term if total is None else total + term
         if total is None:
             return torch.zeros(())
         return total
+
+
+def _training_discretizations(stage) -> list[tuple[str, float]]:
+    """``(method, h)`` of every fixed-step discretization ``stage`` integrates a training
+    batch with: each solver of its training mix in training mode, else its own solver."""
+    mix = stage.training_mix if stage.training else ()
+    out = []
+    for solver in mix or (stage.solver,):
+        if solver.kind == "adaptive":
+            continue
+        h = stage.rhs.step_size if solver.step_size is None else solver.step_size
+        out.append((solver.method, float(h)))
+    return out
 
 
 class RateBound(nn.Module):

@@ -111,14 +111,15 @@ def test_each_batch_is_shared_by_the_mix_and_validation_uses_the_own(monkeypatch
     evals = [r for r in seen if not r[0]]
     assert evals and {(r[2], r[3]) for r in evals} == {("midpoint", 1.0)}
     assert (
-        "each batch split evenly among the methods ['euler', 'midpoint'] and steps [1.0, 0.5] "
-        "(every pair)" in (tmp_path / "report.md").read_text()
+        "each training batch split evenly among the methods euler, midpoint and the steps 1, "
+        "0.5 (every pair), validation and test with the training method alone"
+        in (tmp_path / "report.md").read_text()
     )
     from experiments._report import _training_mix
 
     alone = resolve_config(solver="midpoint", random_methods=["euler", "midpoint"])
-    assert (
-        _training_mix(alone) == ", each batch split evenly among the methods ['euler', 'midpoint']"
+    assert _training_mix(alone).startswith(
+        "; each training batch split evenly among the methods euler, midpoint, validation"
     )
 
 
@@ -218,6 +219,33 @@ def test_penalty_converges_to_the_reports_rate_and_vanishes_inside_the_limit(arc
     # A step far inside every limit: no penalty at all.
     net.set_solver(step_size=1e-3)
     assert pen(net).item() == 0.0
+
+
+def test_penalty_holds_every_solver_of_a_training_mix():
+    net = _hot("parabolic", 3.0)
+    pen = StabilityPenalty(net, (1, 8, 8), iters=50)
+    stages = list(net.stages)
+
+    def with_steps(*hs):
+        for st in stages:
+            st.training_mix = [solvers.Solver("euler", step_size=h) for h in hs]
+        return pen(net).item()
+
+    net.train()
+    at_1 = with_steps(1.0, 0.5)
+    at_2 = with_steps(2.0, 1.0)
+    for st in stages:
+        st.training_mix = ()
+    own = pen(net).item()  # the own step, h = 1
+    assert at_1 == pytest.approx(own, rel=1e-3)  # the power iteration moves a little per call
+    assert at_2 > 2 * own  # the h = 2 share is held, not only the own step
+    # RK4's limit is larger than forward Euler's: the mix's worst h / c is forward Euler's.
+    for st in stages:
+        st.set_solver("rk4")
+        st.training_mix = [solvers.Solver("rk4"), solvers.Solver("euler")]
+    assert pen(net).item() == pytest.approx(own, rel=1e-3)
+    net.eval()  # evaluation mode: the own solver alone (RK4)
+    assert pen(net).item() < own
 
 
 def test_penalty_gradient_shrinks_the_spectral_radius():

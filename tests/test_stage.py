@@ -167,6 +167,13 @@ def test_training_mix_is_checked_against_the_dynamics():
         stage.training_mix = [solvers.Solver("euler"), solvers.Solver("verlet")]
     with pytest.raises(ValueError, match="a training mix of one solver"):
         stage.training_mix = [solvers.Solver("euler")]
-    with pytest.raises(TypeError, match="training_mix takes solvers.Solver"):
+    with pytest.raises(TypeError, match='solvers.Solver\\("euler"\\) for a name'):
         stage.training_mix = ["euler", "midpoint"]
+    with pytest.raises(TypeError, match="stage: training_mix takes a sequence of solvers.Solver"):
+        stage.training_mix = solvers.Solver("euler")
+    assert stage.training_mix == ()
+    stage.training_mix = [solvers.Solver("euler"), solvers.Solver("midpoint")]
+    # An empty batch passes through as it does without a mix.
+    assert stage.train()(torch.randn(0, 4, 5, 5)).shape == (0, 4, 5, 5)
+    stage.training_mix = None
     assert stage.training_mix == ()
