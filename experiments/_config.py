@@ -223,8 +223,9 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 # and 1 69.5 % and 69.6 %, every judged row within 0.4 points of the scheme (forward
 # Euler at h = 1 within 1.7), flow 70.45 % and 70.4 %.
 # Second order: at 9/10 with random steps alone 72.4 % but no ODE (forward Euler x4 57 %,
-# leapfrog 12 %); at 7/10 with the three symplectic methods sharing each batch, seed 0
-# 68.2 %, every judged row within 1.1 points of its scheme (leapfrog 68.55 %), flow 68.55 %.
+# leapfrog 12 %); at 7/10 with the three symplectic methods sharing each batch, seeds 0
+# and 1 68.2 % and 65.8 %, every judged row within 1.1 points of the scheme (leapfrog
+# 68.55 % and 66.95 %), flow 68.55 % and 65.9 %; at 9/10 so, 67.25 % (seed 0).
 # Drawing the method per batch instead left BatchNorm's running statistics of the last
 # batches' draws (the second-order network's leapfrog row at 54 %; the parabolic network
 # of seed 1 at 64.5 % under its own midpoint, 69.6 % under forward Euler).
