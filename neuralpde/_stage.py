@@ -167,8 +167,8 @@ class Stage(nn.Module):
         meets statistics that fit it. A method drawn per batch leaves running statistics
         of the last batches' draws (CIFAR-10, parabolic network, midpoint and forward
         Euler drawn per batch: 64.5 % under midpoint, 69.6 % under forward Euler on the
-        same weights). Training with
-        that several discretizations of one θ(t) agree is the test of Ott et al., "ResNet
+        same weights). That several discretizations of one θ(t) agree is the test of Ott
+        et al., "ResNet
         After All? Neural ODEs and Their Numerical Solution", ICLR 2021; training one θ(t)
         to be accurate under several methods is the aim of Queiruga et al.,
         "Continuous-in-Depth Neural Networks", arXiv:2008.02389, 2020.
