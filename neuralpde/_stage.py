@@ -168,10 +168,9 @@ class Stage(nn.Module):
         of the last batches' draws (CIFAR-10, parabolic network, midpoint and forward
         Euler drawn per batch: 64.5 % under midpoint, 69.6 % under forward Euler on the
         same weights). That several discretizations of one θ(t) agree is the test of Ott
-        et al., "ResNet
-        After All? Neural ODEs and Their Numerical Solution", ICLR 2021; training one θ(t)
-        to be accurate under several methods is the aim of Queiruga et al.,
-        "Continuous-in-Depth Neural Networks", arXiv:2008.02389, 2020.
+        et al., "ResNet After All? Neural ODEs and Their Numerical Solution", ICLR 2021;
+        training one θ(t) to be accurate under several methods is the aim of Queiruga et
+        al., "Continuous-in-Depth Neural Networks", arXiv:2008.02389, 2020.
 
         Raises:
             TypeError: on assignment, an element that is not a :class:`solvers.Solver`.
