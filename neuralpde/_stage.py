@@ -119,10 +119,24 @@ class Stage(nn.Module):
     def step_size(self) -> float | None:
         """The current step: the one set, else the training step ``rhs.step_size``;
         ``None`` for an adaptive method."""
-        if self.kind == "adaptive":
+        return self._step_of(self._solver)
+
+    def _step_of(self, solver: solvers.Solver) -> float | None:
+        """The step ``solver`` takes on this stage (``None``: the training step)."""
+        if solver.kind == "adaptive":
             return None
-        h = self._solver.step_size
-        return self.rhs.step_size if h is None else h
+        return self.rhs.step_size if solver.step_size is None else solver.step_size
+
+    def _training_discretizations(self) -> list[tuple[str, float]]:
+        """``(method, h)`` of every fixed-step discretization a training batch is
+        integrated with: each solver of :attr:`training_mix` in training mode, else the
+        stage's own solver (what :class:`~neuralpde.stability.StabilityPenalty` holds)."""
+        mix = self._mix if self.training else ()
+        return [
+            (s.method, float(self._step_of(s)))
+            for s in mix or (self._solver,)
+            if s.kind != "adaptive"
+        ]
 
     @property
     def memory(self) -> str:

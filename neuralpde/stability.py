@@ -529,7 +529,7 @@ class StabilityPenalty(nn.Module):
             # Every discretization the stage trains with (each share of a training mix),
             # the one with the largest h/c: the penalty holds them all.
             limits = [
-                (h, _unit_limit(method, model)) for method, h in _training_discretizations(stage)
+                (h, _unit_limit(method, model)) for method, h in stage._training_discretizations()
             ]
             limits = [(h, c) for h, c in limits if c]
             if not limits:
@@ -547,19 +547,6 @@ class StabilityPenalty(nn.Module):
         if total is None:
             return torch.zeros(())
         return total
-
-
-def _training_discretizations(stage) -> list[tuple[str, float]]:
-    """``(method, h)`` of every fixed-step discretization ``stage`` integrates a training
-    batch with: each solver of its training mix in training mode, else its own solver."""
-    mix = stage.training_mix if stage.training else ()
-    out = []
-    for solver in mix or (stage.solver,):
-        if solver.kind == "adaptive":
-            continue
-        h = stage.rhs.step_size if solver.step_size is None else solver.step_size
-        out.append((solver.method, float(h)))
-    return out
 
 
 class RateBound(nn.Module):
