@@ -628,12 +628,10 @@ def _check_random_methods(cfg: TrainConfig, kinds: dict[str, str]) -> None:
         raise ConfigError(
             f"--random-methods takes fixed-step methods; --solver {cfg.solver} is adaptive"
         )
-    from neuralpde.stability import _unit_limit
-
     model = _model_problem(dynamics)
     own = cfg.solver or dynamics.default_method
     for m in rm:
-        if model is not None and not _unit_limit(m, model):
+        if model is not None and not neuralpde.stability.stability_limit(m, model):
             raise ConfigError(
                 f"--random-methods {m}: no step of it is stable on the {cfg.arch} dynamics "
                 f"({model} modes grow under it at every step size); drop it"
@@ -645,9 +643,9 @@ def _check_random_methods(cfg: TrainConfig, kinds: dict[str, str]) -> None:
             "validation and the report use; add it, or give one of them as --solver"
         )
     if cfg.rate_bound:
-        c0 = None if model is None else _unit_limit(own, model)
+        c0 = None if model is None else neuralpde.stability.stability_limit(own, model)
         for m in rm:
-            c = None if c0 is None else _unit_limit(m, model)
+            c = None if c0 is None else neuralpde.stability.stability_limit(m, model)
             if c0 is not None and (c is None or c < c0 - 1e-6):
                 raise ConfigError(
                     f"--random-methods {m}: its stability limit on the {cfg.arch} dynamics "

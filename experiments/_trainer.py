@@ -173,6 +173,11 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+# What --random-methods/--random-steps do, recorded in every training state: each batch
+# split among all the discretizations (Stage.training_mix).
+RANDOM_OPTIONS = "shares"
+
+
 def _resume_state(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     last = out / "last.pt"
     if not last.is_file():
@@ -184,6 +189,17 @@ def _resume_state(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     if state.get("kind") != "last":
         raise CheckpointError(f"{str(last)!r} is not a training state (kind {state.get('kind')!r})")
     saved = TrainConfig.from_dict(state["config"])
+    if (saved.random_methods or saved.random_steps) and state.get(
+        "random_options"
+    ) != RANDOM_OPTIONS:
+        # Before shares, each batch drew one method and step: the same options would
+        # train on other batches from here on, and the run would end elsewhere.
+        raise ConfigError(
+            f"--resume: {str(last)!r} was trained with --random-methods/--random-steps "
+            "drawn once per batch (an earlier version); they now split each batch among "
+            "the discretizations, so a resumed run would not end where an uninterrupted "
+            "one ends. Start it again with a new --out (or without --resume)"
+        )
     diff = [
         f"{k}: run has {getattr(saved, k)!r}, now {getattr(cfg, k)!r}"
         for k in saved.to_dict()
@@ -451,6 +467,8 @@ def _save_last(run: _Run, epoch: int, batch: int) -> None:
                 best=run.best,
                 accum=run.accum,
                 rng=_rng_state(),
+                # How --random-methods/--random-steps train (see _resume_state).
+                random_options=RANDOM_OPTIONS,
                 **extra,
             ),
         )

@@ -430,4 +430,9 @@ class Stage(nn.Module):
 
     def extra_repr(self) -> str:
         out = f"method={self.method!r}, step_size={self.step_size}"
-        return out if self.memory == "autograd" else f"{out}, memory={self.memory!r}"
+        if self.memory != "autograd":
+            out += f", memory={self.memory!r}"
+        if self._mix:
+            # print(net) shows how training discretizes, not only how evaluation does.
+            out += f", training_mix={[(s.method, self._step_of(s)) for s in self._mix]}"
+        return out

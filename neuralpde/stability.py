@@ -57,6 +57,7 @@ __all__ = [
     "report",
     "scheme_lipschitz",
     "second_order_method",
+    "stability_limit",
     "symbol_bound",
     "symbol_rho",
 ]
@@ -142,6 +143,39 @@ def _unit_limit(method: str, model: str) -> float | None:
         r = _model_step(method, model, torch.tensor([mid], dtype=torch.float64))
         lo, hi = (mid, hi) if float(r[0]) <= 1.0 + 1e-9 else (lo, mid)
     return lo
+
+
+def stability_limit(method: str, model: str) -> float | None:
+    """The largest ``h·z`` for which a step of ``method`` does not grow any mode of the model.
+
+    ``z`` is a mode's rate (an eigenvalue of ``KᵀDK``, or a frequency), ``h`` the step
+    size; the limit is the end of the stability interval on the real axis
+    (``"dissipative"``: ``y' = -z y``, a parabolic mode) or on the imaginary axis
+    (``"oscillatory"``: ``q' = -z p``, ``p' = z q``, a hyperbolic mode), the largest ``c``
+    with a non-growing step for every ``0 < h·z <= c``. It is computed from the solver
+    itself, so a method registered with :func:`solvers.register_method` has one too.
+    Classical values (Hairer & Wanner, *Solving ODEs II*, §IV.2; Hairer, Lubich & Wanner,
+    *Geometric Numerical Integration*, §I.5): forward Euler 2 (dissipative) and 0
+    (oscillatory: it amplifies every oscillation), RK4 2.785 and 2√2, symplectic Euler,
+    leapfrog and Störmer–Verlet 2 (oscillatory).
+
+    Args:
+        method: a fixed-step or symplectic method of :func:`solvers.methods`.
+        model: ``"dissipative"`` or ``"oscillatory"`` (a dynamics' :class:`Spectrum`
+            names its model).
+
+    Returns:
+        The limit (dimensionless), or ``None`` for adaptive and multistep methods, which
+        have no fixed one-step map.
+
+    Raises:
+        ValueError: an unknown method or model.
+    """
+    if model not in ("dissipative", "oscillatory"):
+        raise ValueError(f"model must be 'dissipative' or 'oscillatory', got {model!r}")
+    if method not in solvers.methods():
+        raise ValueError(f"unknown method {method!r}; one of {sorted(solvers.methods())}")
+    return _unit_limit(method, model)
 
 
 @dataclass

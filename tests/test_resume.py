@@ -8,9 +8,17 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
-from experiments import CheckpointError, fit, load_checkpoint, resolve_config
+from experiments import (
+    CheckpointError,
+    ConfigError,
+    fit,
+    load_checkpoint,
+    resolve_config,
+    save_checkpoint,
+)
 
 OPTIONS = {"widths": [8, 16], "epochs": 3, "batch_size": 32, "checkpoint_every": 5, "seed": 11}
 ARGS = ["--widths", "8,16", "--epochs", "3", "--batch-size", "32", "--checkpoint-every", "5",
@@ -86,3 +94,22 @@ def test_resume_refuses_changed_options(tmp_path):
     r = _run(["--resume", "--out", str(tmp_path)])
     _, err = r.communicate(timeout=300)
     assert r.returncode == 2 and b"truncated or corrupted" in err
+
+
+def test_resume_refuses_a_run_whose_random_methods_were_drawn_per_batch(tmp_path):
+    # A training state written before --random-methods split each batch (no record of
+    # how they trained) cannot end where an uninterrupted run ends: refused, not resumed.
+    cfg = resolve_config(
+        widths=[4, 8],
+        epochs=2,
+        train_fraction=0.1,
+        random_methods=["euler", "midpoint"],
+        out=str(tmp_path),
+    )
+    fit(cfg, log=lambda *_: None)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["random_options"] == "shares"
+    del state["random_options"]
+    save_checkpoint(tmp_path / "last.pt", state)
+    with pytest.raises(ConfigError, match="drawn once per batch"):
+        fit(cfg, resume=True, log=lambda *_: None)

@@ -94,7 +94,7 @@ def test_stage_sizes_follow_the_pooling():
 
 
 def test_unit_limits_are_the_classical_ones():
-    lim = stability._unit_limit
+    lim = stability.stability_limit
     assert lim("euler", "dissipative") == pytest.approx(2.0, abs=1e-8)
     assert lim("rk4", "dissipative") == pytest.approx(2.785293563, abs=1e-6)
     for m in ("symplectic_euler", "leapfrog", "verlet"):
@@ -102,6 +102,13 @@ def test_unit_limits_are_the_classical_ones():
     assert lim("rk4", "oscillatory") == pytest.approx(2 * math.sqrt(2), abs=1e-6)
     assert lim("euler", "oscillatory") == 0.0  # forward Euler amplifies every oscillation
     assert lim("dopri5", "dissipative") is None
+
+
+def test_stability_limit_names_a_bad_method_or_model():
+    with pytest.raises(ValueError, match="'dissipative' or 'oscillatory'"):
+        stability.stability_limit("euler", "parabolic")
+    with pytest.raises(ValueError, match="unknown method 'eulr'"):
+        stability.stability_limit("eulr", "dissipative")
 
 
 def linear_growth(s, h, n_steps=400):

@@ -172,7 +172,9 @@ def test_training_mix_is_checked_against_the_dynamics():
     with pytest.raises(TypeError, match="stage: training_mix takes a sequence of solvers.Solver"):
         stage.training_mix = solvers.Solver("euler")
     assert stage.training_mix == ()
-    stage.training_mix = [solvers.Solver("euler"), solvers.Solver("midpoint")]
+    stage.training_mix = [solvers.Solver("euler"), solvers.Solver("midpoint", step_size=0.5)]
+    # print(net) shows the mix, each solver with the step it takes here.
+    assert "training_mix=[('euler', 1.0), ('midpoint', 0.5)]" in repr(stage)
     # An empty batch passes through as it does without a mix.
     assert stage.train()(torch.randn(0, 4, 5, 5)).shape == (0, 4, 5, 5)
     stage.training_mix = None
