@@ -5,11 +5,13 @@ imagefolder`` trains: the bias normalization, the rate bound, the arch's trainin
 and its random steps and methods) against the paper's scheme (TV normalization, no bound, the arch's
 own method), per arch, measured in one run.
 
-    python benchmarks/stable_cost.py [--repeats 5] [--threads 2] [--tiny]
+    python benchmarks/stable_cost.py [--repeats 5] [--threads 2] [--tiny] [--compile]
 
 Both configurations come from ``experiments.resolve_config`` and
 ``experiments.build_model``, so the table follows the defaults. Each step is forward,
-cross-entropy, backward and an SGD step on a fixed synthetic batch, eager; random steps and
+cross-entropy, backward and an SGD step on a fixed synthetic batch, eager, or with
+``--compile`` under ``torch.compile(dynamic=False)`` as the cpu budget trains (compilation
+in the warm-up, before timing); random steps and
 methods share the batch as in training (``neuralpde.Stage.training_mix``). Candidates
 alternate (shuffled per round); the
 table gives the median seconds per step and the median of per-round ratios to the paper's
@@ -36,9 +38,10 @@ def configs(arch: str, widths: list[int]) -> dict:
     }
 
 
-def _step(cfg, batch: int, size: int):
+def _step(cfg, batch: int, size: int, compile: bool = False):
     torch.manual_seed(0)
     net = build_model(cfg, 3, 10, image_size=size)
+    model = torch.compile(net, dynamic=False) if compile else net
     for s in net.stages:
         # Random steps and methods share each batch, as in experiments.train.
         s.training_mix = training_mix(cfg, s.solver)
@@ -49,7 +52,7 @@ def _step(cfg, batch: int, size: int):
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), y).backward()
+        F.cross_entropy(model(x), y).backward()
         opt.step()
 
     return step
@@ -65,19 +68,23 @@ def _describe(cfg) -> str:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--archs", default="parabolic,hamiltonian,second_order")
+    p.add_argument("--compile", action="store_true", help="time compiled steps (torch.compile)")
     args = p.parse_args()
     args.threads = args.threads or 2
     setup(args)
     repeats = args.repeats or (1 if args.tiny else 5)
     widths, batch, size = ([4, 8], 8, 8) if args.tiny else ([16, 32, 64, 64], 125, 32)
     header(
-        f"training step, default on photographs against the paper's scheme ({args.threads} threads)"
+        "training step, default on photographs against the paper's scheme "
+        f"({args.threads} threads, {'compiled' if args.compile else 'eager'})"
     )
     rows = []
     for arch in args.archs.split(","):
         cfgs = configs(arch, widths)
         per_step = interleaved(
-            {name: _step(c, batch, size) for name, c in cfgs.items()}, repeats=repeats, warmup=1
+            {name: _step(c, batch, size, args.compile) for name, c in cfgs.items()},
+            repeats=repeats,
+            warmup=2 if args.compile else 1,  # compilation, then a recompile-free step
         )
         for name, cfg in cfgs.items():
             rows.append(

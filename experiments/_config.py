@@ -30,8 +30,9 @@ class TrainConfig:
     ``lr_schedule`` is the piecewise-constant learning rate as ``[[epochs, lr], ...]``
     phases; with ``lr_decay="cosine"`` it is one phase whose rate decays to 0 along a
     half cosine, batch by batch (:func:`lr_now`); ``compile`` runs the network through
-    ``torch.compile`` (inductor) in training and validation; ``smoothness`` is α1 of the paper's time-smoothness regularizer and
-    ``weight_decay`` its α2; ``recipe`` names the paper data set whose recipe
+    ``torch.compile`` (inductor) in training and validation (``fit`` first resets
+    dynamo's caches, ``torch._dynamo.reset()``); ``smoothness`` is α1 of the paper's
+    time-smoothness regularizer and ``weight_decay`` its α2; ``recipe`` names the paper data set whose recipe
     ``preset="paper"`` uses; ``bn_eps`` is the BatchNorm ε; ``normalization`` is N of the
     symmetric dynamics (``"tv"``, the paper's; ``"bias"``; ``"none"``) and ``rate_bound``,
     when positive, the fraction of the training method's stability limit that every

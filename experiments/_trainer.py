@@ -693,6 +693,11 @@ def fit(cfg: TrainConfig, data: DataSplits | None = None, *, resume: bool = Fals
             checkpoints on disk are those of the last good state.
     """
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    if cfg.compile:
+        # A fresh network: what dynamo compiled for earlier ones in this process (table1
+        # and ode_study train several) only uses up its recompilation limit (8 per
+        # function), past which a network would run eagerly.
+        torch._dynamo.reset()
     run = _setup(cfg, data, resume, log)
     sampler = EpochBatches(len(run.data.train), cfg.batch_size, cfg.seed, run.rank, run.world)
     loader = _loader(run.data.train, sampler, cfg, run.device)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _stage
 from ._lipschitz import BoundedConv2d, BoundedLinear, MaxMin
 from ._rhs import RHS, arch_name, resolve_arch
 from ._stage import UNCHANGED, Stage
@@ -282,6 +283,13 @@ class PDECNN(nn.Module):
             )
         self._check_input(x)
         self._check_ddp()
+        if not _stage._KERNELS_CACHED and _stage.constrained(self):
+            # Every constrained kernel once per forward pass, and under torch.compile the
+            # whole network one graph (see with_kernels_cached).
+            return _stage.with_kernels_cached(self, self._features, x)
+        return self._features(x)
+
+    def _features(self, x: Tensor) -> Tensor:
         x = self.opening(x)
         last = len(self.stages) - 1
         for k, (stage, connector) in enumerate(zip(self.stages, self.connectors)):

@@ -257,7 +257,7 @@ def kernel_spectrum(
 # Eager under torch.compile: once per forward pass, on kernels, not on activations, and
 # inductor generates no code for its complex FFTs and eigensolvers.
 @torch.compiler.disable
-def symbol_rho(kernels: Tensor, height: int, width: int) -> Tensor:
+def symbol_rho(kernels: Tensor, height: int, width: int, *, warm: dict | None = None) -> Tensor:
     """A rigorous upper bound of ``ρ(KᵀK) = ‖K‖²`` per kernel, differentiable in the kernels.
 
     The bound of :func:`symbol_bound` for kernels of any odd size ``kh × kw``: the
@@ -274,6 +274,12 @@ def symbol_rho(kernels: Tensor, height: int, width: int) -> Tensor:
     Args:
         kernels: ``(n, c_out, c_in, kh, kw)``, odd ``kh`` and ``kw``.
         height, width: the image size the convolutions act on.
+        warm: a dict this function keeps between calls on kernels that change a little
+            (a parametrization's, from one training step to the next): the last call's
+            symbols and per-frequency upper bounds. With it, only the frequencies whose
+            bound (Weyl: ``‖Ŵ'(ω)‖ <= ‖Ŵ(ω)‖ + ‖Ŵ'(ω) - Ŵ(ω)‖_F``) reaches the largest
+            exact value are solved exactly, and the value is the same maximum (to
+            rounding). An empty dict starts it; kernels of another shape restart it.
 
     Returns:
         ``(n,)`` in the kernels' dtype: ``max_ω λ_max(Ŵ(ω)ᴴŴ(ω))`` per kernel.
@@ -284,10 +290,7 @@ def symbol_rho(kernels: Tensor, height: int, width: int) -> Tensor:
         # Ŵ(-ω) is the conjugate of Ŵ(ω): the half spectrum of rfft2 holds every value.
         sym = torch.fft.rfft2(kernels.detach().to(torch.float64), s=size)
         sym = sym.permute(0, 3, 4, 1, 2).reshape(n, -1, c_out, c_in)
-        gram = sym.mH @ sym
-        lam = torch.linalg.eigvalsh(gram)[..., -1]
-        best = lam.argmax(dim=1)
-        vec = torch.linalg.eigh(gram[torch.arange(n), best]).eigenvectors[..., -1]
+        lam, best, vec = _top_eigen(sym, warm)
         # The frequencies of the rfft2 grid, in the order of the flattened (N1, N2 // 2 + 1).
         f1 = torch.fft.fftfreq(size[0], dtype=torch.float64)
         f2 = torch.fft.rfftfreq(size[1], dtype=torch.float64)
@@ -299,9 +302,56 @@ def symbol_rho(kernels: Tensor, height: int, width: int) -> Tensor:
             * math.pi
             * (w1.view(n, 1, 1) * a.view(1, kh, 1) + w2.view(n, 1, 1) * b.view(1, 1, kw))
         )
-        value = lam.amax(dim=1)
+        value = lam
     # Ŵ(ω*) v, differentiable in the kernels: (n, c_out).
     wv = torch.einsum("noiab,nab,ni->no", kernels.to(torch.complex128), phase, vec)
     surrogate = wv.abs().pow(2).sum(dim=1)
     # The exact value, with the surrogate's gradient (they agree to round-off).
     return (value + (surrogate - surrogate.detach())).to(kernels.dtype)
+
+
+# Relative slack on a carried upper bound: covers the rounding of the bound's own
+# arithmetic (a few float64 ulps), so a frequency is skipped only when it surely lies below.
+_WARM_SLACK = 1e-12
+
+
+def _top_eigen(sym: Tensor, warm: dict | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(λ, j, v)`` per kernel: the largest eigenvalue of ``ŴᴴŴ`` over the frequencies,
+    the frequency index where it is reached and its eigenvector. ``sym``: ``(n, F, c_out,
+    c_in)`` complex128. ``warm``: see :func:`symbol_rho`."""
+    n, nf = sym.shape[:2]
+    upper = None
+    last = None if warm is None else warm.get("sym")
+    if last is not None and last.shape == sym.shape and last.device == sym.device:
+        # ‖Ŵ'‖ <= ‖Ŵ‖ + ‖Ŵ' - Ŵ‖ <= sqrt(u) + ‖ΔŴ‖_F, u an upper bound of λ_max(ŴᴴŴ).
+        drift = torch.linalg.matrix_norm(sym - warm["sym"])
+        upper = (warm["upper"].sqrt() + drift).square() * (1 + _WARM_SLACK)
+    lam = torch.full((n, nf), -math.inf, dtype=torch.float64, device=sym.device)
+    if upper is None:
+        lam = torch.linalg.eigvalsh(_gram(sym))
+    else:
+        # The likeliest maxima first (the largest bound, the last maximizer), exactly; then
+        # every frequency whose bound reaches the largest exact value found.
+        rows = torch.arange(n, device=sym.device)
+        first = torch.zeros((n, nf), dtype=torch.bool, device=sym.device)
+        first[rows, upper.argmax(dim=1)] = True
+        first[rows, warm["best"]] = True
+        lam[first] = torch.linalg.eigvalsh(_gram(sym[first]))[..., -1]
+        need = (upper >= lam.amax(dim=1, keepdim=True)) & ~first
+        if need.any():
+            lam[need] = torch.linalg.eigvalsh(_gram(sym[need]))[..., -1]
+    if lam.dim() == 3:
+        lam = lam[..., -1]
+    best = lam.argmax(dim=1)
+    rows = torch.arange(n, device=sym.device)
+    vec = torch.linalg.eigh(_gram(sym[rows, best])).eigenvectors[..., -1]
+    if warm is not None:
+        # Exact where solved, the carried bound elsewhere: an upper bound at every frequency.
+        warm["sym"] = sym
+        warm["upper"] = lam if upper is None else torch.where(lam > -math.inf, lam, upper)
+        warm["best"] = best
+    return lam.amax(dim=1), best, vec
+
+
+def _gram(sym: Tensor) -> Tensor:
+    return sym.mH @ sym

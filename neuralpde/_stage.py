@@ -29,6 +29,43 @@ class _Unchanged:
 UNCHANGED: Any = _Unchanged()
 
 
+# True while with_kernels_cached holds every constrained kernel of the module it runs.
+_KERNELS_CACHED = False
+
+
+def constrained(module: nn.Module) -> bool:
+    """Whether ``module`` or a submodule has a parametrized tensor (e.g. a kernel under
+    :func:`neuralpde.stability.constrain`)."""
+    return any(parametrize.is_parametrized(m) for m in module.modules())
+
+
+@torch.compiler.disable  # eager: kernels, not activations; nothing to gain from a graph
+def _fill_cache(module: nn.Module) -> None:
+    for m in module.modules():
+        if parametrize.is_parametrized(m):
+            for name in m.parametrizations:
+                getattr(m, name)
+
+
+# Eager, its callees compiled (recursive=False): torch.compile can neither trace
+# parametrize's cache nor break a graph inside it (it would run the whole network eagerly,
+# each solver step a frame of its own). So this frame fills the cache with every
+# parametrized tensor of ``module`` (a constrained kernel: computed once per forward pass,
+# not at every evaluation of the right-hand side nor once per share of a training mix),
+# and ``fn``, compiled as a frame of its own, reads them from it.
+@torch.compiler.disable(recursive=False)
+def with_kernels_cached(module: nn.Module, fn, x: Tensor) -> Tensor:
+    """``fn(x)`` with every parametrized tensor of ``module`` computed once, up front."""
+    global _KERNELS_CACHED
+    with parametrize.cached():
+        _fill_cache(module)
+        _KERNELS_CACHED = True
+        try:
+            return fn(x)
+        finally:
+            _KERNELS_CACHED = False
+
+
 class Stage(nn.Module):
     """Integrates ``rhs`` from 0 to ``rhs.T`` and returns the state at ``T``.
 
@@ -366,12 +403,14 @@ class Stage(nn.Module):
             raise ValueError(
                 f"{self._name()}: expected input (batch, {width}, height, width), got {shape}"
             )
-        # A constrained kernel (neuralpde.stability.constrain) is computed once per forward
-        # pass, not at every evaluation of the right-hand side nor once per share.
-        with parametrize.cached():
-            if self._mix and self.training and x.shape[0]:
-                return self._integrate_mix(x)
-            return self._integrate(x)
+        if not _KERNELS_CACHED and constrained(self.rhs):
+            return with_kernels_cached(self.rhs, self._integrate_any, x)
+        return self._integrate_any(x)
+
+    def _integrate_any(self, x: Tensor) -> Tensor:
+        if self._mix and self.training and x.shape[0]:
+            return self._integrate_mix(x)
+        return self._integrate(x)
 
     def _integrate_mix(self, x: Tensor) -> Tensor:
         own, outs, stats = self._solver, [], []

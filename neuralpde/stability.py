@@ -612,7 +612,10 @@ class RateBound(nn.Module):
         self.cap, self.height, self.width = cap, int(height), int(width)
 
     def forward(self, kernels: Tensor) -> Tensor:
-        rho = symbol_rho(kernels, self.height, self.width)
+        # Warm-started from the last call: a training step moves the kernels a little, so
+        # only the frequencies that may hold the maximum are solved again (same value).
+        warm = self.__dict__.setdefault("_warm", {})
+        rho = symbol_rho(kernels, self.height, self.width, warm=warm)
         # 1 - 1e-5: the product K·scale is rounded to the kernels' dtype; the margin keeps
         # ρ̄ of the rounded kernel below the cap.
         scale = (self.cap * (1 - 1e-5) / rho).clamp(max=1.0).sqrt()

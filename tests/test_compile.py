@@ -88,3 +88,42 @@ def test_solver_change_recompiles():
         stats = net.solver_stats()[0]
         assert stats["method"] == net.stages[0].method and stats["steps"] == steps, change
         torch.testing.assert_close(out, net(x), rtol=1e-13, atol=1e-13, msg=str(change))
+
+
+# Dynamo reads .grad of the cached kernels, the graph's inputs that are not leaves, and
+# PyTorch warns from inside while it does.
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+def test_a_constrained_network_is_one_graph_after_its_kernels(monkeypatch):
+    """Under stability.constrain each kernel's bound is computed eagerly, once per forward
+    pass, before the network; the rest, a training mix included, is one graph (a graph
+    break inside parametrize's cache ran the whole network eagerly, each solver step a
+    frame of its own that recompiled until dynamo's limit)."""
+    import solvers
+    from neuralpde import stability
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = neuralpde.PDECNN("parabolic", 3, 5, widths=(4, 6, 6), steps=2, method="midpoint")
+    net = net.double()
+    stability.constrain(net, (3, 8, 8), fraction=0.5)
+    for stage in net.stages:
+        stage.training_mix = [solvers.Solver("midpoint"), solvers.Solver("euler")]
+    calls = []
+    rho = stability.symbol_rho
+    monkeypatch.setattr(stability, "symbol_rho", lambda *a, **k: calls.append(1) or rho(*a, **k))
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([1, 3, 0, 2])
+    loss, grads = _loss_and_grads(net, x, y)
+    assert len(calls) == 2  # one constrained kernel stack per stage, once
+    explanation = torch._dynamo.explain(net)(x)
+    # The one break: the eager frame that fills parametrize's cache, then the features
+    # (every stage, both shares) as one graph, and the classifier.
+    assert explanation.graph_break_count == 1, explanation.break_reasons
+    compiled = torch.compile(net, backend="aot_eager")
+    for _ in range(3):  # no recompilation from one step to the next
+        calls.clear()
+        loss_c, grads_c = _loss_and_grads(compiled, x, y)
+        assert len(calls) == 2
+    torch.testing.assert_close(loss_c, loss, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads_c, grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -225,3 +225,34 @@ def test_bias_normalized_layer_is_the_formula_and_differentiable():
     assert torch.equal(biased_symmetric_layer(y, k, b), expect)
     assert torch.equal(biased_symmetric_layer(y, k, b, negate=True), -expect)
     assert torch.autograd.gradcheck(biased_symmetric_layer, (y, k, b))
+
+
+def test_warm_started_symbol_rho_is_the_full_maximum_and_solves_few_frequencies(monkeypatch):
+    """RateBound's warm start (symbol_rho(..., warm=...)): over a run of small steps and a
+    large jump the value is that of the full computation, while a small step solves only
+    the frequencies that may hold the maximum."""
+    import neuralpde._spectra as spectra
+
+    solved = []
+    gram = spectra._gram
+    monkeypatch.setattr(spectra, "_gram", lambda s: solved.append(s.shape[:-2].numel()) or gram(s))
+    g = torch.Generator().manual_seed(0)
+    k = 0.1 * torch.randn(3, 8, 8, 3, 3, dtype=torch.float64, generator=g)
+    warm = {}
+    for step in range(12):
+        big = step == 6  # a kernel far from the last: the bound is loose, more is solved
+        k = k + (1.0 if big else 1e-3) * 0.1 * torch.randn(k.shape, dtype=k.dtype, generator=g)
+        want = stability.symbol_rho(k, 12, 10)
+        solved.clear()
+        got = stability.symbol_rho(k, 12, 10, warm=warm)
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=0)
+        if step and not big:
+            # 3 × 13 × 6 frequencies in all; a small step solves a handful (and the
+            # eigenvector at each maximum).
+            assert sum(solved) <= 3 * 13 * 6 // 4, solved
+    # The gradient is the full computation's too.
+    kk = k.clone().requires_grad_(True)
+    stability.symbol_rho(kk, 12, 10, warm=warm).sum().backward()
+    kf = k.clone().requires_grad_(True)
+    stability.symbol_rho(kf, 12, 10).sum().backward()
+    torch.testing.assert_close(kk.grad, kf.grad, rtol=1e-10, atol=1e-12)
