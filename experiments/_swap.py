@@ -26,6 +26,7 @@ from ._trainer import build_model
 
 SWAP_FIELDS = (
     "solver", "method", "step_size", "rtol", "accuracy", "loss", "nfe", "seconds", "status",
+    "batchnorm",
 )  # fmt: skip
 
 # Off a terminal (a log file, CI), a row that is still running says so this often.
@@ -361,7 +362,9 @@ def swap_table(
         progress: show progress within a row (a tqdm bar on a terminal, else a line to
             ``log`` every ``PROGRESS_EVERY`` seconds).
 
-    Returns one row per discretization (``SWAP_FIELDS``). ``status`` is ``"ok"``, or says
+    Returns one row per discretization (``SWAP_FIELDS``); ``batchnorm`` says whose
+    BatchNorm statistics it used (``"saved"``, or re-estimated under ``recalibrate_bn``).
+    ``status`` is ``"ok"``, or says
     why the row has no accuracy: a row over its budget, or a discretization that fails
     (e.g. non-finite states) gets ``accuracy`` and ``loss`` NaN, and its status is logged.
 
@@ -452,6 +455,10 @@ def swap_table(
             "step_size": item.get("step_size") or "",
             "rtol": item.get("rtol", ""),
             **r,
+            # Whose BatchNorm statistics the row's accuracy is of, in the CSV too.
+            "batchnorm": "saved"
+            if recalibrate_bn is None
+            else f"re-estimated on {recalibrate_bn} training images",
         }
         rows.append(row)
         if row["status"] == "ok":

@@ -325,7 +325,11 @@ def _top_eigen(sym: Tensor, warm: dict | None) -> tuple[Tensor, Tensor, Tensor]:
     if last is not None and last.shape == sym.shape and last.device == sym.device:
         # ‖Ŵ'‖ <= ‖Ŵ‖ + ‖Ŵ' - Ŵ‖ <= sqrt(u) + ‖ΔŴ‖_F, u an upper bound of λ_max(ŴᴴŴ).
         drift = torch.linalg.matrix_norm(sym - warm["sym"])
-        upper = (warm["upper"].sqrt() + drift).square() * (1 + _WARM_SLACK)
+        # clamp: a rank-deficient Ŵ has eigenvalues of -1e-17 or so, whose root is NaN, and
+        # a NaN bound would never be solved again.
+        upper = (warm["upper"].clamp(min=0).sqrt() + drift).square() * (1 + _WARM_SLACK)
+        if not torch.isfinite(upper).all():
+            upper = None  # non-finite kernels, then or now: solve every frequency
     lam = torch.full((n, nf), -math.inf, dtype=torch.float64, device=sym.device)
     if upper is None:
         lam = torch.linalg.eigvalsh(_gram(sym))

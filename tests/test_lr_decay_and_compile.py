@@ -57,8 +57,8 @@ def test_cosine_run_logs_the_rate_of_each_epochs_start(tmp_path):
 
 @pytest.mark.slow
 # The default network's rate bound runs eagerly (torch.compiler.disable) once per forward
-# pass: dynamo resumes after it on the stage input, an intermediate tensor, and warns from
-# inside PyTorch when it reads that tensor's .grad.
+# pass, before the network's graph: dynamo takes the cached kernels, tensors that are not
+# leaves, as the graph's inputs, and warns from inside PyTorch when it reads their .grad.
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
 def test_compiled_training_matches_eager(tmp_path):
     """torch.compile (inductor) trains the same network as eager, to float rounding."""

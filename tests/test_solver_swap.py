@@ -300,6 +300,12 @@ def test_swap_table_recalibrates_each_row_and_leaves_the_weights(trained):
     # losses differ, the accuracy stays a probability.
     assert all(a["loss"] != b["loss"] for a, b in zip(plain, again))
     assert all(0 <= r["accuracy"] <= 1 for r in again)
+    # Each row says whose statistics it used, in the CSV too.
+    assert {r["batchnorm"] for r in plain} == {"saved"}
+    assert {r["batchnorm"] for r in again} == {"re-estimated on 200 training images"}
+    write_swap(again, out / "swap", "t")
+    with open(out / "swap" / "solver_swap.csv") as f:
+        assert [r["batchnorm"] for r in csv.DictReader(f)] == [again[0]["batchnorm"]] * 2
     after = load_checkpoint(out / "best.pt")["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ValueError, match="recalibrate_bn must be positive"):

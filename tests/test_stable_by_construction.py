@@ -250,6 +250,11 @@ def test_warm_started_symbol_rho_is_the_full_maximum_and_solves_few_frequencies(
             # 3 × 13 × 6 frequencies in all; a small step solves a handful (and the
             # eigenvector at each maximum).
             assert sum(solved) <= 3 * 13 * 6 // 4, solved
+    # A zero kernel (eigenvalues 0 or a rounding below it, whose carried bound must not
+    # become NaN and be skipped for good) and then any kernel: still the full maximum.
+    for k2 in (torch.zeros_like(k), k):
+        got = stability.symbol_rho(k2, 12, 10, warm=warm)
+        torch.testing.assert_close(got, stability.symbol_rho(k2, 12, 10), rtol=1e-13, atol=0)
     # The gradient is the full computation's too.
     kk = k.clone().requires_grad_(True)
     stability.symbol_rho(kk, 12, 10, warm=warm).sum().backward()
