@@ -195,10 +195,11 @@ def _resume_state(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         # Before shares, each batch drew one method and step: the same options would
         # train on other batches from here on, and the run would end elsewhere.
         raise ConfigError(
-            f"--resume: {str(last)!r} was trained with --random-methods/--random-steps "
-            "drawn once per batch (an earlier version); they now split each batch among "
-            "the discretizations, so a resumed run would not end where an uninterrupted "
-            "one ends. Start it again with a new --out (or without --resume)"
+            f"--resume: {str(last)!r} uses --random-methods/--random-steps and was written "
+            "before training states recorded how they train; runs of that time drew them "
+            "once per batch, and they now split each batch among the discretizations, so "
+            "a resumed run would not end where an uninterrupted one ends. Start it again "
+            "with a new --out (or without --resume)"
         )
     diff = [
         f"{k}: run has {getattr(saved, k)!r}, now {getattr(cfg, k)!r}"

@@ -283,10 +283,11 @@ class PDECNN(nn.Module):
             )
         self._check_input(x)
         self._check_ddp()
-        if not _stage._KERNELS_CACHED and _stage.constrained(self):
+        parts = (self.opening, self.stages, self.connectors)  # what _features runs
+        if not _stage._KERNELS_CACHED and any(_stage.constrained(m) for m in parts):
             # Every constrained kernel once per forward pass, and under torch.compile the
             # whole network one graph (see with_kernels_cached).
-            return _stage.with_kernels_cached(self, self._features, x)
+            return _stage.with_kernels_cached(parts, self._features, x)
         return self._features(x)
 
     def _features(self, x: Tensor) -> Tensor:

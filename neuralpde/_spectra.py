@@ -276,10 +276,12 @@ def symbol_rho(kernels: Tensor, height: int, width: int, *, warm: dict | None = 
         height, width: the image size the convolutions act on.
         warm: a dict this function keeps between calls on kernels that change a little
             (a parametrization's, from one training step to the next): the last call's
-            symbols and per-frequency upper bounds. With it, only the frequencies whose
-            bound (Weyl: ``‖Ŵ'(ω)‖ <= ‖Ŵ(ω)‖ + ‖Ŵ'(ω) - Ŵ(ω)‖_F``) reaches the largest
-            exact value are solved exactly, and the value is the same maximum (to
-            rounding). An empty dict starts it; kernels of another shape restart it.
+            kernels and per-frequency upper bounds, per device. With it, only the
+            frequencies whose bound (Weyl: ``‖Ŵ'(ω)‖ <= ‖Ŵ(ω)‖ + ‖Ŵ'(ω) - Ŵ(ω)‖_F``)
+            reaches the largest exact value are solved exactly, and the value is the same
+            maximum (to rounding). An empty dict starts it; kernels of another shape or
+            another image size restart it; inside a ``torch.func`` transform it is not
+            used.
 
     Returns:
         ``(n,)`` in the kernels' dtype: ``max_ω λ_max(Ŵ(ω)ᴴŴ(ω))`` per kernel.
@@ -288,9 +290,11 @@ def symbol_rho(kernels: Tensor, height: int, width: int, *, warm: dict | None = 
     size = (height + kh // 2, width + kw // 2)
     with torch.no_grad():
         # Ŵ(-ω) is the conjugate of Ŵ(ω): the half spectrum of rfft2 holds every value.
-        sym = torch.fft.rfft2(kernels.detach().to(torch.float64), s=size)
-        sym = sym.permute(0, 3, 4, 1, 2).reshape(n, -1, c_out, c_in)
-        lam, best, vec = _top_eigen(sym, warm)
+        k64 = kernels.detach().to(torch.float64)
+        sym = _symbols(k64, size)
+        if warm is not None and torch._C._are_functorch_transforms_active():
+            warm = None  # a vmapped tensor kept past its transform would break later calls
+        lam, best, vec = _top_eigen(sym, k64, size, warm)
         # The frequencies of the rfft2 grid, in the order of the flattened (N1, N2 // 2 + 1).
         f1 = torch.fft.fftfreq(size[0], dtype=torch.float64)
         f2 = torch.fft.rfftfreq(size[1], dtype=torch.float64)
@@ -315,45 +319,57 @@ def symbol_rho(kernels: Tensor, height: int, width: int, *, warm: dict | None = 
 _WARM_SLACK = 1e-12
 
 
-def _top_eigen(sym: Tensor, warm: dict | None) -> tuple[Tensor, Tensor, Tensor]:
+def _symbols(k64: Tensor, size: tuple[int, int]) -> Tensor:
+    """``Ŵ(ω)`` at the half spectrum of the ``size`` torus: ``(n, F, c_out, c_in)``."""
+    n, c_out, c_in = k64.shape[:3]
+    sym = torch.fft.rfft2(k64, s=size)
+    return sym.permute(0, 3, 4, 1, 2).reshape(n, -1, c_out, c_in)
+
+
+def _top_eigen(
+    sym: Tensor, k64: Tensor, size: tuple[int, int], warm: dict | None
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(λ, j, v)`` per kernel: the largest eigenvalue of ``ŴᴴŴ`` over the frequencies,
     the frequency index where it is reached and its eigenvector. ``sym``: ``(n, F, c_out,
-    c_in)`` complex128. ``warm``: see :func:`symbol_rho`."""
+    c_in)`` complex128, the symbols of ``k64`` on the ``size`` torus. ``warm``: see
+    :func:`symbol_rho`; it holds, per device, one tuple (the kernels, the torus, an upper
+    bound of λ_max at every frequency, the last maximizers), read once and replaced whole, so
+    replicas sharing it in threads (``nn.DataParallel``) never mix two calls' parts."""
     n, nf = sym.shape[:2]
+    key = str(sym.device)
+    last = None if warm is None else warm.get(key)
     upper = None
-    last = None if warm is None else warm.get("sym")
-    if last is not None and last.shape == sym.shape and last.device == sym.device:
-        # ‖Ŵ'‖ <= ‖Ŵ‖ + ‖Ŵ' - Ŵ‖ <= sqrt(u) + ‖ΔŴ‖_F, u an upper bound of λ_max(ŴᴴŴ).
-        drift = torch.linalg.matrix_norm(sym - warm["sym"])
+    if last is not None and last[0].shape == k64.shape and last[1] == size:
+        k_last, _, u_last, best_last = last
+        # ‖Ŵ'‖ <= ‖Ŵ‖ + ‖Ŵ' - Ŵ‖ <= sqrt(u) + ‖ΔŴ‖_F, u an upper bound of λ_max(ŴᴴŴ);
+        # ΔŴ is the symbol of ΔK (the transform is linear): only the kernels are kept.
+        drift = torch.linalg.matrix_norm(_symbols(k64 - k_last, size))
         # clamp: a rank-deficient Ŵ has eigenvalues of -1e-17 or so, whose root is NaN, and
         # a NaN bound would never be solved again.
-        upper = (warm["upper"].clamp(min=0).sqrt() + drift).square() * (1 + _WARM_SLACK)
+        upper = (u_last.clamp(min=0).sqrt() + drift).square() * (1 + _WARM_SLACK)
         if not torch.isfinite(upper).all():
             upper = None  # non-finite kernels, then or now: solve every frequency
-    lam = torch.full((n, nf), -math.inf, dtype=torch.float64, device=sym.device)
     if upper is None:
-        lam = torch.linalg.eigvalsh(_gram(sym))
+        lam = torch.linalg.eigvalsh(_gram(sym))[..., -1]
     else:
         # The likeliest maxima first (the largest bound, the last maximizer), exactly; then
-        # every frequency whose bound reaches the largest exact value found.
+        # every frequency whose bound reaches the largest exact value found for its kernel.
+        lam = torch.full((n, nf), -math.inf, dtype=torch.float64, device=sym.device)
         rows = torch.arange(n, device=sym.device)
         first = torch.zeros((n, nf), dtype=torch.bool, device=sym.device)
         first[rows, upper.argmax(dim=1)] = True
-        first[rows, warm["best"]] = True
+        first[rows, best_last] = True
         lam[first] = torch.linalg.eigvalsh(_gram(sym[first]))[..., -1]
         need = (upper >= lam.amax(dim=1, keepdim=True)) & ~first
         if need.any():
             lam[need] = torch.linalg.eigvalsh(_gram(sym[need]))[..., -1]
-    if lam.dim() == 3:
-        lam = lam[..., -1]
     best = lam.argmax(dim=1)
     rows = torch.arange(n, device=sym.device)
     vec = torch.linalg.eigh(_gram(sym[rows, best])).eigenvectors[..., -1]
     if warm is not None:
         # Exact where solved, the carried bound elsewhere: an upper bound at every frequency.
-        warm["sym"] = sym
-        warm["upper"] = lam if upper is None else torch.where(lam > -math.inf, lam, upper)
-        warm["best"] = best
+        bound = lam if upper is None else torch.where(lam > -math.inf, lam, upper)
+        warm[key] = (k64, size, bound, best)
     return lam.amax(dim=1), best, vec
 
 

@@ -40,30 +40,32 @@ def constrained(module: nn.Module) -> bool:
 
 
 @torch.compiler.disable  # eager: kernels, not activations; nothing to gain from a graph
-def _fill_cache(module: nn.Module) -> None:
-    for m in module.modules():
-        if parametrize.is_parametrized(m):
-            for name in m.parametrizations:
-                getattr(m, name)
+def _fill_cache(modules: tuple[nn.Module, ...]) -> None:
+    for module in modules:
+        for m in module.modules():
+            if parametrize.is_parametrized(m):
+                for name in m.parametrizations:
+                    getattr(m, name)
 
 
 # Eager, its callees compiled (recursive=False): torch.compile can neither trace
 # parametrize's cache nor break a graph inside it (it would run the whole network eagerly,
 # each solver step a frame of its own). So this frame fills the cache with every
-# parametrized tensor of ``module`` (a constrained kernel: computed once per forward pass,
+# parametrized tensor of ``modules`` (a constrained kernel: computed once per forward pass,
 # not at every evaluation of the right-hand side nor once per share of a training mix),
 # and ``fn``, compiled as a frame of its own, reads them from it.
 @torch.compiler.disable(recursive=False)
-def with_kernels_cached(module: nn.Module, fn, x: Tensor) -> Tensor:
-    """``fn(x)`` with every parametrized tensor of ``module`` computed once, up front."""
+def with_kernels_cached(modules: tuple[nn.Module, ...], fn, x: Tensor) -> Tensor:
+    """``fn(x)`` with every parametrized tensor of ``modules`` (those ``fn`` runs) computed
+    once, up front."""
     global _KERNELS_CACHED
     with parametrize.cached():
-        _fill_cache(module)
-        _KERNELS_CACHED = True
+        _fill_cache(modules)
+        before, _KERNELS_CACHED = _KERNELS_CACHED, True
         try:
             return fn(x)
         finally:
-            _KERNELS_CACHED = False
+            _KERNELS_CACHED = before
 
 
 class Stage(nn.Module):
@@ -404,7 +406,7 @@ class Stage(nn.Module):
                 f"{self._name()}: expected input (batch, {width}, height, width), got {shape}"
             )
         if not _KERNELS_CACHED and constrained(self.rhs):
-            return with_kernels_cached(self.rhs, self._integrate_any, x)
+            return with_kernels_cached((self.rhs,), self._integrate_any, x)
         return self._integrate_any(x)
 
     def _integrate_any(self, x: Tensor) -> Tensor:

@@ -165,8 +165,9 @@ def stability_limit(method: str, model: str) -> float | None:
             names its model).
 
     Returns:
-        The limit (dimensionless), or ``None`` for adaptive and multistep methods, which
-        have no fixed one-step map.
+        The limit (dimensionless; the interval is scanned up to 8, so a longer one reads
+        8.0), or ``None`` for adaptive and multistep methods, which have no fixed one-step
+        map.
 
     Raises:
         ValueError: an unknown method or model.

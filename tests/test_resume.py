@@ -111,5 +111,5 @@ def test_resume_refuses_a_run_whose_random_methods_were_drawn_per_batch(tmp_path
     assert state["random_options"] == "shares"
     del state["random_options"]
     save_checkpoint(tmp_path / "last.pt", state)
-    with pytest.raises(ConfigError, match="drawn once per batch"):
+    with pytest.raises(ConfigError, match="drew them once per batch"):
         fit(cfg, resume=True, log=lambda *_: None)

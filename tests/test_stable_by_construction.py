@@ -255,6 +255,15 @@ def test_warm_started_symbol_rho_is_the_full_maximum_and_solves_few_frequencies(
     for k2 in (torch.zeros_like(k), k):
         got = stability.symbol_rho(k2, 12, 10, warm=warm)
         torch.testing.assert_close(got, stability.symbol_rho(k2, 12, 10), rtol=1e-13, atol=0)
+    # Another image size with as many frequencies (12 × 6 = 9 × 8) restarts the bound:
+    # the carried bounds belong to the other torus's frequencies.
+    for size in ((11, 10), (8, 14)):
+        got = stability.symbol_rho(k, *size, warm=warm)
+        torch.testing.assert_close(got, stability.symbol_rho(k, *size), rtol=1e-13, atol=0)
+    # Inside a torch.func transform the warm start stays out of the way.
+    torch.func.vmap(lambda kk: stability.symbol_rho(kk[None], 12, 10, warm=warm))(k)
+    got = stability.symbol_rho(k, 12, 10, warm=warm)
+    torch.testing.assert_close(got, stability.symbol_rho(k, 12, 10), rtol=1e-13, atol=0)
     # The gradient is the full computation's too.
     kk = k.clone().requires_grad_(True)
     stability.symbol_rho(kk, 12, 10, warm=warm).sum().backward()
