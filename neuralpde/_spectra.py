@@ -290,7 +290,9 @@ def symbol_rho(kernels: Tensor, height: int, width: int, *, warm: dict | None = 
     size = (height + kh // 2, width + kw // 2)
     with torch.no_grad():
         # Ŵ(-ω) is the conjugate of Ŵ(ω): the half spectrum of rfft2 holds every value.
-        k64 = kernels.detach().to(torch.float64)
+        # A copy even in float64: the warm start keeps it, and an optimizer updates the
+        # parameter in place (a view would always show zero drift).
+        k64 = kernels.detach().to(torch.float64, copy=True)
         sym = _symbols(k64, size)
         if warm is not None and torch._C._are_functorch_transforms_active():
             warm = None  # a vmapped tensor kept past its transform would break later calls

@@ -255,6 +255,15 @@ def test_warm_started_symbol_rho_is_the_full_maximum_and_solves_few_frequencies(
     for k2 in (torch.zeros_like(k), k):
         got = stability.symbol_rho(k2, 12, 10, warm=warm)
         torch.testing.assert_close(got, stability.symbol_rho(k2, 12, 10), rtol=1e-13, atol=0)
+    # A float64 parameter updated in place, as an optimizer does: the kept kernels are a
+    # copy, not a view that would show no drift.
+    p = k.clone()
+    for _ in range(3):
+        stability.symbol_rho(p, 12, 10, warm=warm)
+        with torch.no_grad():  # another kernel, its maximum at another frequency
+            p.copy_(0.3 * torch.randn(k.shape, dtype=k.dtype, generator=g))
+        got = stability.symbol_rho(p, 12, 10, warm=warm)
+        torch.testing.assert_close(got, stability.symbol_rho(p, 12, 10), rtol=1e-13, atol=0)
     # Another image size with as many frequencies (12 × 6 = 9 × 8) restarts the bound:
     # the carried bounds belong to the other torus's frequencies.
     for size in ((11, 10), (8, 14)):
