@@ -119,7 +119,6 @@ def _model_step(method: str, model: str, z: Tensor) -> Tensor:
     return torch.where(disc < 0, complex_pair, real_pair)
 
 
-@cache
 def _unit_limit(method: str, model: str) -> float | None:
     """Largest ``z`` with a non-growing step on the unit model for all ``0 < z' <= z``.
 
@@ -128,6 +127,13 @@ def _unit_limit(method: str, model: str) -> float | None:
     ``None`` for adaptive and multistep methods, which have no fixed one-step map.
     """
     kind = solvers.methods().get(method)
+    # The stepper is part of the key: a name freed and registered again with another
+    # tableau (as tests and notebooks do) must not keep the first one's limit.
+    return _limit_of(method, model, kind, solvers.stepper(method) if kind == "symplectic" else None)
+
+
+@cache
+def _limit_of(method: str, model: str, kind: str | None, stepper: object) -> float | None:
     if kind is None or kind == "adaptive" or "adams" in method:
         return None
     z = torch.linspace(1e-3, 8.0, 8000, dtype=torch.float64)
@@ -153,7 +159,7 @@ def stability_limit(method: str, model: str) -> float | None:
     (``"dissipative"``: ``y' = -z y``, a parabolic mode) or on the imaginary axis
     (``"oscillatory"``: ``q' = -z p``, ``p' = z q``, a hyperbolic mode), the largest ``c``
     with a non-growing step for every ``0 < h·z <= c``. It is computed from the solver
-    itself, so a method registered with :func:`solvers.register_method` has one too.
+    itself, so a method registered with :func:`solvers.register_stepper` has one too.
     Classical values (Hairer & Wanner, *Solving ODEs II*, §IV.2; Hairer, Lubich & Wanner,
     *Geometric Numerical Integration*, §I.5): forward Euler 2 (dissipative) and 0
     (oscillatory: it amplifies every oscillation), RK4 2.785 and 2√2, symplectic Euler,

@@ -111,6 +111,25 @@ def test_stability_limit_names_a_bad_method_or_model():
         stability.stability_limit("eulr", "dissipative")
 
 
+def test_a_name_registered_again_gets_the_new_steppers_limit():
+    """The limit is of the stepper, not of its name: Verlet's tableau (2) and then
+    Yoshida's fourth-order composition (about 1.57) under one name, freed in between."""
+    from solvers._methods import STEPPERS
+
+    name = "test_limit_registered_again"
+    limits = []
+    for source in ("verlet", "yoshida4"):
+        tableau = solvers.stepper(source).tableau
+        solvers.register_stepper(solvers.SplittingStepper(name, order=2, tableau=tableau))
+        try:
+            limits.append(stability.stability_limit(name, "oscillatory"))
+            assert limits[-1] == stability.stability_limit(source, "oscillatory")
+        finally:
+            del STEPPERS[name]
+    assert limits[0] == pytest.approx(2.0, abs=1e-8)
+    assert limits[1] < 1.9
+
+
 def linear_growth(s, h, n_steps=400):
     """‖Y(T)‖/‖Y(0)‖ (Y = q for second order, (q, p) else) of the linearization with D = I, stepped by the stage's own scheme."""
     rhs = s.rhs
