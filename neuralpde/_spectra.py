@@ -134,8 +134,12 @@ def symbol_bound(weight: Tensor, height: int, width: int) -> float:
 
     Returns:
         ``max_ω σ_max(Ŵ(ω))²`` (float).
+
+    Raises:
+        ValueError: a kernel that holds NaN or Inf.
     """
     w = weight.detach().to(torch.float64)
+    _check_finite(w.unsqueeze(0), "symbol_bound", one=True)
     sym = torch.fft.fft2(w, s=(height + 1, width + 1))
     sym = sym.permute(2, 3, 0, 1)
     return float(torch.linalg.matrix_norm(sym, ord=2).max()) ** 2
@@ -147,6 +151,21 @@ def _check_kernels(kernels: Tensor, who: str) -> None:
         raise ValueError(
             f"{who}: expected 3×3 kernels (n, c_out, c_in, 3, 3), one per parameter set, "
             f"got {shape}"
+        )
+
+
+def _check_finite(kernels: Tensor, who: str, one: bool = False) -> None:
+    """A ValueError naming the parameter sets whose kernels hold NaN or Inf: LAPACK's
+    eigensolvers would otherwise fail with a convergence error that names no kernel. The
+    message says "NaN or Inf", which the trainer's non-finite guard (``--nan``) reads."""
+    bad = ~torch.isfinite(kernels.reshape(kernels.shape[0], -1)).all(dim=1)
+    if bad.any():
+        sets = bad.nonzero().flatten().tolist()
+        what = "the kernel holds" if one else f"the kernels of parameter set(s) {sets} hold"
+        raise ValueError(
+            f"{who}: {what} NaN or Inf, and a "
+            "non-finite operator has no norm to bound; such weights come from a diverged "
+            "optimizer step: restore the last good checkpoint, or lower the learning rate"
         )
 
 
@@ -285,6 +304,9 @@ def symbol_rho(kernels: Tensor, height: int, width: int, *, warm: dict | None = 
 
     Returns:
         ``(n,)`` in the kernels' dtype: ``max_ω λ_max(Ŵ(ω)ᴴŴ(ω))`` per kernel.
+
+    Raises:
+        ValueError: kernels that hold NaN or Inf (the message names the parameter sets).
     """
     n, c_out, c_in, kh, kw = kernels.shape
     size = (height + kh // 2, width + kw // 2)
@@ -293,9 +315,11 @@ def symbol_rho(kernels: Tensor, height: int, width: int, *, warm: dict | None = 
         # A copy even in float64: the warm start keeps it, and an optimizer updates the
         # parameter in place (a view would always show zero drift).
         k64 = kernels.detach().to(torch.float64, copy=True)
-        sym = _symbols(k64, size)
-        if warm is not None and torch._C._are_functorch_transforms_active():
+        if torch._C._are_functorch_transforms_active():
             warm = None  # a vmapped tensor kept past its transform would break later calls
+        else:  # (inside a transform, a check that branches on values cannot run)
+            _check_finite(k64, "symbol_rho")
+        sym = _symbols(k64, size)
         lam, best, vec = _top_eigen(sym, k64, size, warm)
         # The frequencies of the rfft2 grid, in the order of the flattened (N1, N2 // 2 + 1).
         f1 = torch.fft.fftfreq(size[0], dtype=torch.float64)

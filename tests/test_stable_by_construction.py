@@ -56,6 +56,29 @@ def test_symbol_rho_is_a_rigorous_bound_with_the_gradient_of_the_bound(shape):
     assert (g * d).sum().item() == pytest.approx(((up - down) / (2 * eps)).item(), rel=1e-5)
 
 
+def test_non_finite_kernels_are_named_not_a_lapack_failure():
+    """A diverged step's NaN reaches the bound as a ValueError that names the parameter
+    sets and says "NaN or Inf" (what the trainer's --nan guard reads), from the bound
+    itself, the 3x3 bound and a constrained network's forward pass alike."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 4, 3, 3, dtype=torch.float64)
+    w[1, 0, 0, 0, 0], w[2, 1, 2, 1, 1] = math.nan, math.inf
+    with pytest.raises(ValueError, match=r"symbol_rho: .*set\(s\) \[1, 2\] hold NaN or Inf"):
+        stability.symbol_rho(w, 6, 6)
+    with pytest.raises(ValueError, match="symbol_bound: the kernel holds NaN or Inf"):
+        stability.symbol_bound(w[2], 6, 6)
+    assert stability.symbol_bound(w[0], 6, 6) > 0  # the finite ones still bound
+    net = neuralpde.PDECNN("parabolic", 1, 10, (4, 8), rhs_options={"normalization": "bias"})
+    stability.constrain(net, (1, 8, 8))
+    x = torch.randn(2, 1, 8, 8)
+    net(x)  # warm: the next call would read the carried bounds
+    raw = net.stages[0].rhs.theta.parametrizations.weight.original
+    with torch.no_grad():
+        raw[0, 0, 0, 1, 1] = math.nan
+    with pytest.raises(ValueError, match=r"set\(s\) \[0\] hold NaN or Inf"):
+        net(x)
+
+
 @pytest.mark.parametrize("arch", SYMMETRIC)
 @pytest.mark.parametrize("fraction", [0.25, 1.0])
 def test_constrained_network_is_proven_stable_at_its_fraction(arch, fraction):
