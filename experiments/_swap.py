@@ -363,7 +363,8 @@ def swap_table(
             ``log`` every ``PROGRESS_EVERY`` seconds).
 
     Returns one row per discretization (``SWAP_FIELDS``); ``batchnorm`` says whose
-    BatchNorm statistics it used (``"saved"``, or re-estimated under ``recalibrate_bn``).
+    BatchNorm statistics it used (``"saved"``, or re-estimated under ``recalibrate_bn``;
+    empty in a row without an accuracy).
     ``status`` is ``"ok"``, or says
     why the row has no accuracy: a row over its budget, or a discretization that fails
     (e.g. non-finite states) gets ``accuracy`` and ``loss`` NaN, and its status is logged.
@@ -448,15 +449,19 @@ def swap_table(
             else:
                 status = f"failed ({err})"
             nan = float("nan")
-            r = {"accuracy": nan, "loss": nan, "nfe": nan, "seconds": 0, "status": status}
+            r = {"accuracy": nan, "loss": nan, "nfe": nan, "seconds": time.perf_counter() - t0,
+                 "status": status}  # fmt: skip
         row = {
             "solver": item["label"],
             "method": item["method"] or net.stages[0].method,
             "step_size": item.get("step_size") or "",
             "rtol": item.get("rtol", ""),
             **r,
-            # Whose BatchNorm statistics the row's accuracy is of, in the CSV too.
-            "batchnorm": "saved"
+            # Whose BatchNorm statistics the row's accuracy is of, in the CSV too; a row
+            # without an accuracy has none to name.
+            "batchnorm": ""
+            if r["status"] != "ok"
+            else "saved"
             if recalibrate_bn is None
             else f"re-estimated on {recalibrate_bn} training images",
         }

@@ -164,6 +164,7 @@ def test_an_adaptive_row_over_its_step_limit_did_not_finish(trained):
     assert rk4["status"] == "ok" and 0 <= rk4["accuracy"] <= 1
     assert math.isnan(dopri5["accuracy"])
     assert dopri5["status"].startswith("did not finish within 2 steps")
+    assert dopri5["seconds"] > 0 and dopri5["batchnorm"] == "" and rk4["batchnorm"] == "saved"
     assert any(line.startswith("dopri5 rtol=1e-06") and "did not finish" in line for line in logs)
     # Without the limit the same row finishes, with more than 2 steps per stage.
     (free,) = swap_table(out / "best.pt", plan=DOPRI5, **QUIET)
@@ -317,6 +318,7 @@ def test_swap_table_recalibrates_each_row_and_leaves_the_weights(trained):
                       row_seconds=1e-9, log=lambda *_: None)  # fmt: skip
     assert math.isnan(slow[0]["accuracy"]) and slow[0]["seconds"] > 0
     assert slow[0]["status"].startswith("did not finish within 1e-09 s (re-estimating")
+    assert slow[0]["batchnorm"] == ""  # no accuracy, so no statistics it is of
 
 
 def test_recalibrating_a_network_without_batchnorm_is_refused(trained, tmp_path, capsys):
