@@ -249,12 +249,13 @@ def kernel_spectrum(
         ``[(rho, rho_upper)]``, one pair per parameter set.
 
     Raises:
-        ValueError: kernels of another shape.
+        ValueError: kernels of another shape, or holding NaN or Inf (naming the set).
     """
     pair = isinstance(kernels, tuple)
     ks = [k.detach() for k in (kernels if pair else (kernels,))]
     for k in ks:
         _check_kernels(k, "kernel_spectrum")
+        _check_finite(k, "kernel_spectrum")  # names the set; symbol_bound sees one at a time
     if pair and (len(ks) != 2 or ks[0].shape[0] != ks[1].shape[0]):
         raise ValueError("kernel_spectrum: a composite needs two kernel stacks of equal length")
     op = _composite_normal_op(*ks) if pair else _conv_normal_op(ks[0])
@@ -306,7 +307,9 @@ def symbol_rho(kernels: Tensor, height: int, width: int, *, warm: dict | None = 
         ``(n,)`` in the kernels' dtype: ``max_ω λ_max(Ŵ(ω)ᴴŴ(ω))`` per kernel.
 
     Raises:
-        ValueError: kernels that hold NaN or Inf (the message names the parameter sets).
+        ValueError: kernels that hold NaN or Inf (the message names the parameter sets;
+            not checked inside a ``torch.func`` transform, where a check that branches on
+            values cannot run).
     """
     n, c_out, c_in, kh, kw = kernels.shape
     size = (height + kh // 2, width + kw // 2)
@@ -376,7 +379,7 @@ def _top_eigen(
         # a NaN bound would never be solved again.
         upper = (u_last.clamp(min=0).sqrt() + drift).square() * (1 + _WARM_SLACK)
         if not torch.isfinite(upper).all():
-            upper = None  # non-finite kernels, then or now: solve every frequency
+            upper = None  # an overflow (kernels near float64's range): solve every frequency
     if upper is None:
         lam = torch.linalg.eigvalsh(_gram(sym))[..., -1]
     else:

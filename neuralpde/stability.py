@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 import torch
@@ -127,13 +126,20 @@ def _unit_limit(method: str, model: str) -> float | None:
     ``None`` for adaptive and multistep methods, which have no fixed one-step map.
     """
     kind = solvers.methods().get(method)
-    # The stepper is part of the key: a name freed and registered again with another
-    # tableau (as tests and notebooks do) must not keep the first one's limit.
-    return _limit_of(method, model, kind, solvers.stepper(method) if kind == "symplectic" else None)
+    stepper = solvers.stepper(method) if kind == "symplectic" else None
+    # Kept with the stepper it is of: a name freed and registered again with another
+    # tableau (as tests and notebooks do) must not keep the first one's limit. Compared by
+    # identity, so a user's stepper need not be hashable.
+    kept = _LIMITS.get((method, model))
+    if kept is None or kept[0] is not stepper:
+        kept = _LIMITS[(method, model)] = (stepper, _limit_of(method, model, kind))
+    return kept[1]
 
 
-@cache
-def _limit_of(method: str, model: str, kind: str | None, stepper: object) -> float | None:
+_LIMITS: dict[tuple[str, str], tuple[object, float | None]] = {}
+
+
+def _limit_of(method: str, model: str, kind: str | None) -> float | None:
     if kind is None or kind == "adaptive" or "adams" in method:
         return None
     z = torch.linspace(1e-3, 8.0, 8000, dtype=torch.float64)

@@ -1,5 +1,6 @@
 """neuralpde.stability: spectral estimates against dense matrices, and step limits that hold."""
 
+import dataclasses
 import math
 
 import pytest
@@ -128,6 +129,25 @@ def test_a_name_registered_again_gets_the_new_steppers_limit():
             del STEPPERS[name]
     assert limits[0] == pytest.approx(2.0, abs=1e-8)
     assert limits[1] < 1.9
+
+    # A user's stepper need not be hashable (a dataclass, say): the limit is kept with it
+    # by identity.
+    @dataclasses.dataclass
+    class Unhashable(solvers.Stepper):
+        name: str = "test_limit_registered_again"
+        order: int = 1
+        evals: tuple = (1, 1)
+
+        def step(self, func, t, h, state):
+            (f_q, f_p), (q, p) = func, state
+            q = q + h * f_q(t, p)
+            return q, p + h * f_p(t, q)
+
+    solvers.register_stepper(Unhashable())
+    try:
+        assert stability.stability_limit(name, "oscillatory") == pytest.approx(2.0, abs=1e-8)
+    finally:
+        del STEPPERS[name]
 
 
 def linear_growth(s, h, n_steps=400):

@@ -68,6 +68,8 @@ def test_non_finite_kernels_are_named_not_a_lapack_failure():
     with pytest.raises(ValueError, match="symbol_bound: the kernel holds NaN or Inf"):
         stability.symbol_bound(w[2], 6, 6)
     assert stability.symbol_bound(w[0], 6, 6) > 0  # the finite ones still bound
+    with pytest.raises(ValueError, match=r"kernel_spectrum: .*set\(s\) \[1, 2\] hold NaN"):
+        stability.kernel_spectrum(w, 6, 6)
     net = neuralpde.PDECNN("parabolic", 1, 10, (4, 8), rhs_options={"normalization": "bias"})
     stability.constrain(net, (1, 8, 8))
     x = torch.randn(2, 1, 8, 8)
