@@ -33,10 +33,11 @@ class TrainConfig:
     ``torch.compile`` (inductor) in training and validation (``fit`` first resets
     dynamo's caches, ``torch._dynamo.reset()``); ``smoothness`` is α1 of the paper's
     time-smoothness regularizer and ``weight_decay`` its α2; ``recipe`` names the paper
-    data set whose recipe ``preset="paper"`` uses; ``bn_eps`` is the BatchNorm ε; ``normalization`` is N of the
-    symmetric dynamics (``"tv"``, the paper's; ``"bias"``; ``"none"``) and ``rate_bound``,
-    when positive, the fraction of the training method's stability limit that every
-    parameter set's rate is held to by :func:`neuralpde.stability.constrain`.
+    data set whose recipe ``preset="paper"`` uses; ``bn_eps`` is the BatchNorm ε;
+    ``normalization`` is N of the symmetric dynamics (``"tv"``, the paper's; ``"bias"``;
+    ``"none"``) and ``rate_bound``, when positive, the fraction of the training method's
+    stability limit that every parameter set's rate is held to by
+    :func:`neuralpde.stability.constrain`.
     ``certified`` trains the 1-Lipschitz configuration (:data:`CERTIFIED_RECIPE`) with
     the Lipschitz-margin cross-entropy of margin ``certified_margin`` (an ℓ2 radius in
     pixel units) and inverse temperature ``temperature`` (:func:`experiments.fit`). Each stage has ``steps`` parameter sets over ``T = steps``
