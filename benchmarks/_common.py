@@ -21,6 +21,7 @@ import datetime
 import os
 import platform
 import random
+import shlex
 import statistics
 import sys
 import time
@@ -91,7 +92,7 @@ def header(title: str) -> None:
     print(f"# {title}")
     print(f"date:    {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {machine()}")
-    print(f"command: python {' '.join(sys.argv)}")
+    print(f"command: python {shlex.join(sys.argv)}")  # quoted: pasted back, it reruns
     print()
 
 

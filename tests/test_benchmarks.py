@@ -46,3 +46,34 @@ def test_runs_at_tiny_size(name):
         assert "worst swap row" in table[0] and "converged flow" in table[0]
         return
     assert any("ratio" in h or "speedup" in h or "/" in h for h in table[0].split("|"))
+
+
+@pytest.mark.slow
+def test_stable_cost_times_a_candidate_and_names_a_bad_one():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    script = [sys.executable, str(ROOT / "benchmarks" / "stable_cost.py"), "--tiny"]
+    script += ["--archs", "parabolic", "--candidate"]
+    mix = "--solver midpoint --rate-bound 0.5 --random-methods midpoint,euler,euler"
+    out = subprocess.run(
+        [*script, mix], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| parabolic")]
+    assert [r.split("|")[2].split(" (")[0].strip() for r in rows] == [
+        "paper",
+        "stable",
+        "candidate 1",
+    ]
+    assert "['midpoint', 'euler', 'euler']" in rows[2]
+    assert f"--candidate '{mix}'" in out.stdout  # the command line pastes back as it ran
+    bad = subprocess.run(
+        [*script, "--random-methods rk4"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert bad.returncode != 0
+    assert "--candidate '--random-methods rk4'" in bad.stderr
+    assert "does not list the training method" in bad.stderr
