@@ -223,7 +223,12 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 # Hamiltonian: Verlet at 1/4 costs 5.5 points against the paper's scheme (66.0 % against
 # 71.5 %); at 9/10 with Verlet, symplectic Euler and leapfrog sharing each batch: seeds 0
 # and 1 69.5 % and 69.6 %, every judged row within 0.4 points of the scheme (forward
-# Euler at h = 1 within 1.7), flow 70.45 % and 70.4 %.
+# Euler at h = 1 within 1.7), flow 70.45 % and 70.4 %. At the whole limit so: seeds 0 and
+# 1 70.05 % and 70.94 % (the paper's scheme 71.0 %), every judged row at or above the test
+# accuracy on seed 0 and within 0.15 points of it on seed 1, flow 71.15 % and 71.05 %.
+# The top mode of a parameter set may then sit on the boundary h·ω = 2, where Verlet's
+# step matrix is a Jordan block of -1: it grows linearly in the steps (3 a stage), not
+# geometrically; every other mode lies inside.
 # Second order: at 9/10 with random steps alone 72.4 % but no ODE (forward Euler x4 57 %,
 # leapfrog 12 %); at 7/10 with the three symplectic methods sharing each batch, seeds 0
 # and 1 68.2 % and 65.8 %, every judged row within 1.1 points of the scheme (leapfrog
@@ -242,7 +247,7 @@ IMAGES_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
     },
     "hamiltonian": {
         "solver": "verlet",
-        "rate_bound": 0.9,
+        "rate_bound": 1.0,
         "random_methods": ["verlet", "symplectic_euler", "leapfrog"],
     },
     "second_order": {

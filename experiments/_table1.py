@@ -246,9 +246,9 @@ def config_options(config: str, arch: str) -> dict[str, Any]:
     ``"stable"``) for ``arch``: ``CONFIGS[config]``, and for ``"stable"`` what the quick
     recipe changes for that arch on photographs (``QUICK_ARCH_OPTIONS``: Verlet for the
     hyperbolic networks; ``IMAGES_ARCH_OPTIONS``: midpoint at 1/2 of its limit with
-    midpoint and forward Euler sharing each batch for the parabolic one, Verlet at 9/10
-    (Hamiltonian) and 7/10 (second-order) with the symplectic methods sharing each batch),
-    as ``experiments.train --dataset imagefolder`` trains it."""
+    midpoint and forward Euler sharing each batch for the parabolic one, Verlet at its
+    whole limit (Hamiltonian) and 7/10 (second-order) with the symplectic methods sharing
+    each batch), as ``experiments.train --dataset imagefolder`` trains it."""
     if config == "paper":
         return dict(CONFIGS["paper"])
     return {
