@@ -19,8 +19,12 @@ table gives the median seconds per step and the median of per-round ratios to th
 scheme of the same arch. Each ``--candidate`` adds a configuration of
 ``python -m experiments.train`` options for every arch (e.g. ``--archs parabolic
 --candidate "--solver midpoint --rate-bound 0.5 --random-methods midpoint,euler,euler"``:
-a mix that gives forward Euler two shares of three), timed in the same rounds. The target of the stable default: at most 1.5x the paper's
-training time on CIFAR-10 (Ruthotto & Haber 2020's Table 1 network at the cpu budget).
+a mix that gives forward Euler two shares of three), timed in the same rounds; a single
+option takes the ``=`` form (``--candidate=--no-augment``). What the script sets itself
+(the arch, widths, batch and image size, compilation, threads) is refused in a candidate,
+and every candidate is checked for every arch before any timing. The target of the stable
+default: at most 1.5x the paper's training time on CIFAR-10 (Ruthotto & Haber 2020's
+Table 1 network at the cpu budget).
 """
 
 from __future__ import annotations
@@ -32,29 +36,78 @@ import torch
 import torch.nn.functional as F
 from _common import header, interleaved, median, paired_ratio, parser, setup, table
 
+import neuralpde
 from experiments import build_model, resolve_config
 from experiments._config import ConfigError, build_parser
 from experiments._trainer import training_mix
+
+# What the script sets itself, per arch or by its own flags: a candidate may not change it,
+# or its row would time another network, batch or setting under this arch's name.
+_SET_BY_SCRIPT = {
+    "arch": "--archs",
+    "dataset": None,
+    "data_root": None,
+    "widths": "--tiny",
+    "batch_size": "--tiny",
+    "image_size": "--tiny",
+    "compile": "--compile",
+    "threads": "--threads",
+    "device": None,
+    "workers": None,
+    "resume": None,
+}
+
+
+class CandidateError(ValueError):
+    """A ``--candidate`` the script cannot time; the message names it and the fix."""
+
+
+def _candidate(options: str, arch: str, widths: list[int]):
+    """The ``TrainConfig`` of one candidate's options for ``arch``."""
+    where = f"--candidate {options!r} (--arch {arch})"
+    try:
+        words = shlex.split(options)
+    except ValueError as err:  # unbalanced quotes
+        raise CandidateError(f"{where}: {err}") from None
+    parser = build_parser()
+
+    def fail(message: str):
+        raise CandidateError(
+            f"{where}: {message} (the options of python -m experiments.train --help)"
+        )
+
+    parser.error = fail  # argparse would print the trainer's usage and exit
+    args = vars(parser.parse_args(words))
+    args["resume"] = args["resume"] or None  # a store_true flag: False when not given
+    given = {k: v for k, v in args.items() if v is not None}
+    for key in sorted(given.keys() & _SET_BY_SCRIPT.keys()):
+        own = _SET_BY_SCRIPT[key]
+        instead = f"; give this script's {own}" if own else ""
+        flag = "--" + key.replace("_", "-")
+        raise CandidateError(f"{where}: {flag} is set by this script, not a candidate{instead}")
+    common = {"dataset": "imagefolder", "data_root": ".", "arch": arch, "widths": widths}
+    try:
+        return resolve_config(**common, **given)
+    except ConfigError as err:
+        raise CandidateError(f"{where}: {err}") from None
 
 
 def configs(arch: str, widths: list[int], candidates: list[str] = ()) -> dict:
     """The paper's scheme, the default on an image folder and each candidate (options of
     ``python -m experiments.train`` on top of the same image folder and arch), as
-    ``TrainConfig`` s; a candidate the trainer would refuse exits with its error."""
+    ``TrainConfig`` s keyed by their row names.
+
+    Raises:
+        CandidateError: a candidate the trainer would refuse, one that cannot be parsed,
+            or one that gives an option this script sets itself (``_SET_BY_SCRIPT``).
+    """
     common = {"dataset": "imagefolder", "data_root": ".", "arch": arch, "widths": widths}
     out = {
         "paper": resolve_config(**common, normalization="tv", rate_bound=0.0),
         "stable": resolve_config(**common),
     }
     for i, options in enumerate(candidates, start=1):
-        argv = ["--dataset", "imagefolder", "--data-root", ".", "--arch", arch]
-        argv += ["--widths", ",".join(map(str, widths)), *shlex.split(options)]
-        args = vars(build_parser().parse_args(argv))
-        given = {k: v for k, v in args.items() if v is not None and k != "resume"}
-        try:
-            out[f"candidate {i}"] = resolve_config(**given)
-        except ConfigError as err:
-            sys.exit(f"error: --candidate {options!r} (--arch {arch}): {err}")
+        out[f"candidate {i}: {options}"] = _candidate(options, arch, widths)
     return out
 
 
@@ -79,9 +132,9 @@ def _step(cfg, batch: int, size: int, compile: bool = False):
 
 
 def _describe(cfg) -> str:
-    method = cfg.solver or "own"
-    rs = f", random steps {cfg.random_steps}" if cfg.random_steps else ""
-    rm = f", random methods {cfg.random_methods}" if cfg.random_methods else ""
+    method = cfg.solver or neuralpde.archs()[cfg.arch].default_method
+    rs = f", random steps {','.join(map(str, cfg.random_steps))}" if cfg.random_steps else ""
+    rm = f", random methods {','.join(cfg.random_methods)}" if cfg.random_methods else ""
     return f"{cfg.normalization}, {method}, bound {cfg.rate_bound:g}{rs}{rm}"
 
 
@@ -94,7 +147,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="OPTIONS",
-        help="python -m experiments.train options of one more configuration (repeatable)",
+        help="python -m experiments.train options of one more configuration (repeatable; "
+        "a single option needs the = form: --candidate=--no-augment)",
     )
     args = p.parse_args()
     args.threads = args.threads or 2
@@ -103,11 +157,14 @@ def main() -> None:
     widths, batch, size = ([4, 8], 8, 8) if args.tiny else ([16, 32, 64, 64], 125, 32)
     header(
         "training step, default on photographs against the paper's scheme "
-        f"({args.threads} threads, {'compiled' if args.compile else 'eager'})"
+        f"({args.threads} thread(s), {'compiled' if args.compile else 'eager'})"
     )
+    try:  # every arch and candidate checked before any timing
+        per_arch = {arch: configs(arch, widths, args.candidate) for arch in args.archs.split(",")}
+    except CandidateError as err:
+        sys.exit(f"error: {err}")
     rows = []
-    for arch in args.archs.split(","):
-        cfgs = configs(arch, widths, args.candidate)
+    for arch, cfgs in per_arch.items():
         per_step = interleaved(
             {name: _step(c, batch, size, args.compile) for name, c in cfgs.items()},
             repeats=repeats,

@@ -52,28 +52,29 @@ def test_runs_at_tiny_size(name):
 def test_stable_cost_times_a_candidate_and_names_a_bad_one():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     script = [sys.executable, str(ROOT / "benchmarks" / "stable_cost.py"), "--tiny"]
-    script += ["--archs", "parabolic", "--candidate"]
+
+    def run(*args):
+        return subprocess.run(
+            [*script, *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
+        )
+
     mix = "--solver midpoint --rate-bound 0.5 --random-methods midpoint,euler,euler"
-    out = subprocess.run(
-        [*script, mix], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
-    )
+    out = run("--archs", "parabolic", "--candidate", mix)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| parabolic")]
-    assert [r.split("|")[2].split(" (")[0].strip() for r in rows] == [
-        "paper",
-        "stable",
-        "candidate 1",
-    ]
-    assert "['midpoint', 'euler', 'euler']" in rows[2]
+    names = [r.split("|")[2].split(" (")[0].strip() for r in rows]
+    assert names == ["paper", "stable", f"candidate 1: {mix}"]
+    assert "random methods midpoint,euler,euler" in rows[2]
     assert f"--candidate '{mix}'" in out.stdout  # the command line pastes back as it ran
-    bad = subprocess.run(
-        [*script, "--random-methods rk4"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert bad.returncode != 0
-    assert "--candidate '--random-methods rk4'" in bad.stderr
-    assert "does not list the training method" in bad.stderr
+    # Each bad candidate is named with its fix, before any timing (no table).
+    for candidate, says in [
+        ("--random-methods rk4", "does not list the training method"),
+        ("--solvr euler", "unrecognized arguments: --solvr"),
+        ("--solver 'euler", "No closing quotation"),
+        ("--arch hamiltonian", "give this script's --archs"),
+        ("--batch-size 64", "--batch-size is set by this script"),
+    ]:
+        bad = run("--archs", "hamiltonian,parabolic", f"--candidate={candidate}")
+        assert bad.returncode != 0, candidate
+        assert f"--candidate {candidate!r}" in bad.stderr and says in bad.stderr, bad.stderr
+        assert "|" not in bad.stdout, candidate
