@@ -267,8 +267,8 @@ def refinements(cfg: TrainConfig, epoch: int) -> int:
 def training_mix(cfg: TrainConfig, own: solvers.Solver) -> list[solvers.Solver]:
     """The discretizations that share each training batch (:attr:`neuralpde.Stage.
     training_mix`): every pair of a method of ``cfg.random_methods`` (else ``own``'s) and a
-    step of ``cfg.random_steps`` (else ``own``'s), in that order; empty when there is only
-    one. The same for every batch, epoch and process, so a resumed or distributed run
+    step of ``cfg.random_steps`` (else ``own``'s), in that order (a method listed twice
+    takes two shares); empty when there is only one. The same for every batch, epoch and process, so a resumed or distributed run
     trains exactly as an uninterrupted one."""
     methods = cfg.random_methods or [own.method]
     steps = [float(h) for h in cfg.random_steps] or [own.step_size]
