@@ -268,8 +268,8 @@ def training_mix(cfg: TrainConfig, own: solvers.Solver) -> list[solvers.Solver]:
     """The discretizations that share each training batch (:attr:`neuralpde.Stage.
     training_mix`): every pair of a method of ``cfg.random_methods`` (else ``own``'s) and a
     step of ``cfg.random_steps`` (else ``own``'s), in that order (a method listed twice
-    takes two shares); empty when there is only one. The same for every batch, epoch and process, so a resumed or distributed run
-    trains exactly as an uninterrupted one."""
+    takes two shares); empty when there is only one. The same for every batch, epoch and
+    process, so a resumed or distributed run trains exactly as an uninterrupted one."""
     methods = cfg.random_methods or [own.method]
     steps = [float(h) for h in cfg.random_steps] or [own.step_size]
     mix = [dataclasses.replace(own, method=m, step_size=h) for m in methods for h in steps]

@@ -206,8 +206,9 @@ class Stage(nn.Module):
         the batch (dimension 0) into ``len(mix)`` contiguous shares whose sizes differ by
         at most one (``torch.tensor_split``), integrate share ``i`` with ``mix[i]`` and
         concatenate the results in order (a solver listed twice takes two shares); an empty
-        share (a batch smaller than the mix) is skipped. Evaluation mode always uses :attr:`solver`, so a swap table or a
-        checkpoint's evaluation never sees the mix. Assign ``()`` or ``None`` to clear it.
+        share (a batch smaller than the mix) is skipped. Evaluation mode always uses
+        :attr:`solver`, so a swap table or a checkpoint's evaluation never sees the mix.
+        Assign ``()`` or ``None`` to clear it.
         The mix is its own setting: :meth:`set_solver`, :meth:`reset_solver` and
         :meth:`refine` leave it as it is, and each of its solvers carries its own step and
         memory mode (``dataclasses.replace(stage.solver, method=...)`` keeps the stage's).
