@@ -62,9 +62,10 @@ class CandidateError(ValueError):
     """A ``--candidate`` the script cannot time; the message names it and the fix."""
 
 
-def _candidate(options: str, arch: str, widths: list[int]):
-    """The ``TrainConfig`` of one candidate's options for ``arch``."""
-    where = f"--candidate {options!r} (--arch {arch})"
+def _candidate(options: str, common: dict):
+    """The ``TrainConfig`` of one candidate's options on top of ``common`` (the image
+    folder, arch and widths the script sets)."""
+    where = f"--candidate {options!r} (--arch {common['arch']})"
     try:
         words = shlex.split(options)
     except ValueError as err:  # unbalanced quotes
@@ -85,7 +86,6 @@ def _candidate(options: str, arch: str, widths: list[int]):
         instead = f"; give this script's {own}" if own else ""
         flag = "--" + key.replace("_", "-")
         raise CandidateError(f"{where}: {flag} is set by this script, not a candidate{instead}")
-    common = {"dataset": "imagefolder", "data_root": ".", "arch": arch, "widths": widths}
     try:
         return resolve_config(**common, **given)
     except ConfigError as err:
@@ -107,7 +107,7 @@ def configs(arch: str, widths: list[int], candidates: list[str] = ()) -> dict:
         "stable": resolve_config(**common),
     }
     for i, options in enumerate(candidates, start=1):
-        out[f"candidate {i}: {options}"] = _candidate(options, arch, widths)
+        out[f"candidate {i}: {options}"] = _candidate(options, common)
     return out
 
 

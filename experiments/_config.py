@@ -222,8 +222,8 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 # training scheme, flow 69.8 % and 69.95 %, at 1.74x the paper's training time (Table 1).
 # Forward Euler taking two shares of three and evaluating (validation, test, checkpoints):
 # seeds 0 and 1 69.68 % and 69.08 % (the paper's scheme 69.9 % in Table 1, 70.85 % on
-# seed 0 on the CPU of these runs), every row within 0.5
-# points of the test accuracy or above it (midpoint the lowest), flow 69.55 % and 69.9 %,
+# seed 0 on the CPU of these runs), every row within 0.5 points of the test accuracy or
+# above it (midpoint the lowest), flow 69.55 % and 69.9 %,
 # its training step 1.51x the paper's against 1.64x (stable_cost --compile). Forward
 # Euler at h = 1 classifies about a point above the flow on these networks (on seed 0
 # 1.2 points on the swap images, over the swap verdict's tolerance of 1).
