@@ -9,6 +9,7 @@ import contextlib
 import pytest
 import torch
 
+import neuralpde
 import solvers
 from solvers._methods import STEPPERS
 
@@ -140,6 +141,37 @@ def test_leapfrog_is_the_papers_two_step_recursion():
         prev, cur = cur, 2 * cur - prev + h**2 * f(torch.tensor(j * h + h / 2), cur)
         assert torch.allclose(y[j + 1], cur, atol=1e-12)
         assert torch.allclose(v[j + 1], (cur - prev) / h, atol=1e-12)
+
+
+def test_symplectic_euler_from_rest_is_leapfrog_one_step_late():
+    # The second-order network starts at rest (Y'(0) = 0). Symplectic Euler drifts first, so
+    # its first step moves nothing and its positions are leapfrog's one step late: the last
+    # cell's parameter set only kicks the velocity and never reaches the stage's output Y.
+    # This is why the network cannot be accurate under Verlet and symplectic Euler at once
+    # unless its last parameter set does little (docs/concepts.md).
+    torch.manual_seed(2)
+    rhs = neuralpde.SecondOrderRHS(3, steps=3, normalization="bias").double()
+    with torch.no_grad():
+        for p in rhs.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    y0 = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    t = torch.arange(4, dtype=torch.float64)
+
+    def positions(method):
+        y, _ = solvers.odeint_second_order(
+            rhs.f_p, y0, torch.zeros_like(y0), t, method=method, step_size=1.0
+        )
+        return y
+
+    euler, leapfrog, verlet = (positions(m) for m in ("symplectic_euler", "leapfrog", "verlet"))
+    assert torch.equal(euler[1], y0)
+    for j in range(1, 3):
+        assert torch.allclose(euler[j + 1], leapfrog[j], atol=1e-12)
+    with torch.no_grad():
+        rhs.theta.weight[2].add_(torch.randn_like(rhs.theta.weight[2]))
+    assert torch.equal(positions("symplectic_euler")[-1], euler[-1])
+    for method, before in (("leapfrog", leapfrog), ("verlet", verlet)):
+        assert (positions(method)[-1] - before[-1]).abs().max() > 1e-3, method
 
 
 def test_second_order_methods_converge_to_cosine():
