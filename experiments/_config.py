@@ -220,13 +220,13 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 # but forward Euler at h = 1 lay 9 points below. Midpoint and forward Euler sharing each
 # batch: seeds 0 and 1 68.7 % and 68.9 % test accuracy, every swap row at or above the
 # training scheme, flow 69.8 % and 69.95 %, at 1.74x the paper's training time (Table 1).
-# Forward Euler taking two shares of three and evaluating (validation, test, checkpoints):
-# seeds 0 and 1 69.68 % and 69.08 % (the paper's scheme 69.9 % in Table 1, 70.85 % on
-# seed 0 on the CPU of these runs), every row within 0.5 points of the test accuracy or
-# above it (midpoint the lowest), flow 69.55 % and 69.9 %,
-# its training step 1.51x the paper's against 1.64x (stable_cost --compile). Forward
-# Euler at h = 1 classifies about a point above the flow on these networks (on seed 0
-# 1.2 points on the swap images, over the swap verdict's tolerance of 1).
+# Forward Euler taking two shares of three and evaluating (validation, test, checkpoints)
+# at 1/2: seeds 0 and 1 69.68 % and 69.08 %, its training step 1.51x the paper's against
+# 1.64x (stable_cost --compile). At 7/10 so: seeds 0 and 1 69.97 % and 70.11 % (the
+# paper's scheme 69.9 % in Table 1; on the CPU of these runs 70.85 % on seed 0), every
+# row within 0.75 points of the test accuracy or above it (midpoint the lowest), flow
+# 69.7 % and 69.9 %. Forward Euler at h = 1 classifies a point above the flow on these
+# networks (1.0 and 1.35 points on the swap images, at the swap verdict's tolerance of 1).
 # Hamiltonian: Verlet at 1/4 costs 5.5 points against the paper's scheme (66.0 % against
 # 71.5 %); at 9/10 with Verlet, symplectic Euler and leapfrog sharing each batch: seeds 0
 # and 1 69.5 % and 69.6 %, every judged row within 0.4 points of the scheme (forward
@@ -250,7 +250,7 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 IMAGES_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
     "parabolic": {
         "solver": "euler",
-        "rate_bound": 0.5,
+        "rate_bound": 0.7,
         "random_methods": ["euler", "euler", "midpoint"],
     },
     "hamiltonian": {
