@@ -295,6 +295,21 @@ def test_verdict_from_scores_in_plain_words():
     assert round(bad.step_gap, 4) == 0.52 and round(bad.ode_gap, 4) == 0.46
 
 
+def test_verdict_counts_a_gap_of_exactly_the_tolerance_as_converged():
+    # 1,414 and 1,394 right of 2,000 images: exactly one point apart, though the difference
+    # of the two floats is 0.010000000000000009.
+    n = 2000
+    at = ConvergenceVerdict(training=1414 / n, refined=1414 / n, rk4=1400 / n, reference=1394 / n)
+    assert at.ode_gap > 0.01 and at.converged
+    # One image more is over the tolerance, on either gap.
+    assert not ConvergenceVerdict(
+        training=1414 / n, refined=1414 / n, rk4=0, reference=1393 / n
+    ).converged
+    assert not ConvergenceVerdict(
+        training=1414 / n, refined=1435 / n, rk4=0, reference=1414 / n
+    ).converged
+
+
 @pytest.mark.parametrize(
     "method, bound, says, never",
     [
