@@ -264,6 +264,12 @@ IMAGES_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
         "random_methods": ["verlet", "symplectic_euler", "leapfrog"],
     },
 }
+# The photographs' defaults in words, for --help (built from the table, so never stale).
+_PHOTOGRAPHS = "; ".join(
+    f"{arch} {o['solver']} at {'the whole' if o['rate_bound'] == 1 else format(o['rate_bound'], 'g')} of its limit with "
+    f"{','.join(o['random_methods'])} sharing each batch"
+    for arch, o in IMAGES_ARCH_OPTIONS.items()
+)
 DISCRETIZATION_KEYS = {
     "solver",
     "step_size",
@@ -740,7 +746,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dataset", choices=DATASETS, help="data set (default: digits)")
     a("--data-root", help="where data sets live (default: data)")
     a("--download", action="store_true", default=None, help="download a missing data set")
-    a("--preset", choices=("paper",), help="the paper's recipe for the data set (SPEC.md)")
+    a(
+        "--preset",
+        choices=("paper",),
+        help="the paper's recipe for the data set (Ruthotto & Haber 2020, Sec. 4; tutorial 6)",
+    )
     a("--recipe", choices=PAPER_DATASETS, help="with --preset paper: whose recipe (imagefolder)")
     a("--widths", type=_widths, help="stage widths plus the final width, e.g. 16,32,64")
     a("--steps", type=int, help="time steps (parameter sets) per stage (default 3)")
@@ -759,9 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--augment", action=argparse.BooleanOptionalAction, help="flip + pad + random crop")
     a(
         "--solver",
-        help="training solver of every stage (default: the dynamics' own scheme on digits "
-        "for the parabolic network, Verlet for the hyperbolic ones; see README for "
-        "photographs)",
+        help="training solver of every stage (default on the digits: forward Euler for the "
+        f"parabolic network, Verlet for the hyperbolic ones; on photographs {_PHOTOGRAPHS})",
     )
     a("--step-size", type=float, help="training solver's step (default: h = 1, one per step)")
     a(
@@ -782,7 +791,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="split each training batch evenly among these fixed-step methods, e.g. "
         "verlet,symplectic_euler,leapfrog: each at least as stable as --solver, which "
         "must be among them (validation and the report use it); a method named twice "
-        "takes two shares (euler,euler,midpoint)",
+        "takes two shares (euler,euler,midpoint). Default: none on the digits; on "
+        f"photographs {_PHOTOGRAPHS}",
     )
     a(
         "--stability-penalty",
@@ -798,13 +808,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--normalization",
         choices=NORMALIZATIONS,
         help="N of the symmetric layer: tv (the paper's total-variation normalization), "
-        "bias (gain 1: stability can be guaranteed), none",
+        f"bias (gain 1: stability can be guaranteed), none (default: "
+        f"{QUICK_RECIPE['normalization']}; --preset paper: tv)",
     )
     a(
         "--rate-bound",
         type=float,
         help="hold every parameter set's h*z to this fraction of the training method's "
-        "stability limit, by construction (neuralpde.stability.constrain); 0: off",
+        "stability limit, by construction (neuralpde.stability.constrain); 0: off "
+        f"(default: {QUICK_RECIPE['rate_bound']:g} on the digits; on photographs "
+        f"{_PHOTOGRAPHS}; --preset paper: 0)",
     )
     a(
         "--compile",
