@@ -123,6 +123,21 @@ def test_each_batch_is_shared_by_the_mix_and_validation_uses_the_own(monkeypatch
     )
 
 
+def test_help_states_each_discretization_default():
+    # A user finds the defaults with --help: the digits' and each arch's on photographs,
+    # read from what resolve_config gives.
+    from experiments._config import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "forward Euler for the parabolic network, Verlet for the hyperbolic ones" in text
+    assert f"default: {resolve_config().rate_bound:g} on the digits" in text
+    for arch in ("parabolic", "hamiltonian", "second_order"):
+        cfg = resolve_config(dataset="imagefolder", arch=arch)
+        bound = "the whole" if cfg.rate_bound == 1 else f"{cfg.rate_bound:g}"
+        said = f"{arch} {cfg.solver} at {bound} of its limit with {','.join(cfg.random_methods)}"
+        assert text.count(said) == 3, said  # --solver, --random-methods, --rate-bound
+
+
 def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
     for arch, bound, solver in (
         ("parabolic", 0.25, None),
