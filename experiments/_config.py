@@ -225,8 +225,11 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 # 1.64x (stable_cost --compile). At 7/10 so: seeds 0 and 1 69.97 % and 70.11 % (the
 # paper's scheme 69.9 % in Table 1; on the CPU of these runs 70.85 % and 71.57 %), every
 # row within 0.75 points of the test accuracy or above it (midpoint the lowest), flow
-# 69.7 % and 69.9 %. Forward Euler at h = 1 classifies a point above the flow on these
-# networks (1.0 and 1.35 points on the swap images, at the swap verdict's tolerance of 1).
+# 69.7 % and 69.9 %: 0.88 and 1.46 points below the paper's scheme. At 8/10 so: seeds 0
+# and 1 70.10 % and 70.70 % (0.75 and 0.87 below the paper's scheme on the same CPU),
+# every row within 0.35 points of the test accuracy or above it (midpoint the lowest),
+# flow 70.25 % and 71.05 %. At 9/10, 70.91 % and 70.56 %, but forward Euler at h = 1 lay
+# 2.5 points above the flow and the flow 1.06 below the test accuracy (seed 0).
 # Hamiltonian: Verlet at 1/4 costs 5.5 points against the paper's scheme (66.0 % against
 # 71.5 %); at 9/10 with Verlet, symplectic Euler and leapfrog sharing each batch: seeds 0
 # and 1 69.5 % and 69.6 %, every judged row within 0.4 points of the scheme (forward
@@ -250,7 +253,7 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 IMAGES_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
     "parabolic": {
         "solver": "euler",
-        "rate_bound": 0.7,
+        "rate_bound": 0.8,
         "random_methods": ["euler", "euler", "midpoint"],
     },
     "hamiltonian": {
