@@ -161,6 +161,41 @@ def test_training_mix_integrates_each_share_with_its_solver_in_training_only():
     assert torch.equal(stage.train()(x), neuralpde.Stage(rhs, "verlet")(x))
 
 
+def test_neighbouring_shares_of_one_fixed_step_solver_are_integrated_together():
+    torch.manual_seed(0)
+    rhs = neuralpde.ParabolicRHS(3).double()
+    stage = neuralpde.Stage(rhs, "euler").train()
+    x = torch.randn(7, 3, 4, 4, dtype=torch.float64)
+    # euler, euler, midpoint: shares of 3, 2, 2 images; the two forward-Euler shares are one
+    # integration of 5 images, the same numbers as two, at one call's cost.
+    stage.training_mix = [solvers.Solver(m) for m in ("euler", "euler", "midpoint")]
+    y = stage(x)
+    want = torch.cat(
+        [neuralpde.Stage(rhs, "euler")(x[:5]), neuralpde.Stage(rhs, "midpoint")(x[5:])]
+    )
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    assert stage.last_stats["method"] == "euler+midpoint"
+    assert stage.last_stats["nfe"] == rhs.steps + 2 * rhs.steps
+    # Equal solvers apart are not neighbours: euler, midpoint, euler stays three integrations.
+    stage.training_mix = [solvers.Solver(m) for m in ("euler", "midpoint", "euler")]
+    torch.testing.assert_close(
+        stage(x),
+        torch.cat(
+            [
+                neuralpde.Stage(rhs, m)(p)
+                for p, m in zip(x.split([3, 2, 2]), ("euler", "midpoint", "euler"))
+            ]
+        ),  # fmt: skip
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    assert stage.last_stats["method"] == "euler+midpoint+euler"
+    # An adaptive solver's steps follow the error of its whole share: its shares stay apart.
+    stage.training_mix = [solvers.Solver("dopri5", rtol=1e-6, atol=1e-8)] * 2
+    stage(x)
+    assert len(stage.last_stats["shares"]) == 2
+
+
 def test_training_mix_is_checked_against_the_dynamics():
     stage = neuralpde.Stage(neuralpde.ParabolicRHS(4))
     with pytest.raises(ValueError, match="'verlet' needs a split"):
