@@ -111,7 +111,7 @@ class TrainConfig:
 # NaN) do not change a healthy run's results.
 NON_MATH_KEYS = {"out", "device", "threads", "workers", "checkpoint_every", "nan", "download"}
 
-# The paper's recipe (SPEC.md): batch 125, SGD momentum 0.9, piecewise-constant lr,
+# The paper's recipe (Ruthotto & Haber 2020, Sec. 4): batch 125, SGD momentum 0.9, piecewise-constant lr,
 # α1 (smoothness) and α2 (weight decay), augmentation and clipping to [-1, 1].
 _PAPER_SCHEDULE = [[60, 0.1], [20, 0.02], [20, 0.004]]
 PAPER_RECIPES: dict[str, dict[str, Any]] = {
@@ -123,7 +123,7 @@ PAPER_RECIPES: dict[str, dict[str, Any]] = {
     },
     "stl10": {"smoothness": 4e-4, "weight_decay": 1e-4, "lr_schedule": _PAPER_SCHEDULE},
 }
-# BatchNorm ε = 1e-4 is the authors' (SPEC.md, "The whole network"); PyTorch's is 1e-5.
+# BatchNorm ε = 1e-4 is the authors' (their code's batch-norm layer, Meganet); PyTorch's is 1e-5.
 PAPER_BN_EPS = 1e-4
 # The image size of each recipe's data set (an image folder is resized to it).
 RECIPE_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "stl10": 96}

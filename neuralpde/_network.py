@@ -1,4 +1,4 @@
-"""PDECNN: opening layer, PDE stages, connectors, pooling and classifier (SPEC.md)."""
+"""PDECNN: opening, PDE stages, connectors, pooling, classifier (Ruthotto & Haber 2020, Sec. 4)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _bounded_maxmin(c_in: int, c_out: int, k: int, bn_eps: float) -> nn.Sequenti
 class PDECNN(nn.Module):
     """A PDE-motivated CNN: a ResNet whose blocks are ODE stages, depth as time.
 
-    Layout (SPEC.md): 3×3 conv + BatchNorm + ReLU opening to ``widths[0]``; for each unit
+    Layout (Ruthotto & Haber 2020, Sec. 4): 3×3 conv + BatchNorm + ReLU opening to ``widths[0]``; for each unit
     ``k`` a stage at width ``widths[k]`` integrated over ``[0, steps·step_size]``, then a
     1×1 conv + BatchNorm + ReLU connector to ``widths[k+1]`` and 2×2 average pooling
     (global average pooling after the last unit); an affine classifier.
@@ -70,7 +70,7 @@ class PDECNN(nn.Module):
             ``steps``) or ``"adjoint"`` (Runge–Kutta methods; approximate gradients); see
             :meth:`Stage.set_solver`.
         bn_eps: ε of every BatchNorm (PyTorch's default 1e-5; the authors' code, and
-            :meth:`from_paper`, use 1e-4: SPEC.md, "The whole network").
+            :meth:`from_paper`, use 1e-4: Meganet's batch-norm layer).
         lipschitz: the layers outside the stages with operator norms at most 1 on inputs
             of every size, for a certified network (:func:`~neuralpde.lipschitz_bound`):
             opening and connectors are convolutions with a bias whose kernels are scaled

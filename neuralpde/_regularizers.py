@@ -19,7 +19,7 @@ def time_smoothness(module: nn.Module, tau: float = 1e-3) -> Tensor:
     knots (``T/n`` for ``n`` cells, ``T/(n−1)`` for ``n`` linear knots). It favours
     weights that change little from step to step, i.e. a network that discretizes a
     smooth θ(t). This is the α1 term of the regularizer of Ruthotto & Haber (2020,
-    Sec. 4; SPEC.md, "Training recipe"), who use τ = 1e-3 and α1 = 2e-4 (CIFAR) or 4e-4
+    Sec. 4), who use τ = 1e-3 and α1 = 2e-4 (CIFAR) or 4e-4
     (STL-10); multiply by α1 and add it to the loss.
 
     Args:

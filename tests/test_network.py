@@ -23,7 +23,8 @@ def small(arch, **kw):
 
 
 def unrolled_stage(stage, x):
-    """SPEC.md's update formulas, written out with θ_j taken by index j."""
+    """The paper's update formulas (forward Euler; Ruthotto & Haber 2020, eqs. (14) and
+    (17) for the hyperbolic networks), written out with θ_j taken by index j."""
     rhs, h = stage.rhs, stage.rhs.step_size
     if isinstance(rhs, neuralpde.ParabolicRHS):
         th = rhs.theta

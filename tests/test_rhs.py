@@ -1,4 +1,4 @@
-"""Each right-hand side equals the SPEC formula, evaluated by hand with dense matrices."""
+"""Each right-hand side equals the paper's formula, evaluated by hand with dense matrices."""
 
 import pytest
 import torch

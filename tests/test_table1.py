@@ -1,6 +1,6 @@
 """``python -m experiments.table1``: the paper's Table 1 end to end on a tiny image folder,
 both configurations (paper and stable) with their solver swaps, resumption of a half-done
-table, and the recipes' values (SPEC.md, "Training recipe")."""
+table, and the recipes' values (Ruthotto & Haber 2020, Sec. 4)."""
 
 from __future__ import annotations
 
