@@ -209,9 +209,10 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 # What the quick recipe changes on photographs (every data set but the digits), per arch.
-# Each network trains with a second-order method held to a fraction of its limit, and each
-# batch split evenly among that method and the first-order ones of its kind with the same
-# limit (Stage.training_mix), so that the weights classify under several discretizations
+# Each network trains with a method held to a fraction of its limit (the hyperbolic ones
+# Verlet, second order; the parabolic one forward Euler with a share for midpoint), each
+# batch split evenly among the methods of its kind with the same limit
+# (Stage.training_mix), so that the weights classify under several discretizations
 # of one θ(t): a discretization of its ODE, not of one scheme. Measured on CIFAR-10 at the
 # cpu budget (2,000 test images per swap table; tutorial 02,
 # benchmarks/results/random_methods_cifar.md):
@@ -226,7 +227,8 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 # paper's scheme 69.9 % in Table 1; on the CPU of these runs 70.85 % and 71.57 %), every
 # row within 0.75 points of the test accuracy or above it (midpoint the lowest), flow
 # 69.7 % and 69.9 %: 0.88 and 1.46 points below the paper's scheme. At 8/10 so: seeds 0
-# and 1 70.10 % and 70.70 % (0.75 and 0.87 below the paper's scheme on the same CPU),
+# and 1 70.10 % and 70.70 % (0.75 and 0.87 below the paper's scheme on the same CPU; in
+# one table call with it, 70.55 % against 71.05 %, 1.51x its training time),
 # every row within 0.35 points of the test accuracy or above it (midpoint the lowest),
 # flow 70.25 % and 71.05 %. At 9/10, 70.91 % and 70.56 %, but forward Euler at h = 1 lay
 # 2.5 points above the flow and the flow 1.06 below the test accuracy (seed 0).
@@ -247,8 +249,8 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 # Drawing the method per batch instead left BatchNorm's running statistics of the last
 # batches' draws (the second-order network's leapfrog row at 54 %; the parabolic network
 # of seed 1 at 64.5 % under its own midpoint, 69.6 % under forward Euler).
-# The options of one arch are one choice: the bound is that large only because the method
-# is second order and the methods share each batch, so giving any option of how training
+# The options of one arch are one choice: the bound is that large only because the methods
+# share each batch (and the hyperbolic networks' method is second order), so giving any option of how training
 # discretizes θ(t) (DISCRETIZATION_KEYS) replaces them all.
 IMAGES_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
     "parabolic": {

@@ -208,8 +208,8 @@ class Stage(nn.Module):
         concatenate the results in order (a solver listed twice takes two shares); an empty
         share (a batch smaller than the mix) is skipped. Neighbouring shares of one
         fixed-step or symplectic solver are integrated in one call, which gives the same
-        result for dynamics whose samples do not interact (every dynamics of this library)
-        at less cost; :attr:`last_stats` then counts one integration for them. Evaluation
+        result up to rounding for dynamics whose samples do not interact (every dynamics of
+        this library) at less cost; :attr:`last_stats` then counts one integration for them. Evaluation
         mode always uses :attr:`solver`, so a swap table or a checkpoint's evaluation
         never sees the mix.
         Assign ``()`` or ``None`` to clear it.
@@ -421,11 +421,11 @@ class Stage(nn.Module):
 
     def _integrate_mix(self, x: Tensor) -> Tensor:
         # Neighbouring shares of one fixed-step solver are integrated as one: its steps do
-        # not depend on the batch, so the result is the same for dynamics whose samples do
-        # not interact, and the work is one call on a larger batch instead of several on
-        # small ones (the parabolic network's euler, euler, midpoint: two integrations a
-        # batch, not three). An adaptive solver's steps follow the error of its whole
-        # share, so its shares stay apart.
+        # not depend on the batch, so the result is the same (up to rounding) for dynamics
+        # whose samples do not interact, and the work is one call on a larger batch
+        # instead of several on small ones (the parabolic network's euler, euler,
+        # midpoint: two integrations a batch, not three). An adaptive solver's steps
+        # follow the error of its whole share, so its shares stay apart.
         sizes = [share.shape[0] for share in x.tensor_split(len(self._mix))]
         runs: list[tuple[solvers.Solver, int]] = []
         for solver, size in zip(self._mix, sizes):
