@@ -111,8 +111,9 @@ class TrainConfig:
 # NaN) do not change a healthy run's results.
 NON_MATH_KEYS = {"out", "device", "threads", "workers", "checkpoint_every", "nan", "download"}
 
-# The paper's recipe (Ruthotto & Haber 2020, Sec. 4): batch 125, SGD momentum 0.9, piecewise-constant lr,
-# α1 (smoothness) and α2 (weight decay), augmentation and clipping to [-1, 1].
+# The paper's recipe (Ruthotto & Haber 2020, Sec. 4): batch 125, SGD momentum 0.9,
+# piecewise-constant lr, α1 (smoothness) and α2 (weight decay), augmentation and clipping
+# to [-1, 1].
 _PAPER_SCHEDULE = [[60, 0.1], [20, 0.02], [20, 0.004]]
 PAPER_RECIPES: dict[str, dict[str, Any]] = {
     "cifar10": {"smoothness": 2e-4, "weight_decay": 2e-4, "lr_schedule": _PAPER_SCHEDULE},
@@ -251,8 +252,8 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 # batches' draws (the second-order network's leapfrog row at 54 %; the parabolic network
 # of seed 1 at 64.5 % under its own midpoint, 69.6 % under forward Euler).
 # The options of one arch are one choice: the bound is that large only because the methods
-# share each batch (and the hyperbolic networks' method is second order), so giving any option of how training
-# discretizes θ(t) (DISCRETIZATION_KEYS) replaces them all.
+# share each batch (and the hyperbolic networks' method is second order), so giving any
+# option of how training discretizes θ(t) (DISCRETIZATION_KEYS) replaces them all.
 IMAGES_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
     "parabolic": {
         "solver": "euler",

@@ -43,9 +43,9 @@ PAPER_CIFAR10 = {
 }
 
 # The budgets: resolve_config options shared by the four networks.
-# paper: the full CIFAR-10 recipe (Ruthotto & Haber 2020, Sec. 4): Table 1 widths 32-64-112-112, 40,000 training
-#   images, 100 epochs at lr 0.1 / 0.02 / 0.004, α1 = α2 = 2e-4, flip-pad-crop, clipping,
-#   BatchNorm ε 1e-4. Meant for a GPU.
+# paper: the full CIFAR-10 recipe (Ruthotto & Haber 2020, Sec. 4): Table 1 widths
+#   32-64-112-112, 40,000 training images, 100 epochs at lr 0.1 / 0.02 / 0.004,
+#   α1 = α2 = 2e-4, flip-pad-crop, clipping, BatchNorm ε 1e-4. Meant for a GPU.
 # cpu: the paper's recipe reduced to fit 2 CPU cores in an hour: widths 16-32-64-64 (0.27
 #   instead of 0.98 GFLOP per training image), all 40,000 training images, 4 epochs with
 #   the first rate (0.1) annealed to 0 along a cosine batch by batch (four epochs are too

@@ -45,10 +45,11 @@ def _bounded_maxmin(c_in: int, c_out: int, k: int, bn_eps: float) -> nn.Sequenti
 class PDECNN(nn.Module):
     """A PDE-motivated CNN: a ResNet whose blocks are ODE stages, depth as time.
 
-    Layout (Ruthotto & Haber 2020, Sec. 4): 3×3 conv + BatchNorm + ReLU opening to ``widths[0]``; for each unit
-    ``k`` a stage at width ``widths[k]`` integrated over ``[0, steps·step_size]``, then a
-    1×1 conv + BatchNorm + ReLU connector to ``widths[k+1]`` and 2×2 average pooling
-    (global average pooling after the last unit); an affine classifier.
+    Layout (Ruthotto & Haber 2020, Sec. 4): 3×3 conv + BatchNorm + ReLU opening to
+    ``widths[0]``; for each unit ``k`` a stage at width ``widths[k]`` integrated over
+    ``[0, steps·step_size]``, then a 1×1 conv + BatchNorm + ReLU connector to
+    ``widths[k+1]`` and 2×2 average pooling (global average pooling after the last unit);
+    an affine classifier.
 
     Args:
         arch: the dynamics of the stages: a registered name (``"parabolic"``,

@@ -209,9 +209,9 @@ class Stage(nn.Module):
         share (a batch smaller than the mix) is skipped. Neighbouring shares of one
         fixed-step or symplectic solver are integrated in one call, which gives the same
         result up to rounding for dynamics whose samples do not interact (every dynamics of
-        this library) at less cost; :attr:`last_stats` then counts one integration for them. Evaluation
-        mode always uses :attr:`solver`, so a swap table or a checkpoint's evaluation
-        never sees the mix.
+        this library) at less cost; :attr:`last_stats` then counts one integration for
+        them. Evaluation mode always uses :attr:`solver`, so a swap table or a
+        checkpoint's evaluation never sees the mix.
         Assign ``()`` or ``None`` to clear it.
         The mix is its own setting: :meth:`set_solver`, :meth:`reset_solver` and
         :meth:`refine` leave it as it is, and each of its solvers carries its own step and

@@ -11,10 +11,10 @@ and the reversible backward pass (``_reversible``) are all generated.
 
 Time. Each substep evaluates at ``τ = t + c h`` with a node ``c`` strictly inside (0, 1):
 a piecewise-constant, right-open θ(t) (θ_j on [t_j, t_{j+1})) then always yields θ_j for
-step j, in either direction of time (an evaluation at ``t + h`` would use θ_{j+1}, where the
-paper's schemes, Ruthotto & Haber 2020 eqs. (14) and (17), use θ_j). Freezing time at a symmetric node is Strang splitting of
-``dt/dt = 1`` around the frozen-time map, so symmetry and order survive for time-dependent
-right-hand sides.
+step j, in either direction of time (an evaluation at ``t + h`` would use θ_{j+1}, where
+the paper's schemes, Ruthotto & Haber 2020 eqs. (14) and (17), use θ_j). Freezing time
+at a symmetric node is Strang splitting of ``dt/dt = 1`` around the frozen-time map, so
+symmetry and order survive for time-dependent right-hand sides.
 
 Direction. A step with ``h < 0`` from ``t`` applies the *adjoint* method: the tableau read
 backwards, with the nodes mirrored (``c -> 1 - c``). That is the exact inverse of the forward

@@ -61,8 +61,9 @@ def test_unknown_preset_and_arch():
 
 
 def test_paper_presets_use_the_authors_batchnorm_eps():
-    # The authors' code (Meganet's batch-norm layer) has a BatchNorm with ε = 1e-4 and a running
-    # average factor of 0.9 (PyTorch's momentum 0.1); custom networks keep PyTorch's 1e-5.
+    # The authors' code (Meganet's batch-norm layer) has a BatchNorm with ε = 1e-4 and a
+    # running average factor of 0.9 (PyTorch's momentum 0.1); custom networks keep
+    # PyTorch's 1e-5.
     for dataset in ("stl10", "cifar10", "cifar100"):
         bns = [m for m in neuralpde.PDECNN.from_paper(dataset, "parabolic").modules()
                if isinstance(m, torch.nn.BatchNorm2d)]  # fmt: skip
