@@ -426,7 +426,9 @@ class Stage(nn.Module):
         # instead of several on small ones (the parabolic network's euler, euler,
         # midpoint: two integrations a batch, not three). An adaptive solver's steps
         # follow the error of its whole share, so its shares stay apart.
-        sizes = [share.shape[0] for share in x.tensor_split(len(self._mix))]
+        # The share sizes torch.tensor_split gives: the first ``extra`` one image larger.
+        size, extra = divmod(x.shape[0], len(self._mix))
+        sizes = [size + (i < extra) for i in range(len(self._mix))]
         runs: list[tuple[solvers.Solver, int]] = []
         for solver, size in zip(self._mix, sizes):
             if runs and runs[-1][0] == solver and solver.kind != "adaptive":
