@@ -427,14 +427,14 @@ class Stage(nn.Module):
         # midpoint: two integrations a batch, not three). An adaptive solver's steps
         # follow the error of its whole share, so its shares stay apart.
         # The share sizes torch.tensor_split gives: the first ``extra`` one image larger.
-        size, extra = divmod(x.shape[0], len(self._mix))
-        sizes = [size + (i < extra) for i in range(len(self._mix))]
+        base, extra = divmod(x.shape[0], len(self._mix))
         runs: list[tuple[solvers.Solver, int]] = []
-        for solver, size in zip(self._mix, sizes):
+        for i, solver in enumerate(self._mix):
+            n = base + (i < extra)
             if runs and runs[-1][0] == solver and solver.kind != "adaptive":
-                runs[-1] = (solver, runs[-1][1] + size)
-            elif size:
-                runs.append((solver, size))
+                runs[-1] = (solver, runs[-1][1] + n)
+            elif n:
+                runs.append((solver, n))
         own, outs, stats = self._solver, [], []
         try:
             for share, (solver, _) in zip(x.split([n for _, n in runs]), runs):
