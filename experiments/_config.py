@@ -258,7 +258,7 @@ IMAGES_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
     "parabolic": {
         "solver": "euler",
         "rate_bound": 0.8,
-        "random_methods": ["euler", "euler", "midpoint"],
+        "random_methods": ["euler", "euler", "euler", "midpoint"],
     },
     "hamiltonian": {
         "solver": "verlet",

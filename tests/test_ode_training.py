@@ -164,13 +164,13 @@ def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
         resolve_config(arch="resnet", normalization="bias")
     # An image folder without --preset gets the same recipe, the parabolic network its own
     # training scheme on photographs (IMAGES_ARCH_OPTIONS): forward Euler at 8/10 of its
-    # limit, with two shares of each batch to midpoint's one, as one choice that any
+    # limit, with three shares of each batch to midpoint's one, as one choice that any
     # discretization option replaces.
     for dataset in ("imagefolder", "cifar10", "stl10"):
         cfg = resolve_config(dataset=dataset)
         assert (cfg.normalization, cfg.rate_bound) == ("bias", 0.8)
         assert (cfg.solver, cfg.random_steps, cfg.step_size) == ("euler", [], None)
-        assert cfg.random_methods == ["euler", "euler", "midpoint"]
+        assert cfg.random_methods == ["euler", "euler", "euler", "midpoint"]
     for given in ({"rate_bound": 0.25}, {"solver": "euler"}, {"step_size": 0.5},
                   {"multilevel": [2, 3]}, {"stability_penalty": 0.1}):  # fmt: skip
         cfg = resolve_config(dataset="imagefolder", **given)

@@ -116,12 +116,12 @@ def test_both_configurations_with_their_solver_swaps(folder, tmp_path, capsys):
     keys = (*PAPER_SCHEME, "solver", "random_steps", "random_methods")
     stable_second_order = {k: getattr(quick, k) for k in keys}
     assert stable_second_order["solver"] == "verlet" and stable_second_order["random_methods"]
-    # The parabolic network's own on photographs: forward Euler at 8/10, with two shares of
+    # The parabolic network's own on photographs: forward Euler at 8/10, with three shares of
     # each batch to midpoint's one.
     quick = resolve_config(dataset="imagefolder", arch="parabolic")
     stable_parabolic = {k: getattr(quick, k) for k in keys}
     assert stable_parabolic["solver"] == "euler" and not stable_parabolic["random_steps"]
-    assert stable_parabolic["random_methods"] == ["euler", "euler", "midpoint"]
+    assert stable_parabolic["random_methods"] == ["euler", "euler", "euler", "midpoint"]
     expected = {
         "paper/parabolic": PAPER_SCHEME,
         "stable/parabolic": stable_parabolic,
