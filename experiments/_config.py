@@ -806,8 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="split each training batch evenly among these fixed-step methods, e.g. "
         "verlet,symplectic_euler,leapfrog: each at least as stable as --solver, which "
         "must be among them (validation and the report use it); a method named n times "
-        "takes n shares (euler,euler,euler,midpoint: three to one). Default: none on the digits; on "
-        f"photographs {_PHOTOGRAPHS}",
+        "takes n shares (euler,euler,euler,midpoint: three to one). Default: none on the "
+        f"digits; on photographs {_PHOTOGRAPHS}",
     )
     a(
         "--stability-penalty",
