@@ -424,7 +424,7 @@ class Stage(nn.Module):
         # not depend on the batch, so the result is the same (up to rounding) for dynamics
         # whose samples do not interact, and the work is one call on a larger batch
         # instead of several on small ones (the parabolic network's euler, euler,
-        # midpoint: two integrations a batch, not three). An adaptive solver's steps
+        # euler, midpoint: two integrations a batch, not four). An adaptive solver's steps
         # follow the error of its whole share, so its shares stay apart.
         # The share sizes torch.tensor_split gives: the first ``extra`` one image larger.
         base, extra = divmod(x.shape[0], len(self._mix))
