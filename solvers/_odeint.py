@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from . import _torchdiffeq
+from . import _adaptive, _torchdiffeq
 from ._methods import STEPPERS, kind_of
 from ._solve import solve
 from ._solver import Solver
@@ -70,7 +70,8 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     if event_fn is not None:
         return _event(func, y0, t, rtol, atol, method, options, event_fn, None)
     solver, _ = _solver(method, rtol, atol, options)
-    return solve(func, y0, t, solver).ys
+    with _adaptive.torchdiffeq_arithmetic():  # a drop-in: torchdiffeq's numbers, bit for bit
+        return solve(func, y0, t, solver).ys
 
 
 def odeint_adjoint(

@@ -14,6 +14,7 @@ SCRIPTS = [
     "solvers_overhead",
     "compile",
     "adaptive",
+    "adaptive_driver",
     "gpu",
     "data_path",
     "main_job",
