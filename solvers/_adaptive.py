@@ -18,11 +18,14 @@ the first step (Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4); its error 
 one of an embedded pair with step rejection (ibid., §II.4), stepping onto ``step_t`` and
 ``jump_t`` points and re-evaluating the field after a jump of ``θ(t)``, as torchdiffeq's.
 
-The numbers equal ``torchdiffeq.odeint``'s up to the order in which the stage sums are
-rounded (relative differences of a few float epsilons per step), and so do the steps,
-evaluations and rejections, unless an error ratio lies within that rounding of 1.
-Interpolation coefficients are fitted only for a step an output time falls in, not after
-every accepted step.
+Every stage state equals torchdiffeq's up to the order in which its sum is rounded. The
+error estimate is a small difference of large sums, so the same rounding is larger
+relative to it: where an error ratio lies that close to 1 the controller can accept a step
+torchdiffeq rejects (or the other way), and from there the two solutions differ by about
+the tolerance, equally close to the exact one (``tests/test_adaptive_driver.py``).
+Elsewhere the steps, evaluations and rejections are torchdiffeq's. Interpolation
+coefficients are fitted only for a step an output time falls in, not after every
+accepted step.
 """
 
 from __future__ import annotations
@@ -84,9 +87,9 @@ def supports(func, y0, t: Tensor, method: str, rtol, atol, options: dict, adjoin
     """Whether :func:`integrate_adaptive` takes this call (otherwise torchdiffeq's loop).
 
     Not within :func:`torchdiffeq_arithmetic`, nor for the adjoint (torchdiffeq's backward
-    solve), a ``t`` or tolerance that is a
-    tensor with a gradient or per-component tolerances (a tuple), complex states, or a
-    ``func`` with step callbacks (torchdiffeq calls them with its own wrapped arguments).
+    solve), a ``t`` with a gradient, per-component tolerances, complex states, options
+    outside ``_OPTIONS``, or a ``func`` with step callbacks (torchdiffeq calls them with
+    its own wrapped arguments).
     """
     if SOLVERS is None or adjoint or method not in SOLVERS or _TORCHDIFFEQ_ARITHMETIC.get():
         return False
