@@ -23,7 +23,10 @@ error estimate is a small difference of large sums, so the same rounding is larg
 relative to it: where an error ratio lies that close to 1 the controller can accept a step
 torchdiffeq rejects (or the other way), and from there the two solutions differ by about
 the tolerance, equally close to the exact one (``tests/test_adaptive_driver.py``).
-Elsewhere the steps, evaluations and rejections are torchdiffeq's. Interpolation
+Elsewhere the numbers of steps, evaluations and rejections are torchdiffeq's (the step
+sizes carry the same rounding). A right-hand side that writes every result into one
+buffer it reuses is detected and solved by torchdiffeq's loop, which copies each stage.
+Interpolation
 coefficients are fitted only for a step an output time falls in, not after every
 accepted step.
 """
@@ -37,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._errors import NonFiniteError
 from ._fixed_grid import _Eval
 
 try:
@@ -130,6 +134,21 @@ def _combine(y0: Tensor | None, ks: list[Tensor], row: list[float], h) -> Tensor
     return out.clone() if out is y0 else out
 
 
+class SharedOutput(Exception):
+    """The right-hand side returned the storage of a stage derivative still held: it writes
+    its results into a buffer it reuses. torchdiffeq copies each stage into its own array;
+    the caller solves again with torchdiffeq's loop."""
+
+
+def _own(f: Tensor, *held) -> Tensor:
+    """``f``, checked not to share storage with a stage derivative still held."""
+    ptr = f.data_ptr()
+    for ks in held:
+        if ks is not None and any(k.data_ptr() == ptr for k in ks):
+            raise SharedOutput
+    return f
+
+
 def _scalar(dt: Tensor):
     """The step as a float, or the tensor itself while it carries a gradient."""
     return dt if dt.requires_grad else float(dt)
@@ -171,7 +190,10 @@ def integrate_adaptive(
 
     Raises:
         AssertionError: torchdiffeq's own, with its words: ``max_num_steps exceeded``,
-            ``underflow in dt``, ``non-finite values in state``.
+            ``underflow in dt`` (the caller names them).
+        NonFiniteError: the state became NaN/Inf (with the time of the step that starts
+            from it).
+        SharedOutput: ``func`` reuses one output buffer (solve with torchdiffeq's loop).
     """
     state0 = y0
     shapes = None
@@ -227,14 +249,24 @@ def integrate_adaptive(
             dt = dt.clamp(solver.min_step, solver.max_step)
             t1 = t_now + dt
             assert t1 > t_now, f"underflow in dt {dt.item()}"
-            assert torch.isfinite(y).all(), f"non-finite values in state `y`: {y}"
+            if not torch.isfinite(y).all():
+                where = -float(t_now) if reverse else float(t_now)
+                raise NonFiniteError(
+                    f"{method}: the state became NaN/Inf at t={where:g} (the error norm "
+                    "let a non-finite stage through); the right-hand side is not finite "
+                    "there",
+                    t=where,
+                )
             # Step onto the next prescribed point, and onto a jump of θ(t) before that.
             on_step = on_jump = False
             if step_list and t_now < step_t[i_step] < t1:
                 t1, on_step = step_t[i_step], True
             if jump_list and t_now < jump_t[i_jump] < t1:
                 t1, on_jump, on_step = jump_t[i_jump], True, False
-            dt = t1 - t_now
+            if on_step or on_jump:
+                # Only a shortened step is measured from its end: (t + dt) - t rounds to
+                # a little more than a dt at max_step, which would then be rejected forever.
+                dt = t1 - t_now
             # As torchdiffeq's step: stage times and coefficients in the state's dtype.
             t0_y, dt_y = t_now.to(y.dtype), dt.to(y.dtype)
             h = _scalar(dt_y)
@@ -246,7 +278,7 @@ def integrate_adaptive(
                 else:
                     t_i, perturb = t0_y + a_y * dt_y, Perturb.NONE
                 y_i = _combine(y, ks, row, h)
-                ks.append(f(t_i, y_i, perturb=perturb))
+                ks.append(_own(f(t_i, y_i, perturb=perturb), ks, last.ks))
             y1 = y_i if fsal else _combine(y, ks, c_sol, h)
             error = _combine(None, ks, c_err, h)
             ratio = _compute_error_ratio(error, solver.rtol, solver.atol, y, y1, norm)
@@ -264,7 +296,7 @@ def integrate_adaptive(
                     if i_jump != len(jump_list) - 1:
                         i_jump += 1
                     # Past a jump of the field: its value on the far side.
-                    fy = f(t1, y1, perturb=Perturb.NEXT)
+                    fy = _own(f(t1, y1, perturb=Perturb.NEXT), ks, last.ks)
                 else:
                     fy = ks[-1]
                 t_now, y = t1, y1

@@ -22,7 +22,8 @@ class NonFiniteError(FloatingPointError):
 
     Attributes:
         t: the time of the first step whose result is not finite (a float); ``None``
-            when the initial state itself is not finite.
+            when the initial state itself is not finite, or when torchdiffeq's own loop
+            found it (it reports no time).
         step: the index of that step on the integration grid (``None`` for adaptive methods,
             where only the output time is known).
     """

@@ -153,7 +153,9 @@ def _partial(func, y0, t, ts, solver: Solver, save: str, params) -> Solution:
     """``throw=False``: one output interval at a time, stopping at the first failure."""
     tuple_state = isinstance(y0, tuple)
     outs = [[y] for y in parts(y0)]
-    stats = Stats(nfe=0, steps=0)
+    # Adaptive methods count rejections: from 0, or the sum would be None throughout.
+    rejected = 0 if solver.kind == "adaptive" and solver.method != "scipy_solver" else None
+    stats = Stats(nfe=0, steps=0, rejected=rejected)
     status, message, reached = "ok", "", ts[0]
     state = y0
     for i in range(len(ts) - 1):

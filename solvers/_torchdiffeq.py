@@ -10,7 +10,7 @@ import torchdiffeq
 from torch import Tensor, nn
 
 from . import _adaptive, _fixed_grid
-from ._errors import SolverError
+from ._errors import NonFiniteError, SolverError
 from ._grid import grid_constructor
 from ._pin import Pinned, owners
 from ._solver import DEFAULT_MAX_NUM_STEPS, Solver, Stats
@@ -120,14 +120,19 @@ def integrate(
         if _adaptive.supports(func, y0, t, method, solver.rtol, solver.atol, options, adjoint):
             # torchdiffeq's steps with the stages kept apart (see _adaptive): the same
             # numbers up to rounding, in less than half the time on a convolutional stage.
-            options.setdefault("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+            driver_options = dict(options)
+            driver_options.setdefault("max_num_steps", DEFAULT_MAX_NUM_STEPS)
             try:
                 sol, nfe, steps, rejected = _adaptive.integrate_adaptive(
-                    func, y0, t, solver.rtol, solver.atol, method, options, final_only
+                    func, y0, t, solver.rtol, solver.atol, method, driver_options, final_only
                 )
+                return sol, Stats(nfe=nfe, steps=steps, rejected=rejected)
+            except _adaptive.SharedOutput:
+                pass  # func reuses its output buffer: torchdiffeq's loop copies each stage
             except (AssertionError, RuntimeError) as err:
-                raise _named(err, method, options, _resolution(solver, parts(y0)[0].dtype)) from err
-            return sol, Stats(nfe=nfe, steps=steps, rejected=rejected)
+                raise _named(
+                    err, method, driver_options, _resolution(solver, parts(y0)[0].dtype)
+                ) from err
     if kind == "fixed" and solver.step_size is not None:
         # The one grid (see _grid), built from t so that t's gradient flows.
         options["grid_constructor"] = grid_constructor(solver.step_size)
@@ -394,6 +399,13 @@ def _named(err: Exception, method: str, options: dict[str, Any], note: str = "")
             f"{method}: more than {options.get('max_num_steps')} steps were needed ({msg}); "
             "raise options={'max_num_steps': N}, loosen rtol/atol, or use a fixed-step method",
             status="max_num_steps",
+        )
+    if "non-finite values in state" in msg:
+        # torchdiffeq's loop reports no time: the error norm let a NaN/Inf stage through.
+        return NonFiniteError(
+            f"{method}: the state became NaN/Inf during the solve ({msg[:200]}); the "
+            "right-hand side is not finite there",
+            t=None,
         )
     return err
 

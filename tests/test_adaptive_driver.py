@@ -234,3 +234,67 @@ def test_unsupported_calls_fall_back_to_torchdiffeq():
     assert _adaptive.supports(lambda t, y: -y, y0, t, "dopri5", 1e-6, 1e-8, {}, False)
     with _adaptive.torchdiffeq_arithmetic():
         assert not _adaptive.supports(lambda t, y: -y, y0, t, "dopri5", 1e-6, 1e-8, {}, False)
+
+
+@pytest.mark.parametrize("option", [{"max_step": 0.1}, {"max_step": 0.3}, {"min_step": 0.2}])
+def test_step_bounds_take_torchdiffeqs_steps(option):
+    """A step at max_step is measured as (t + dt) - t only where it was shortened onto a
+    prescribed point: otherwise rounding makes it a little longer than max_step, and a
+    step over max_step is rejected (it was, forever)."""
+    accepted = []
+
+    class Decay(torch.nn.Module):
+        def forward(self, t, y):
+            return -y
+
+        def callback_accept_step(self, t0, y0, dt):
+            accepted.append(float(dt))
+
+    y0, t = torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+    theirs = torchdiffeq.odeint(Decay(), y0, t, options=option)
+    sol = _run_ours(lambda t, y: -y, y0, t, "dopri5", 1e-7, 1e-9, option)
+    assert sol.stats.steps == len(accepted)
+    assert _error(sol.y_final, theirs[-1]) < 1e-12
+
+
+def test_a_field_that_reuses_its_output_buffer_is_solved_as_torchdiffeq_solves_it():
+    class Buffered:
+        buf = None
+
+        def __call__(self, t, y):
+            self.buf = torch.empty_like(y) if self.buf is None else self.buf
+            return torch.mul(y, -torch.cos(t), out=self.buf)
+
+    y0, t = torch.ones(3, dtype=F64), torch.tensor([0.0, 2.0], dtype=F64)
+    ours = _run_ours(Buffered(), y0, t, "dopri5", 1e-8, 1e-10, {}).y_final
+    theirs = torchdiffeq.odeint(Buffered(), y0, t, rtol=1e-8, atol=1e-10)[-1]
+    exact = y0 * torch.exp(-torch.sin(t[-1]))
+    assert torch.equal(ours, theirs)
+    assert _error(ours, exact) < 1e-5
+
+
+def test_a_nonfinite_state_is_a_nonfinite_error_or_status():
+    """A tuple state whose second part turns NaN: the mixed norm (a max over parts) lets it
+    through, and the next step finds it; with throw=False the solution says so."""
+
+    def f(t, y):
+        nan = torch.full_like(y[1], float("nan"))
+        return -y[0], torch.where(t > 0.7, nan, -y[1])
+
+    y0 = (torch.ones(2, dtype=F64), torch.ones(2, dtype=F64))
+    t = torch.tensor([0.0, 1.0, 2.0], dtype=F64)
+    with pytest.raises(solvers.NonFiniteError) as err:
+        solvers.solve(f, y0, t, solvers.Solver("dopri5", check_finite=False))
+    assert err.value.t is not None and 0.7 <= err.value.t <= 1.0
+    sol = solvers.solve(f, y0, t, solvers.Solver("dopri5"), throw=False)
+    assert sol.status == "nonfinite" and sol.t_reached == 0.0
+
+
+def test_partial_solves_count_rejections():
+    f, _, y0 = _smooth()
+    t = torch.tensor([0.0, 0.5, 2.0], dtype=F64)
+    solver = solvers.Solver("dopri5", rtol=1e-5, atol=1e-6, options={"first_step": 1.0})
+    whole = solvers.solve(f, y0, t, solver).stats
+    parted = solvers.solve(f, y0, t, solver, throw=False).stats
+    assert isinstance(parted.rejected, int) and parted.rejected > 0
+    assert isinstance(whole.rejected, int)
