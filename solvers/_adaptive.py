@@ -39,9 +39,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from ._errors import NonFiniteError
 from ._fixed_grid import _Eval
+from ._state import SharedOutput, in_transform
 
 try:
     from torchdiffeq._impl.interp import _interp_evaluate, _interp_fit
@@ -134,14 +136,11 @@ def _combine(y0: Tensor | None, ks: list[Tensor], row: list[float], h) -> Tensor
     return out.clone() if out is y0 else out
 
 
-class SharedOutput(Exception):
-    """The right-hand side returned the storage of a stage derivative still held: it writes
-    its results into a buffer it reuses. torchdiffeq copies each stage into its own array;
-    the caller solves again with torchdiffeq's loop."""
-
-
 def _own(f: Tensor, *held) -> Tensor:
-    """``f``, checked not to share storage with a stage derivative still held."""
+    """``f``, checked not to share storage with a stage derivative still held (not under a
+    ``torch.func`` transform, whose tensors have no storage to compare)."""
+    if in_transform():
+        return f
     ptr = f.data_ptr()
     for ks in held:
         if ks is not None and any(k.data_ptr() == ptr for k in ks):
@@ -150,8 +149,11 @@ def _own(f: Tensor, *held) -> Tensor:
 
 
 def _scalar(dt: Tensor):
-    """The step as a float, or the tensor itself while it carries a gradient."""
-    return dt if dt.requires_grad else float(dt)
+    """The step as a float, or the tensor itself while it carries a derivative: a gradient
+    (reverse mode) or a tangent (forward mode: a dual tensor, or inside ``torch.func``)."""
+    if dt.requires_grad or in_transform() or forward_ad.unpack_dual(dt).tangent is not None:
+        return dt
+    return float(dt)
 
 
 class _Step:
@@ -193,7 +195,8 @@ def integrate_adaptive(
             ``underflow in dt`` (the caller names them).
         NonFiniteError: the state became NaN/Inf (with the time of the step that starts
             from it).
-        SharedOutput: ``func`` reuses one output buffer (solve with torchdiffeq's loop).
+        SharedOutput: ``func`` reuses one output buffer (the caller solves again with every
+            evaluation copied).
     """
     state0 = y0
     shapes = None
@@ -281,7 +284,12 @@ def integrate_adaptive(
                 ks.append(_own(f(t_i, y_i, perturb=perturb), ks, last.ks))
             y1 = y_i if fsal else _combine(y, ks, c_sol, h)
             error = _combine(None, ks, c_err, h)
-            ratio = _compute_error_ratio(error, solver.rtol, solver.atol, y, y1, norm)
+            # The controller's quantities carry no derivative: torchdiffeq computes the next
+            # step size under torch.no_grad, which forward-mode AD (jvp, dual tensors) does
+            # not obey; without the detach the tangents of the step positions entered the
+            # field's time argument (dopri5's jvp was 20 % off, bosh3's diverged with the
+            # tolerance). The first step's size stays differentiated, as in reverse mode.
+            ratio = _compute_error_ratio(error, solver.rtol, solver.atol, y, y1, norm).detach()
             accept = bool(ratio <= 1)
             if dt > solver.max_step:
                 accept = False
@@ -302,9 +310,13 @@ def integrate_adaptive(
                 t_now, y = t1, y1
             else:
                 rejected += 1
-            dt = _optimal_step_size(
-                dt, ratio, solver.safety, solver.ifactor, solver.dfactor, solver.order
-            ).clamp(solver.min_step, solver.max_step)
+            dt = (
+                _optimal_step_size(
+                    dt, ratio, solver.safety, solver.ifactor, solver.dfactor, solver.order
+                )
+                .clamp(solver.min_step, solver.max_step)
+                .detach()
+            )
         if final_only and j < len(t) - 1:
             continue
         out.append(last.at(next_t))

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._grid import grid as _grid
-from ._state import check_derivative
+from ._state import OutputGuard, check_derivative
 
 try:
     from torchdiffeq._impl.misc import Perturb, _flat_to_shape
@@ -78,6 +78,7 @@ class _Eval:
         self.method = method
         self.y0 = y0
         self.nfe = 0
+        self.guard = OutputGuard()
 
     def __call__(self, t: Tensor, y: Tensor, *, perturb=None) -> Tensor:
         self.nfe += 1
@@ -93,6 +94,7 @@ class _Eval:
             f = self.func(t, y)
             if self.nfe == 1:
                 check_derivative(f, self.y0, self.method)
+            f = self.guard(f)
         else:
             f = self.func(t, _flat_to_shape(y, (), self.shapes))
             if self.nfe == 1:

@@ -41,7 +41,11 @@ def solve(
     Args:
         func: ``func(t, y) -> dy/dt`` with ``y`` a tensor or a tuple of tensors; for a
             symplectic method the pair ``(f_q, f_p)`` with ``dq/dt = f_q(t, p)`` and
-            ``dp/dt = f_p(t, q)``.
+            ``dp/dt = f_p(t, q)``. A ``func`` that writes each result into one buffer it
+            reuses is found on its second evaluation (the same storage as the first, still
+            held) and the solve runs again with every evaluation copied: the numbers of a
+            ``func`` returning new tensors, two evaluations later (not under
+            ``torch.compile`` or a ``torch.func`` transform, where storage cannot be read).
         y0: the initial state ``(*shape)``, a tuple of tensors, or ``(q0, p0)``.
         t: ``(n_times,)`` strictly monotone output times, ``t[0]`` the time of ``y0``; a
             list of Python floats avoids reading ``t`` back from the device (no sync for

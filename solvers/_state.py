@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 import torch
@@ -180,3 +181,48 @@ def uncovered_tensors(funcs: Any, params: Any) -> list[str]:
         for i, v in enumerate(getattr(f, "args", ()) if hasattr(f, "func") else ()):
             note(f"partial argument {i}", v)
     return found
+
+
+class SharedOutput(Exception):
+    """The right-hand side returned the storage of a result it returned before and that is
+    still held: it writes each result into one buffer it reuses. A method keeps earlier
+    evaluations (stage derivatives, the last stage of a step for the next one), which the
+    next call would overwrite; the solve runs again with every evaluation copied."""
+
+
+# True while a solve copies every evaluation of its right-hand side (after SharedOutput).
+FRESH_OUTPUTS: contextvars.ContextVar[bool] = contextvars.ContextVar("fresh", default=False)
+
+
+class OutputGuard:
+    """One solve's check that ``func`` returns new storage on every call.
+
+    ``guard(f)`` returns ``f``; it raises :class:`SharedOutput` when ``f`` has the data
+    pointer of the previous call's result, which the guard holds until the next call (so
+    that its memory cannot have been handed to a new tensor meanwhile: an equal pointer is
+    the same buffer). Under :data:`FRESH_OUTPUTS` it returns a copy instead. Unchecked
+    under ``torch.compile`` and ``torch.func`` transforms, where a data pointer cannot be
+    read. Tuple states need none: every path concatenates their parts into a new tensor.
+    """
+
+    __slots__ = ("fresh", "check", "last", "last_ptr")
+
+    def __init__(self) -> None:
+        # Under torch.compile nothing is read: a graph cannot hold a context variable.
+        compiling = torch.compiler.is_compiling()
+        self.fresh = not compiling and FRESH_OUTPUTS.get()
+        self.check = not compiling and not in_transform()
+        self.last: Tensor | None = None
+        self.last_ptr = 0
+
+    def __call__(self, f: Any) -> Any:
+        if not isinstance(f, Tensor):
+            return f
+        if self.fresh:
+            return f.clone()
+        if self.check and f.layout == torch.strided:
+            ptr = f.data_ptr()
+            if ptr and ptr == self.last_ptr:
+                raise SharedOutput
+            self.last, self.last_ptr = f, ptr
+        return f

@@ -14,7 +14,15 @@ from ._errors import NonFiniteError, SolverError
 from ._grid import grid_constructor
 from ._pin import Pinned, owners
 from ._solver import DEFAULT_MAX_NUM_STEPS, Solver, Stats
-from ._state import check_derivative, parts, uncovered_tensors
+from ._state import (
+    FRESH_OUTPUTS,
+    OutputGuard,
+    SharedOutput,
+    check_derivative,
+    in_transform,
+    parts,
+    uncovered_tensors,
+)
 
 try:
     from torchdiffeq._impl.misc import _all_adjoint_callback_names, _all_callback_names
@@ -45,6 +53,7 @@ class _Counter(nn.Module):
         self.steps = 0
         self.rejected = 0
         self.pin: Pinned | None = None
+        self.guard = OutputGuard()
 
     def forward(self, t, y):
         self.nfe += 1
@@ -55,7 +64,7 @@ class _Counter(nn.Module):
                 out = self.func(t, y)
         if self.nfe == 1:
             check_derivative(out, self.y0, self.method)
-        return out
+        return self.guard(out)
 
 
 def _callback(name: str, counts: str | None):
@@ -98,7 +107,43 @@ def _counter(func, y0, method: str) -> _Counter:
 def integrate(
     func, y0: Any, t: Tensor, ts: list[float], solver: Solver, params, final_only: bool
 ) -> tuple[Any, Stats]:
-    """Solve with a torchdiffeq method; the solution stacked (or final) and its stats."""
+    """Solve with a torchdiffeq method; the solution stacked (or final) and its stats.
+
+    A ``func`` that writes every result into one buffer it reuses would overwrite the
+    stage derivatives a step still holds (torchdiffeq's own loop then gives wrong numbers
+    for rk4, heun2/3 and the first step of an adaptive method): it is found on its second
+    evaluation (:class:`~solvers._state.OutputGuard`), and the solve runs again with every
+    evaluation copied. The statistics are the second solve's.
+    """
+    try:
+        try:
+            return _integrate(func, y0, t, ts, solver, params, final_only)
+        except SharedOutput:
+            token = FRESH_OUTPUTS.set(True)
+            try:
+                return _integrate(func, y0, t, ts, solver, params, final_only)
+            finally:
+                FRESH_OUTPUTS.reset(token)
+    except RuntimeError as err:
+        # vmap batches tensor operations, not the host's decisions: an adaptive method
+        # accepts or rejects each step, and sizes the next, from its error norm.
+        if solver.kind == "adaptive" and in_transform() and str(err).startswith("vmap:"):
+            raise RuntimeError(_VMAP_ADAPTIVE.format(method=solver.method)) from err
+        raise
+
+
+_VMAP_ADAPTIVE = (
+    "{method}: an adaptive method cannot run under torch.func.vmap: it accepts or rejects "
+    "each step, and chooses the next step size, from its error norm on the host, a "
+    "decision vmap cannot batch. Under vmap use a fixed-step or symplectic method "
+    "(e.g. Solver('rk4', step_size=0.05)); or give the batch to one solve (its steps then "
+    "follow the error of the whole batch); grad, jvp and vjp work with adaptive methods"
+)
+
+
+def _integrate(
+    func, y0: Any, t: Tensor, ts: list[float], solver: Solver, params, final_only: bool
+) -> tuple[Any, Stats]:
     method, kind = solver.method, solver.kind
     options = dict(solver.options)
     adjoint = solver.memory == "adjoint"
@@ -127,8 +172,6 @@ def integrate(
                     func, y0, t, solver.rtol, solver.atol, method, driver_options, final_only
                 )
                 return sol, Stats(nfe=nfe, steps=steps, rejected=rejected)
-            except _adaptive.SharedOutput:
-                pass  # func reuses its output buffer: torchdiffeq's loop copies each stage
             except (AssertionError, RuntimeError) as err:
                 raise _named(
                     err, method, driver_options, _resolution(solver, parts(y0)[0].dtype)

@@ -8,6 +8,7 @@ kind cannot be supported, the test holds the project's named error.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -340,6 +341,44 @@ def test_6_jvp_equals_finite_difference(arch):
     with fwAD.dual_level():
         tangent2 = fwAD.unpack_dual(net(fwAD.make_dual(x, v))).tangent
     torch.testing.assert_close(tangent2, tangent)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+def test_6_grad_and_jvp_through_an_adaptive_solve_and_vmap_is_a_named_error(method):
+    """torch.func.grad and jvp, and dual tensors, through the adaptive driver: forward mode
+    gives reverse mode's derivative (the controller's step sizes carry none; the first
+    step's, chosen from f(y0), is differentiated in both, as torchdiffeq's reverse mode
+    does), within the tolerance of the exact one. vmap, which cannot batch the controller's
+    decisions, is a named error with the fix."""
+    import torch.autograd.forward_ad as fwAD
+
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    y0 = torch.tensor([1.0, 2.0, -1.0], dtype=F64)
+    solver = solvers.Solver(method, rtol=1e-8, atol=1e-10)
+
+    def final(w, y):
+        return solvers.solve(lambda s, z: -w * torch.cos(s) * z, y, t, solver).y_final
+
+    w = torch.tensor(0.5, dtype=F64)
+    reverse = torch.autograd.functional.jacobian(lambda w: final(w, y0), w)
+    exact = -math.sin(1.0) * math.exp(-0.5 * math.sin(1.0)) * y0
+    torch.testing.assert_close(reverse, exact, rtol=1e-4, atol=0)
+    torch.testing.assert_close(grad(lambda w: final(w, y0).sum())(w), reverse.sum())
+    one = torch.ones((), dtype=F64)
+    _, tangent = jvp(lambda w: final(w, y0), (w,), (one,))
+    torch.testing.assert_close(tangent, reverse, rtol=1e-10, atol=0)
+    with fwAD.dual_level():
+        dual = fwAD.unpack_dual(final(fwAD.make_dual(w, one), y0)).tangent
+    torch.testing.assert_close(dual, reverse, rtol=1e-10, atol=0)
+    batch = torch.stack([y0, 2 * y0])
+    for fn in (lambda y: final(w, y), grad(lambda y: final(w, y).sum())):
+        with pytest.raises(RuntimeError, match=f"{method}: an adaptive method cannot run under"):
+            vmap(fn)(batch)
+    # A fixed-step method, as the message advises, runs under vmap.
+    fixed = solvers.Solver("rk4", step_size=0.05)
+    out = vmap(lambda y: solvers.solve(lambda s, z: -w * z, y, t, fixed).y_final)(batch)
+    torch.testing.assert_close(out, batch * math.exp(-0.5), rtol=1e-6, atol=0)
 
 
 def test_6_finite_check_still_runs_outside_transforms():
