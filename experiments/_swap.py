@@ -545,12 +545,14 @@ def swap_verdict(
     *,
     method: str | None = None,
     rate_bound: float | None = None,
+    shared: tuple[str, ...] = (),
 ) -> neuralpde.ConvergenceVerdict:
     """Whether the network behind the rows of :func:`swap_table` is a converged
     discretization of its ODE (:class:`neuralpde.ConvergenceVerdict`): its training scheme
     against half the step and against dopri5 at rtol 1e-4; ``print()`` it for the verdict
-    in plain words. ``method`` and ``rate_bound`` (the training method and the fraction of
-    the stability limit it was trained at, 0 for none) choose its advice.
+    in plain words. ``method``, ``rate_bound`` (the training method and the fraction of
+    the stability limit it was trained at, 0 for none) and ``shared`` (the methods that
+    shared each training batch, ``--random-methods``) choose its advice.
 
     Raises:
         ValueError: ``rows`` lack one of the rows the verdict reads (a custom plan), or one
@@ -582,4 +584,5 @@ def swap_verdict(
         tolerance=tolerance,
         method=method,
         rate_bound=rate_bound,
+        shared=tuple(shared),
     )

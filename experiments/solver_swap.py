@@ -132,7 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     if bound is None and not cfg.rate_bound:
         bound = 0.0
     try:
-        verdict = swap_verdict(rows, method=net.stages[0].method, rate_bound=bound)
+        verdict = swap_verdict(
+            rows,
+            method=net.stages[0].method,
+            rate_bound=bound,
+            shared=tuple(cfg.random_methods),
+        )
         print(f"\nverdict{' (' + note + ')' if note else ''}: {verdict}")
     except ValueError as err:
         print(f"\nno verdict: {err}")

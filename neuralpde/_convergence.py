@@ -40,6 +40,10 @@ class ConvergenceVerdict:
             advice when the network has not converged.
         rate_bound: the fraction of the stability limit its rates were held to in training
             (:func:`neuralpde.stability.constrain`), ``0`` for none, ``None`` if unknown.
+        shared: the methods that shared each training batch (:attr:`Stage.training_mix`;
+            ``experiments.train --random-methods``), one entry per share; empty for one
+            method. The advice keeps them: a retraining option that names the method
+            alone would replace the mix.
 
     The verdict reads these four solvers only; a swap table's worst row (e.g. midpoint
     at the training step) can lie further from the training scheme.
@@ -55,6 +59,7 @@ class ConvergenceVerdict:
     labelled: bool = True
     method: str | None = None
     rate_bound: float | None = None
+    shared: tuple[str, ...] = ()
 
     @property
     def step_gap(self) -> float:
@@ -118,14 +123,29 @@ class ConvergenceVerdict:
 
         higher = second_order_method(self.method)
         # The method goes with the bound: a discretization option given alone replaces the
-        # recipe's whole default (experiments.train), the method included.
-        keep = f"--solver {self.method} " if self.method else ""
+        # recipe's whole default (experiments.train), the method and the mix included.
+        mix = ",".join(self.shared)
+        keep = (f"--solver {self.method} " if self.method else "") + (
+            f"--random-methods {mix} " if mix else ""
+        )
         tighter = "a tighter bound" + (
             f" (`{keep}--rate-bound {bound / 2.5:.2g}`, with the same training steps)"
             if bound
             else ""
         )
-        options = ([f"a second-order training method (`--solver {higher}`)"] if higher else []) + [
+        if higher and higher in self.shared:
+            # Already sharing the batches with it: a larger share, not the method alone.
+            more = ",".join((*self.shared, higher))
+            rate = f" --rate-bound {bound:g}" if bound else ""
+            second = [
+                f"a larger share of each batch for {higher} "
+                f"(`--solver {self.method} --random-methods {more}{rate}`)"
+            ]
+        elif higher:
+            second = [f"a second-order training method (`--solver {higher}`)"]
+        else:
+            second = []
+        options = second + [
             tighter,
             "a finer training step (`--step-size`)",
             "multilevel refinement in time (PDECNN.refine; `--multilevel`)",
@@ -212,4 +232,5 @@ def convergence_check(
         labelled=y is not None,
         method=net.stages[0].method,
         rate_bound=rate_fraction(net),
+        shared=tuple(s.method for s in net.stages[0].training_mix),
     )

@@ -364,6 +364,54 @@ def test_verdict_advice_follows_how_the_network_was_trained(method, bound, says,
         assert s not in text, (s, text)
 
 
+@pytest.mark.parametrize(
+    "method, bound, shared, says, never",
+    [
+        # The photographs' parabolic default: the mix stays in every option, and the
+        # second-order advice is a larger share for midpoint, not midpoint alone.
+        (
+            "euler",
+            0.8,
+            ("euler", "euler", "euler", "midpoint"),
+            [
+                "--solver euler --random-methods euler,euler,euler,midpoint --rate-bound 0.32",
+                "a larger share of each batch for midpoint (`--solver euler --random-methods "
+                "euler,euler,euler,midpoint,midpoint --rate-bound 0.8`)",
+            ],
+            ["--solver midpoint`"],
+        ),
+        # The hyperbolic ones: Verlet shares with the symplectic methods of its kind.
+        (
+            "verlet",
+            1.0,
+            ("verlet", "symplectic_euler", "leapfrog"),
+            ["--solver verlet --random-methods verlet,symplectic_euler,leapfrog --rate-bound 0.4"],
+            ["second-order training", "larger share"],
+        ),
+        # A mix without the second-order method: that method is still advised.
+        ("euler", 0.25, ("euler", "euler"), ["--solver midpoint`"], ["larger share"]),
+    ],
+)
+def test_verdict_advice_keeps_the_methods_that_shared_each_batch(
+    method, bound, shared, says, never
+):
+    text = str(
+        ConvergenceVerdict(
+            training=0.9,
+            refined=0.8,
+            rk4=0.8,
+            reference=0.8,
+            method=method,
+            rate_bound=bound,
+            shared=shared,
+        )
+    )
+    for s in says:
+        assert s in text, (s, text)
+    for s in never:
+        assert s not in text, (s, text)
+
+
 def test_convergence_check_reads_the_training_method_and_bound():
     from neuralpde.stability import constrain
 
@@ -373,6 +421,10 @@ def test_convergence_check_reads_the_training_method_and_bound():
     constrain(net, (1, 8, 8), fraction=0.3)
     verdict = convergence_check(net, x)
     assert (verdict.method, verdict.rate_bound) == ("euler", 0.3)
+    assert verdict.shared == ()
+    for stage in net.stages:
+        stage.training_mix = [solvers.Solver("euler"), solvers.Solver("midpoint")]
+    assert convergence_check(net, x).shared == ("euler", "midpoint")
     assert neuralpde.stability.rate_fraction(net) == 0.3
 
 
