@@ -92,12 +92,15 @@ def torchdiffeq_arithmetic():
 def supports(func, y0, t: Tensor, method: str, rtol, atol, options: dict, adjoint: bool) -> bool:
     """Whether :func:`integrate_adaptive` takes this call (otherwise torchdiffeq's loop).
 
-    Not within :func:`torchdiffeq_arithmetic`, nor for the adjoint (torchdiffeq's backward
-    solve), a ``t`` with a gradient, per-component tolerances, complex states, options
-    outside ``_OPTIONS``, or a ``func`` with step callbacks (torchdiffeq calls them with
-    its own wrapped arguments).
+    Not within :func:`torchdiffeq_arithmetic` (except under a ``torch.func`` transform,
+    where torchdiffeq's loop cannot run: its autograd Function has no ``setup_context``),
+    nor for the adjoint (torchdiffeq's backward solve), a ``t`` with a gradient,
+    per-component tolerances, complex states, options outside ``_OPTIONS``, or a ``func``
+    with step callbacks (torchdiffeq calls them with its own wrapped arguments).
     """
-    if SOLVERS is None or adjoint or method not in SOLVERS or _TORCHDIFFEQ_ARITHMETIC.get():
+    if SOLVERS is None or adjoint or method not in SOLVERS:
+        return False
+    if _TORCHDIFFEQ_ARITHMETIC.get() and not in_transform():
         return False
     if not issubclass(SOLVERS[method], RKAdaptiveStepsizeODESolver):
         return False

@@ -45,7 +45,9 @@ def solve(
             reuses is found on its second evaluation (the same storage as the first, still
             held) and the solve runs again with every evaluation copied: the numbers of a
             ``func`` returning new tensors, two evaluations later (not under
-            ``torch.compile`` or a ``torch.func`` transform, where storage cannot be read).
+            ``torch.compile`` or a ``torch.func`` transform, where storage cannot be read;
+            step callbacks on ``func`` run again for the steps taken before it was found).
+            Results that carry gradients cannot share a buffer: a ``ValueError``.
         y0: the initial state ``(*shape)``, a tuple of tensors, or ``(q0, p0)``.
         t: ``(n_times,)`` strictly monotone output times, ``t[0]`` the time of ``y0``; a
             list of Python floats avoids reading ``t`` back from the device (no sync for

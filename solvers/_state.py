@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import weakref
 from typing import Any
 
 import torch
@@ -190,6 +191,12 @@ class SharedOutput(Exception):
     next call would overwrite; the solve runs again with every evaluation copied."""
 
 
+_SHARED_WITH_GRAD = (
+    "func returned the storage of an earlier result (it writes each result into one "
+    "buffer it reuses) while its results carry gradients: the evaluations the solver saved "
+    "for the backward pass were overwritten in place. Return a new tensor from every call "
+    "(drop the out= buffer or copy_ into it); without gradients such a buffer is allowed"
+)
 # True while a solve copies every evaluation of its right-hand side (after SharedOutput).
 FRESH_OUTPUTS: contextvars.ContextVar[bool] = contextvars.ContextVar("fresh", default=False)
 
@@ -198,22 +205,23 @@ class OutputGuard:
     """One solve's check that ``func`` returns new storage on every call.
 
     ``guard(f)`` returns ``f``; it raises :class:`SharedOutput` when ``f`` has the data
-    pointer of the previous call's result, which the guard holds until the next call (so
-    that its memory cannot have been handed to a new tensor meanwhile: an equal pointer is
-    the same buffer). Under :data:`FRESH_OUTPUTS` it returns a copy instead. Unchecked
-    under ``torch.compile`` and ``torch.func`` transforms, where a data pointer cannot be
-    read. Tuple states need none: every path concatenates their parts into a new tensor.
+    pointer of one of the last 16 results that is still alive (held by the solver as a
+    stage derivative, or by ``func`` as its buffer; a result nobody holds is never read
+    again, and its memory may rightly be reused). 16 covers every stage of the methods
+    (dopri8 has 13), so a ``func`` cycling through several buffers is found too. Under
+    :data:`FRESH_OUTPUTS` it returns a copy instead. Unchecked under ``torch.compile`` and
+    ``torch.func`` transforms, where a data pointer cannot be read. Tuple states need none:
+    every path concatenates their parts into a new tensor.
     """
 
-    __slots__ = ("fresh", "check", "last", "last_ptr")
+    __slots__ = ("fresh", "check", "recent")
 
     def __init__(self) -> None:
         # Under torch.compile nothing is read: a graph cannot hold a context variable.
         compiling = torch.compiler.is_compiling()
         self.fresh = not compiling and FRESH_OUTPUTS.get()
         self.check = not compiling and not in_transform()
-        self.last: Tensor | None = None
-        self.last_ptr = 0
+        self.recent: list[tuple[weakref.ref, int]] = []
 
     def __call__(self, f: Any) -> Any:
         if not isinstance(f, Tensor):
@@ -222,7 +230,16 @@ class OutputGuard:
             return f.clone()
         if self.check and f.layout == torch.strided:
             ptr = f.data_ptr()
-            if ptr and ptr == self.last_ptr:
-                raise SharedOutput
-            self.last, self.last_ptr = f, ptr
+            if ptr:
+                for ref, held in self.recent:
+                    if held == ptr and ref() is not None:
+                        if f.requires_grad:
+                            # What the solver saved for backward was overwritten in place,
+                            # and the buffer's history still reaches it: no solve again
+                            # can give a gradient.
+                            raise ValueError(_SHARED_WITH_GRAD)
+                        raise SharedOutput
+                self.recent.append((weakref.ref(f), ptr))
+                if len(self.recent) > 16:
+                    del self.recent[0]
         return f

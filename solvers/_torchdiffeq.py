@@ -124,14 +124,28 @@ def integrate(
                 return _integrate(func, y0, t, ts, solver, params, final_only)
             finally:
                 FRESH_OUTPUTS.reset(token)
-    except RuntimeError as err:
-        # vmap batches tensor operations, not the host's decisions: an adaptive method
-        # accepts or rejects each step, and sizes the next, from its error norm.
-        if solver.kind == "adaptive" and in_transform() and str(err).startswith("vmap:"):
-            raise RuntimeError(_VMAP_ADAPTIVE.format(method=solver.method)) from err
+    except (RuntimeError, NotImplementedError) as err:
+        if solver.kind == "adaptive" and solver.method != "scipy_solver":
+            # vmap batches tensor operations, not the host's decisions: an adaptive method
+            # accepts or rejects each step, and sizes the next, from its error norm.
+            if in_transform() and str(err).startswith("vmap:"):
+                raise RuntimeError(_VMAP_ADAPTIVE.format(method=solver.method)) from err
+            # torchdiffeq's loop (what the driver declines) writes stages through an
+            # autograd Function without setup_context (torch.func) or jvp (forward mode).
+            if "setup_context" in str(err) or "implement the jvp function" in str(err):
+                raise RuntimeError(_LOOP_TRANSFORM.format(method=solver.method)) from err
         raise
 
 
+_LOOP_TRANSFORM = (
+    "{method}: this solve runs torchdiffeq's own adaptive loop (solvers.odeint keeps it "
+    "outside torch.func transforms for torchdiffeq's numbers; solve takes it for "
+    "per-component tolerances, step callbacks on func, a t with a gradient, or "
+    "memory='adjoint'), whose stage writes have no forward-mode derivative and cannot run "
+    "under torch.func transforms. Use solvers.solve with scalar rtol and atol, no step "
+    "callbacks, a t without gradient and memory='autograd' (its adaptive driver supports "
+    "grad, jvp, vjp and dual tensors), or a fixed-step method"
+)
 _VMAP_ADAPTIVE = (
     "{method}: an adaptive method cannot run under torch.func.vmap: it accepts or rejects "
     "each step, and chooses the next step size, from its error norm on the host, a "

@@ -275,6 +275,19 @@ class _Buffered(torch.nn.Module):
             return torch.mul(y, -torch.cos(t) * self.w, out=self.buf)
 
 
+class _TwoBuffers:
+    """-cos(t)·y written into two buffers in turn."""
+
+    def __init__(self):
+        self.bufs, self.i = None, 0
+
+    def __call__(self, t, y):
+        if self.bufs is None:
+            self.bufs = [torch.empty_like(y), torch.empty_like(y)]
+        out, self.i = self.bufs[self.i], 1 - self.i
+        return torch.mul(y, -torch.cos(t), out=out)
+
+
 @pytest.mark.parametrize(
     "method",
     ["euler", "midpoint", "heun2", "heun3", "rk4", "dopri5", "bosh3", "adaptive_heun", "dopri8"],
@@ -311,9 +324,32 @@ def test_a_field_that_reuses_its_output_buffer_is_solved_as_one_that_does_not(me
         fresh = torchdiffeq.odeint(_Buffered(True), y0, t, method=method, options=options, **kw)
         theirs = torchdiffeq.odeint(_Buffered(), y0, t, method=method, options=options, **kw)
     assert torch.equal(ours, fresh)
+    # A field cycling through two buffers (the third evaluation overwrites the first).
+    with torch.no_grad():
+        two = solvers.solve(_TwoBuffers(), y0, t, solver)
+    assert torch.equal(two.saved, want.saved)
     if method in ("rk4", "heun3"):
         exact = torch.exp(-torch.sin(t[-1]))
         assert (theirs[-1] - exact).abs().max() > 1e3 * (ours[-1] - exact).abs().max()
+
+
+def test_a_buffer_holding_results_with_gradients_is_a_named_error():
+    """Written under autograd (copy_ of a result that requires grad), the buffer's history
+    reaches the evaluations saved for backward: a ValueError that names the fix."""
+
+    class WithGrad(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(-0.5, dtype=F64))
+            self.buf = torch.zeros(2, dtype=F64)
+
+        def forward(self, t, y):
+            return self.buf.copy_(self.w * y)
+
+    y0 = torch.tensor([1.0, 2.0], dtype=F64)
+    for solver in (solvers.Solver("dopri5"), solvers.Solver("rk4", step_size=0.1)):
+        with pytest.raises(ValueError, match="buffer it reuses.*Return a new tensor"):
+            solvers.solve(WithGrad(), y0, [0.0, 1.0], solver)
 
 
 def test_a_field_that_reuses_its_output_buffer_through_torchdiffeqs_loop():

@@ -371,6 +371,24 @@ def test_6_grad_and_jvp_through_an_adaptive_solve_and_vmap_is_a_named_error(meth
     with fwAD.dual_level():
         dual = fwAD.unpack_dual(final(fwAD.make_dual(w, one), y0)).tangent
     torch.testing.assert_close(dual, reverse, rtol=1e-10, atol=0)
+
+    # The drop-in odeint takes the driver under transforms (torchdiffeq's loop cannot run
+    # there); what only torchdiffeq's loop does (per-component tolerances) is a named error.
+    def drop_in(w):
+        return solvers.odeint(lambda s, z: -w * torch.cos(s) * z, y0, t, method=method)[-1]
+
+    wd = w.clone().requires_grad_()
+    (loop_grad,) = torch.autograd.grad(drop_in(wd).sum(), wd)  # torchdiffeq's own loop
+    torch.testing.assert_close(grad(lambda w: drop_in(w).sum())(w), loop_grad, rtol=1e-8, atol=0)
+    per_component = solvers.Solver(method, rtol=torch.full((3,), 1e-8), atol=1e-10)
+
+    def loop(w):
+        return solvers.solve(lambda s, z: -w * z, y0, t, per_component).y_final.sum()
+
+    with pytest.raises(RuntimeError, match=f"{method}: this solve runs torchdiffeq's own"):
+        grad(loop)(w)
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match="torchdiffeq's own adaptive"):
+        drop_in(fwAD.make_dual(w, one))
     batch = torch.stack([y0, 2 * y0])
     for fn in (lambda y: final(w, y), grad(lambda y: final(w, y).sum())):
         with pytest.raises(RuntimeError, match=f"{method}: an adaptive method cannot run under"):
