@@ -42,9 +42,9 @@ def solve(
         func: ``func(t, y) -> dy/dt`` with ``y`` a tensor or a tuple of tensors; for a
             symplectic method the pair ``(f_q, f_p)`` with ``dq/dt = f_q(t, p)`` and
             ``dp/dt = f_p(t, q)``. A ``func`` that writes each result into one buffer it
-            reuses is found on its second evaluation (the same storage as the first, still
-            held) and the solve runs again with every evaluation copied: the numbers of a
-            ``func`` returning new tensors, two evaluations later (not under
+            reuses (or a few, in turn) is found when a result has the storage of an earlier
+            one still held, and the solve runs again with every evaluation copied: the
+            numbers of a ``func`` returning new tensors (not under
             ``torch.compile`` or a ``torch.func`` transform, where storage cannot be read;
             step callbacks on ``func`` run again for the steps taken before it was found).
             Results that carry gradients cannot share a buffer: a ``ValueError``.

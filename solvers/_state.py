@@ -195,7 +195,7 @@ _SHARED_WITH_GRAD = (
     "func returned the storage of an earlier result (it writes each result into one "
     "buffer it reuses) while its results carry gradients: the evaluations the solver saved "
     "for the backward pass were overwritten in place. Return a new tensor from every call "
-    "(drop the out= buffer or copy_ into it); without gradients such a buffer is allowed"
+    "(no out= buffer, no copy_ into a kept tensor); without gradients a buffer is allowed"
 )
 # True while a solve copies every evaluation of its right-hand side (after SharedOutput).
 FRESH_OUTPUTS: contextvars.ContextVar[bool] = contextvars.ContextVar("fresh", default=False)

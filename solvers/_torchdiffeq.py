@@ -111,9 +111,10 @@ def integrate(
 
     A ``func`` that writes every result into one buffer it reuses would overwrite the
     stage derivatives a step still holds (torchdiffeq's own loop then gives wrong numbers
-    for rk4, heun2/3 and the first step of an adaptive method): it is found on its second
-    evaluation (:class:`~solvers._state.OutputGuard`), and the solve runs again with every
-    evaluation copied. The statistics are the second solve's.
+    for rk4, heun2/3 and the first step of an adaptive method): it is found when a result
+    has the storage of an earlier one still held (:class:`~solvers._state.OutputGuard`),
+    and the solve runs again with every evaluation copied. The statistics are the second
+    solve's.
     """
     try:
         try:
