@@ -95,7 +95,7 @@ def solve(
             f"{solver.method} chooses its steps from the data, and torch.jit.trace would "
             "record the steps of this one input for every other input (wrong results on a "
             "new batch). Trace with a fixed-step method (set_solver('rk4', step_size=h)), "
-            "or use torch.compile, which keeps the adaptive loop"
+            "or torch.compile the network, whose adaptive stages keep their loop"
         )
     if kind == "symplectic":
         _split.check_split(func, y0, solver.method)
