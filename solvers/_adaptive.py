@@ -43,7 +43,7 @@ from torch.autograd import forward_ad
 
 from ._errors import NonFiniteError
 from ._fixed_grid import _Eval
-from ._state import SharedOutput, in_transform
+from ._state import in_transform
 
 try:
     from torchdiffeq._impl.interp import _interp_evaluate, _interp_fit
@@ -137,18 +137,6 @@ def _combine(y0: Tensor | None, ks: list[Tensor], row: list[float], h) -> Tensor
     if out is None:
         return torch.zeros_like(ks[0])
     return out.clone() if out is y0 else out
-
-
-def _own(f: Tensor, *held) -> Tensor:
-    """``f``, checked not to share storage with a stage derivative still held (not under a
-    ``torch.func`` transform, whose tensors have no storage to compare)."""
-    if in_transform():
-        return f
-    ptr = f.data_ptr()
-    for ks in held:
-        if ks is not None and any(k.data_ptr() == ptr for k in ks):
-            raise SharedOutput
-    return f
 
 
 def _scalar(dt: Tensor):
@@ -284,7 +272,7 @@ def integrate_adaptive(
                 else:
                     t_i, perturb = t0_y + a_y * dt_y, Perturb.NONE
                 y_i = _combine(y, ks, row, h)
-                ks.append(_own(f(t_i, y_i, perturb=perturb), ks, last.ks))
+                ks.append(f(t_i, y_i, perturb=perturb))
             y1 = y_i if fsal else _combine(y, ks, c_sol, h)
             error = _combine(None, ks, c_err, h)
             # The controller's quantities carry no derivative: torchdiffeq computes the next
@@ -307,7 +295,7 @@ def integrate_adaptive(
                     if i_jump != len(jump_list) - 1:
                         i_jump += 1
                     # Past a jump of the field: its value on the far side.
-                    fy = _own(f(t1, y1, perturb=Perturb.NEXT), ks, last.ks)
+                    fy = f(t1, y1, perturb=Perturb.NEXT)
                 else:
                     fy = ks[-1]
                 t_now, y = t1, y1
