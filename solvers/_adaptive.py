@@ -115,6 +115,15 @@ def supports(func, y0, t: Tensor, method: str, rtol, atol, options: dict, adjoin
     )
 
 
+# Eager under torch.compile: torchdiffeq's setup checks step_t and jump_t for duplicates
+# with Tensor.unique, whose output shape depends on the data; Inductor cannot lower it
+# (aten._unique2), so a compiled solve failed there before its first step.
+@torch.compiler.disable
+def _before_integrate(solver, t: Tensor) -> None:
+    """f(t0) and the first step, as torchdiffeq chooses them."""
+    solver._before_integrate(t)
+
+
 def _combine(y0: Tensor | None, ks: list[Tensor], row: list[float], h) -> Tensor:
     """``y0 + sum_j (row[j] h) ks[j]`` (``y0`` absent: the sum alone), term by term; a zero
     of the tableau adds nothing and is skipped. ``h`` is a float, or a tensor when the
@@ -213,7 +222,7 @@ def integrate_adaptive(
     f = _Eval(func, shapes, reverse, method, state0)
     solver = SOLVERS[method](func=f, y0=y0, rtol=rtol, atol=atol, norm=norm, **options)
     t = t.to(solver.dtype)
-    solver._before_integrate(t)  # f(t0) and the first step, as torchdiffeq chooses them
+    _before_integrate(solver, t)
     tab = solver.tableau
     alpha = [float(a) for a in tab.alpha]
     beta = [[float(b) for b in row] for row in tab.beta]

@@ -219,6 +219,12 @@ def _integrate(
             kw[f"adjoint_{key}"] = dict(value) if key == "options" else value
         counter.pin = Pinned(owners((func,)), "adjoint")
     solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
+    if kind == "adaptive":
+        # Eager under torch.compile (a graph break): torchdiffeq's adaptive setup checks
+        # the step and jump times for duplicates with Tensor.unique, whose output shape
+        # depends on the data, and Inductor cannot lower it (aten._unique2). Eager, the
+        # loop gives torchdiffeq's numbers, as odeint promises.
+        solve = torch.compiler.disable(solve)
     try:
         sol = solve(
             counter, y0, t, rtol=solver.rtol, atol=solver.atol, method=method, options=options, **kw

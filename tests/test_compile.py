@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import neuralpde
+from solvers import Solver
 
 # (arch, method): every fixed-step and symplectic method on a network it applies to.
 CASES = [
@@ -127,3 +128,34 @@ def test_a_constrained_network_is_one_graph_after_its_kernels(monkeypatch):
     torch.testing.assert_close(loss_c, loss, rtol=1e-12, atol=1e-12)
     for a, b in zip(grads_c, grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_a_bare_adaptive_solve_and_odeint_compile_and_match_eager():
+    # torchdiffeq's setup checks the step and jump times for duplicates with Tensor.unique,
+    # which Inductor cannot lower (aten._unique2): both calls failed before their first step.
+    import torchdiffeq
+
+    import solvers
+
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    a = -torch.eye(4, dtype=torch.float64) + 0.3 * torch.randn(
+        4, 4, generator=gen, dtype=torch.float64
+    )
+
+    def f(t, y):
+        return torch.tanh(y @ a) * (1 + t)
+
+    y0 = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    # θ(t)'s jumps are where the solve is taken over: with them, the steps stop on each.
+    jumps = Solver("dopri5", rtol=1e-8, atol=1e-10, options={"jump_t": torch.tensor([0.3, 0.6])})
+    for solver in (Solver("bosh3", rtol=1e-8, atol=1e-10), jumps):
+        compiled = torch.compile(lambda y, s=solver: solvers.solve(f, y, t, s))(y0)
+        eager = solvers.solve(f, y0, t, solver)
+        assert compiled.stats.nfe == eager.stats.nfe
+        torch.testing.assert_close(compiled.ys, eager.ys, rtol=0, atol=1e-12)
+    # odeint keeps torchdiffeq's loop, run eagerly: torchdiffeq's numbers, bit for bit.
+    compiled = torch.compile(lambda y: solvers.odeint(f, y, t, rtol=1e-8, atol=1e-10))(y0)
+    assert torch.equal(compiled, torchdiffeq.odeint(f, y0, t, rtol=1e-8, atol=1e-10))
