@@ -38,7 +38,10 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     ``"dopri5"``; a fixed-step method without ``options={"step_size": h}`` steps on the
     output times; a single output time returns ``y0[None]``; callbacks on ``func``
     (``callback_step``, ``callback_accept_step``, ``callback_reject_step``) are called;
-    ``event_fn`` returns ``(event_t, solution)`` (torchdiffeq's event handling). Adaptive
+    ``event_fn`` returns ``(event_t, solution)`` (torchdiffeq's event handling, with the
+    event time differentiated as ``torchdiffeq.odeint_event`` does it: the solution's
+    gradient includes how the event moves with ``y0`` and ``func``'s parameters, where
+    bare ``torchdiffeq.odeint`` holds the event time constant). Adaptive
     methods keep torchdiffeq's step limit (``scipy_solver``: ``max_num_steps=10_000``, as it
     stops at a singularity instead of running on) and no finiteness check is made. Differences:
     underflow and step-limit failures raise :class:`SolverError` (a ``RuntimeError``)
@@ -61,7 +64,10 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
         options: torchdiffeq's options of the method; ``step_size`` for fixed-step and
             symplectic methods.
         event_fn: ``event_fn(t, y) -> Tensor``; the solve stops where it crosses zero
-            (torchdiffeq methods; ``t`` then holds the start and an upper bound).
+            (torchdiffeq methods). ``t`` then holds the start and a second time that only
+            gives the direction, as in torchdiffeq: the search has no end time, so an
+            event that never fires runs to ``options["max_num_steps"]`` (adaptive methods;
+            set it to bound the search) or 20,000 steps (fixed-step methods).
 
     Returns:
         ``(n_times, *shape)`` solution (a tuple for a tuple state); with ``event_fn``,

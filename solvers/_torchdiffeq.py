@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -475,19 +476,35 @@ def _named(err: Exception, method: str, options: dict[str, Any], note: str = "")
 
 
 def odeint_event(func, y0, t, rtol, atol, method, options, event_fn, adjoint_kw):
-    """torchdiffeq's event handling, unchanged: ``(event_t, solution)``."""
-    if adjoint_kw is None:
-        return torchdiffeq.odeint(
-            func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn
+    """torchdiffeq's event handling, ``(event_t, solution)``, with ``event_t`` differentiated.
+
+    Bare ``torchdiffeq.odeint`` treats the event time as a constant, so the gradient of the
+    solution misses how the event moves with ``y0`` and ``func``'s parameters (the gradient
+    of ``event_t`` itself is zero). ``torchdiffeq.odeint_event`` adds that dependence by the
+    implicit function theorem (Chen, Amos & Nickel, "Learning neural event functions for
+    ordinary differential equations", ICLR 2021), and is what runs here: the forward numbers
+    are bare ``odeint``'s, bit for bit. As there, only ``t[0]`` and the direction of
+    ``t[1]`` are read.
+    """
+    if len(t) != 2:
+        raise ValueError(
+            f"event_fn: t must hold two times, the start and one more that gives the "
+            f"direction of time (as torchdiffeq), got {len(t)}"
         )
-    return torchdiffeq.odeint_adjoint(
+    interface = (
+        torchdiffeq.odeint
+        if adjoint_kw is None
+        else functools.partial(torchdiffeq.odeint_adjoint, **adjoint_kw)
+    )
+    return torchdiffeq.odeint_event(
         func,
         y0,
-        t,
+        t[0],
+        event_fn=event_fn,
+        reverse_time=bool(t[1] < t[0]),
+        odeint_interface=interface,
         rtol=rtol,
         atol=atol,
         method=method,
         options=options,
-        event_fn=event_fn,
-        **adjoint_kw,
     )

@@ -339,6 +339,39 @@ def test_event_handling_adjoint():
     y[-1].sum().backward()
 
 
+@pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_event_time_is_differentiated(interface, method):
+    # y' = -k y with y(0) = y0 stops where y_0(t) = 1/2: t* = ln(2 y0_0) / k. Bare
+    # torchdiffeq.odeint held t* constant (gradient [0.5, 0.5], dt*/dk = 0).
+    class Decay(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.k = torch.nn.Parameter(torch.tensor(1.0, dtype=F64))
+
+        def forward(self, t, y):
+            return -self.k * y
+
+    f = Decay()
+    y0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    opts = {"step_size": 1e-3} if method == "rk4" else None
+    kw = dict(rtol=1e-10, atol=1e-12, method=method, options=opts)
+
+    def event_fn(t, y):
+        return y[0] - 0.5
+
+    event_t, ys = getattr(solvers, interface)(f, y0, t, event_fn=event_fn, **kw)
+    with torch.no_grad():  # the forward numbers are torchdiffeq's, bit for bit
+        bare_t, bare_ys = getattr(torchdiffeq, interface)(f, y0, t, event_fn=event_fn, **kw)
+    assert torch.equal(event_t, bare_t) and torch.equal(ys, bare_ys)
+    assert abs(event_t.item() - math.log(2.0)) < 1e-6
+    (dk,) = torch.autograd.grad(event_t, f.k, retain_graph=True)
+    assert abs(dk.item() + math.log(2.0)) < 1e-5
+    (dy0,) = torch.autograd.grad(ys[-1].sum(), y0)
+    torch.testing.assert_close(dy0, torch.tensor([-1.0, 0.5], dtype=F64), rtol=0, atol=1e-5)
+
+
 # --- norm_tests.py ----------------------------------------------------------------------------
 def test_norm_sees_the_state_as_given():
     t = torch.tensor([0.0, 1.0])
