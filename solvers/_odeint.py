@@ -50,7 +50,9 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     whose first result does not match the state's shape or dtype raises, a right-hand
     side that returns one reused buffer on every call is solved as one that returns new
     tensors (torchdiffeq's rk4, heun2/3 and adaptive methods overwrite stage derivatives
-    they still hold with it), and no output time is ever dropped. The symplectic methods of
+    they still hold with it), and no output time is ever dropped. Two things torchdiffeq
+    takes are a ``TypeError``/``ValueError`` naming the way out: a complex state, and a list
+    of tolerances, one per part of a tuple state. The symplectic methods of
     :func:`methods` are additional names: ``func=(f_q, f_p)``, ``y0=(q0, p0)``,
     ``options={"step_size": h}``. For statistics, memory modes and failure status use
     :func:`solve` with a :class:`Solver`.

@@ -35,6 +35,15 @@ def _check_tolerance(name: str, tol: Any) -> None:
         if not bool(torch.isfinite(tol).all()) or not bool((tol > 0).all()):
             raise ValueError(f"{name} must be positive and finite in every entry, got {tol}")
         return
+    if isinstance(tol, (list, tuple)):
+        # torchdiffeq reads a list as one tolerance per part of a tuple state; here a
+        # tuple state has one tolerance for all its parts.
+        raise ValueError(
+            f"{name} must be one positive finite number, or a tensor of a tensor state's "
+            f"shape (per-component tolerances), got the {type(tol).__name__} {tol!r}; per-"
+            "part tolerances of a tuple state are not supported: scale the parts so that "
+            f"one {name} suits them all, or concatenate them into one tensor state"
+        )
     if (
         isinstance(tol, bool)
         or not isinstance(tol, (int, float))

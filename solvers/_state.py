@@ -25,6 +25,14 @@ def check_state(y0: Any, check_finite: bool, name: str = "y0") -> None:
             raise TypeError(
                 f"{name} must be a tensor or a tuple of tensors, got {type(y).__name__}"
             )
+        if y.is_complex():
+            # The step-size controllers, error norms and steppers are written for real
+            # states; a complex one is two real ones.
+            raise TypeError(
+                f"{name} is complex ({y.dtype}); integrate its real and imaginary parts as "
+                "a real state: torch.view_as_real(y0), with func converting back and forth "
+                "(torch.view_as_complex)"
+            )
         if not y.is_floating_point():
             raise TypeError(f"{name} must be floating point, got dtype {y.dtype}")
         # Under a torch.func transform the state cannot be read back (no sync): unchecked.

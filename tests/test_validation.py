@@ -216,6 +216,26 @@ CASES = [
         ValueError,
         "atol must be positive and finite in every entry",
     ),
+    (
+        # torchdiffeq's per-part tolerances of a tuple state: named, with the way out.
+        lambda: solvers.odeint(
+            lambda t, s: (-s[0], -2 * s[1]),
+            (torch.ones(1), torch.ones(2)),
+            torch.tensor([0.0, 1.0]),
+            rtol=[1e-6, 1e-7],
+        ),
+        ValueError,
+        "per-part tolerances of a tuple state are not supported",
+    ),
+    (
+        lambda: solvers.odeint(
+            lambda t, y: -1j * y,
+            torch.ones(2, dtype=torch.complex128),
+            torch.tensor([0.0, 1.0], dtype=torch.float64),
+        ),
+        TypeError,
+        "torch.view_as_real",
+    ),
     (lambda: solvers.Solver("rk4", options=[1]), TypeError, "options must be a dict"),
     (
         lambda: solvers.Solver("rk4", backward={"method": "rk4"}),
