@@ -456,7 +456,10 @@ def _named(err: Exception, method: str, options: dict[str, Any], note: str = "")
     if "underflow in dt" in msg:
         return SolverError(
             f"{method}: the step size underflowed ({msg}); the right-hand side is probably "
-            f"stiff or not finite. Loosen rtol/atol, or use a fixed-step method.{note}",
+            "stiff or not finite. Loosen rtol/atol, or use a fixed-step method. If it is "
+            "defined only up to the last output time: an adaptive step can end past it "
+            "(the output is interpolated back), and options={'step_t': t[-1:]} ends the "
+            f"last step there.{note}",
             status="underflow",
         )
     if "max_num_steps exceeded" in msg:

@@ -1,5 +1,7 @@
 """solve() and the odeint facade: torchdiffeq's numbers, statistics, status and clear errors."""
 
+import math
+
 import pytest
 import torch
 import torchdiffeq
@@ -212,6 +214,23 @@ def test_underflow_is_a_clear_error():
 
     with pytest.raises((solvers.SolverError, solvers.NonFiniteError)):
         solvers.solve(blowup, torch.ones(1), torch.tensor([0.0, 2.0]), Solver("dopri5"))
+
+
+def test_a_field_defined_up_to_the_last_time_is_named_and_step_t_solves_it():
+    # Adaptive steps may end past t[-1] (the output is interpolated back): a field that is
+    # not defined there underflows the step size; the error says so and step_t stops there.
+    def f(t, y):
+        v = torch.cos(t) * torch.ones_like(y)
+        return v if float(t) <= 1.0 else v * float("nan")
+
+    y0, t = torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(solvers.SolverError, match=r"step_t"):
+        solvers.solve(f, y0, t, Solver("dopri5"))
+    for ys in (
+        solvers.solve(f, y0, t, Solver("dopri5", options={"step_t": t[-1:]})).ys,
+        solvers.odeint(f, y0, t, options={"step_t": t[-1:]}),
+    ):
+        assert abs(ys[-1].item() - (1.0 + math.sin(1.0))) < 1e-6
 
 
 def test_solvers_import_without_neuralpde():
