@@ -231,7 +231,17 @@ def _integrate(
             counter, y0, t, rtol=solver.rtol, atol=solver.atol, method=method, options=options, **kw
         )
     except (AssertionError, RuntimeError) as err:
-        raise _named(err, method, options, _resolution(solver, parts(y0)[0].dtype)) from err
+        note = _resolution(solver, parts(y0)[0].dtype)
+        if adjoint and "does not require grad" in str(err):
+            raise RuntimeError(
+                f"{err}. With memory='adjoint' (odeint_adjoint) the forward solve runs "
+                "under torch.no_grad, so a func that differentiates inside itself (a "
+                "Hamiltonian's or a potential's gradient, torch.autograd.grad) finds no "
+                "graph: in func, compute that part under torch.enable_grad(), from "
+                "y.detach().requires_grad_() where y does not require grad, or use "
+                "memory='autograd'"
+            ) from err
+        raise _named(err, method, options, note) from err
     if kind == "fixed" or method == "scipy_solver":
         # scipy reports no steps to torchdiffeq's callbacks: None rather than a wrong 0.
         steps = None if method == "scipy_solver" else counter.steps

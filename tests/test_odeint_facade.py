@@ -392,3 +392,33 @@ def test_torchdiffeq_warning_that_the_solution_may_be_incorrect_reaches_the_user
     ):
         with pytest.warns(UserWarning, match="Solution may be incorrect"):
             call()
+
+
+def test_a_field_that_differentiates_inside_itself_under_the_adjoint():
+    # The adjoint's forward solve runs under no_grad: a gradient field (a potential's
+    # gradient by autograd) finds no graph there; the error says how to write it.
+    class Potential(torch.nn.Module):
+        def __init__(self, fixed):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+            self.fixed = fixed
+
+        def forward(self, t, y):
+            with torch.enable_grad():
+                if self.fixed and not y.requires_grad:
+                    y = y.detach().requires_grad_()
+                energy = self.w * (y**2).sum() / 2
+                return -torch.autograd.grad(energy, y, create_graph=True)[0]
+
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    y0 = torch.ones(2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"y\.detach\(\)\.requires_grad_\(\)"):
+        solvers.solve(Potential(False), y0, t, Solver("dopri5", memory="adjoint"))
+    grads = []
+    for memory in ("adjoint", "autograd"):
+        f = Potential(True)
+        ys = solvers.solve(f, y0, t, Solver("dopri5", rtol=1e-9, atol=1e-11, memory=memory)).ys
+        (g,) = torch.autograd.grad(ys[-1].sum(), f.w)
+        grads.append(g.item())
+    # y(1) = e^{-w}: d/dw sum = -2 e^{-1} at w = 1.
+    assert abs(grads[0] + 2 * math.exp(-1)) < 1e-6 and abs(grads[1] + 2 * math.exp(-1)) < 1e-6
