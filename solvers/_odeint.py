@@ -46,13 +46,16 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     stops at a singularity instead of running on) and no finiteness check is made. Differences:
     underflow and step-limit failures raise :class:`SolverError` (a ``RuntimeError``)
     naming the fix, a NaN/Inf state that torchdiffeq's step meets raises
-    :class:`NonFiniteError` (torchdiffeq: a bare ``AssertionError``), a right-hand side
-    whose first result does not match the state's shape or dtype raises, a right-hand
-    side that returns one reused buffer on every call is solved as one that returns new
-    tensors (torchdiffeq's rk4, heun2/3 and adaptive methods overwrite stage derivatives
-    they still hold with it), and no output time is ever dropped. Two things torchdiffeq
-    takes are a ``TypeError``/``ValueError`` naming the way out: a complex state, and a list
-    of tolerances, one per part of a tuple state. The symplectic methods of
+    :class:`NonFiniteError` (torchdiffeq: a bare ``AssertionError``), ``scipy_solver``
+    with ``y0``, ``t`` or parameters of ``func`` requiring grad raises a ``ValueError``
+    naming :func:`odeint_adjoint` when a backward pass reaches it (torchdiffeq: no
+    gradient, no error), a right-hand side whose first result does not match the state's
+    shape or dtype raises, a right-hand side that returns one reused buffer on every call
+    is solved as one that returns new tensors (torchdiffeq's rk4, heun2/3 and adaptive
+    methods overwrite stage derivatives they still hold with it), and no output time is
+    ever dropped. Two things torchdiffeq takes are a ``TypeError``/``ValueError`` naming
+    the way out: a complex state, and a list of tolerances, one per part of a tuple state.
+    The symplectic methods of
     :func:`methods` are additional names: ``func=(f_q, f_p)``, ``y0=(q0, p0)``,
     ``options={"step_size": h}``. For statistics, memory modes and failure status use
     :func:`solve` with a :class:`Solver`.
@@ -112,7 +115,9 @@ def odeint_adjoint(
     Args:
         func: ``func(t, y) -> dy/dt``, an ``nn.Module`` unless ``adjoint_params`` is given.
         y0, t, rtol, atol, method, options, event_fn: as for :func:`odeint` (torchdiffeq
-            methods only).
+            methods only). ``scipy_solver`` solves the forward and the adjoint equation with
+            the same scipy solver; a failure or ``max_num_steps`` in either raises
+            :class:`SolverError` at the time reached, as in :func:`odeint`.
         adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: settings of the
             backward solve (default: those of the forward one, as torchdiffeq).
         adjoint_params: the tensors to differentiate (default: ``func``'s parameters).

@@ -75,7 +75,9 @@ class Solver:
             ``"reversible"`` (symplectic methods: recompute each step's input by inverting
             the step; exact gradient, memory independent of the number of steps) or
             ``"adjoint"`` (torchdiffeq methods: ``torchdiffeq.odeint_adjoint``; gradient
-            approximate to the solver's accuracy).
+            approximate to the solver's accuracy). ``scipy_solver`` integrates in NumPy:
+            gradients only with ``"adjoint"``, whose backward solve is scipy's too (with
+            ``"autograd"`` a backward pass through it raises a ``ValueError``).
         options: torchdiffeq's options of the method (``perturb``, ``jump_t``,
             ``max_num_steps``, ``first_step``, ...; adaptive methods stop after
             ``max_num_steps=10_000`` steps unless told otherwise), or, for a symplectic
@@ -270,9 +272,10 @@ class Stats:
 
     Attributes:
         nfe: evaluations of the right-hand side (for a split state: of ``f_q`` plus ``f_p``).
-        steps: steps taken (accepted steps for adaptive methods; ``None`` for
+        steps: steps taken (accepted steps for adaptive methods; for ``scipy_solver``
+            those of the forward solve).
+        rejected: rejected steps of an adaptive method (``None`` for the others and for
             ``scipy_solver``, which does not report them).
-        rejected: rejected steps of an adaptive method (``None`` for the others).
         nfe_q, nfe_p: evaluations of ``f_q`` and ``f_p`` apart (split states only, else None).
     """
 

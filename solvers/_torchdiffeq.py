@@ -173,7 +173,7 @@ def _integrate(
             func, y0, t, ts, method, solver.step_size, options, final_only
         )
         return sol, Stats(nfe=nfe, steps=steps)
-    if method == "scipy_solver":
+    if method == "scipy_solver" and not adjoint:
         _warn_unsupported_callbacks(func, method)
         return _scipy(func, y0, t, ts, solver, final_only)
     if kind == "adaptive":
@@ -219,6 +219,16 @@ def _integrate(
         for key, value in (solver.backward or {}).items():
             kw[f"adjoint_{key}"] = dict(value) if key == "options" else value
         counter.pin = Pinned(owners((func,)), "adjoint")
+    run = None
+    if method == "scipy_solver":
+        # The adjoint (the only scipy solve that reaches here): torchdiffeq's wrapper, which
+        # solves the backward with scipy too, stepping a class with _scipy's step limit and
+        # named failures (the wrapper would return fewer rows, or run on without a limit).
+        run = _ScipyRun(ts)
+        options = _scipy_stepper(method, options, run)
+        if "adjoint_options" in kw and kw.get("adjoint_method", method) == method:
+            back = _ScipyRun(ts, backward=True)
+            kw["adjoint_options"] = _scipy_stepper(method, kw["adjoint_options"], back)
     solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
     if kind == "adaptive":
         # Eager under torch.compile (a graph break): torchdiffeq's adaptive setup checks
@@ -242,10 +252,19 @@ def _integrate(
                 "memory='autograd'"
             ) from err
         raise _named(err, method, options, note) from err
-    if kind == "fixed" or method == "scipy_solver":
-        # scipy reports no steps to torchdiffeq's callbacks: None rather than a wrong 0.
-        steps = None if method == "scipy_solver" else counter.steps
-        stats = Stats(nfe=counter.nfe, steps=steps)
+    if run is not None:
+        rows = parts(sol)[0].shape[0]
+        if rows != len(ts):  # the stepper raises first: a short result is never returned
+            raise SolverError(
+                f"{method}: scipy stopped before t={ts[rows]:g}, returning {rows} of "
+                f"{len(ts)} output times; the solution probably blows up there, or the "
+                "problem is stiff (try options={'solver': 'Radau'} or looser rtol/atol)",
+                status="underflow",
+            )
+        run.backward = True  # the backward's solves, if it reuses the forward's options
+        stats = Stats(nfe=counter.nfe, steps=run.steps)
+    elif kind == "fixed":
+        stats = Stats(nfe=counter.nfe, steps=counter.steps)
     else:
         stats = Stats(nfe=counter.nfe, steps=counter.steps, rejected=counter.rejected)
     if final_only:
@@ -337,28 +356,14 @@ def _scipy(func, y0: Any, t: Tensor, ts: list[float], solver: Solver, final_only
     the wrapper returns them as if complete, and LSODA near a singularity takes millions
     of steps. The loop below is ``solve_ivp``'s (the same steps and dense-output points,
     so the same numbers) with a step limit and a named error at the time reached.
+    Forward only (``memory="autograd"``): a gradient asked of it is the named error of
+    :class:`_NoGradient`. The adjoint goes through torchdiffeq's wrapper instead, stepping
+    the class of :func:`_scipy_stepper`, which stops as this loop does.
     """
     import numpy as np
-    import scipy.integrate
 
     method = solver.method
-    options = dict(solver.options)
-    extra = sorted(set(options) - _SCIPY_OPTIONS)
-    if extra:
-        raise ValueError(f"{method}: unknown options {extra}; it takes {sorted(_SCIPY_OPTIONS)}")
-    name = options.pop("solver", "LSODA")
-    max_steps = options.pop("max_num_steps", DEFAULT_MAX_NUM_STEPS)
-    if isinstance(name, str) and name in _SCIPY_SOLVERS:
-        cls = getattr(scipy.integrate, name)
-    elif isinstance(name, type) and issubclass(name, scipy.integrate.OdeSolver):
-        cls = name
-    else:
-        raise ValueError(
-            f"{method}: options['solver'] must be one of {_SCIPY_SOLVERS} or a "
-            f"scipy.integrate.OdeSolver subclass, got {name!r}"
-        )
-    if cls is scipy.integrate.LSODA:
-        options.setdefault("min_step", 0.0)  # torchdiffeq's default
+    cls, options, max_steps = _scipy_class(method, solver.options)
     state = parts(y0)
     dtype, device = state[0].dtype, state[0].device
     shapes = [y.shape for y in state]
@@ -390,21 +395,11 @@ def _scipy(func, y0: Any, t: Tensor, ts: list[float], solver: Solver, final_only
     i_eval = 0
     while ode.status == "running":
         if steps == max_steps:
-            raise SolverError(
-                f"{method} ({cls.__name__}): more than {max_steps} steps were needed; it reached "
-                f"t={sign * ode.t:g} of {ts[-1]:g}. Raise options={{'max_num_steps': N}}, or check the "
-                "right-hand side for a blow-up (a finite-time singularity) or stiffness",
-                status="max_num_steps",
-            )
+            raise _scipy_too_many(f"{method} ({cls.__name__})", max_steps, sign * ode.t, ts[-1])
         message = ode.step()
         steps += 1
         if ode.status == "failed":
-            raise SolverError(
-                f"{method} ({cls.__name__}) failed at t={sign * ode.t:g} of {ts[-1]:g}: {message}; "
-                "the solution probably blows up there, or the problem is stiff (try "
-                "options={'solver': 'Radau'} or looser rtol/atol)",
-                status="underflow",
-            )
+            raise _scipy_failed(f"{method} ({cls.__name__})", sign * ode.t, ts[-1], message)
         i_new = int(np.searchsorted(t_eval, ode.t, side="right"))
         chunk = t_eval[i_eval:i_new]
         if chunk.size:
@@ -412,37 +407,140 @@ def _scipy(func, y0: Any, t: Tensor, ts: list[float], solver: Solver, final_only
             i_eval = i_new
     sol = torch.tensor(np.stack(rows)).to(device, dtype)
     out = tuple(v.reshape(len(ts), *sh) for v, sh in zip(sol.split(sizes, dim=1), shapes))
-    if t.requires_grad or any(y.requires_grad for y in state):
+    params = [p for m in owners((func,)) for p in m.parameters() if p.requires_grad]
+    if torch.is_grad_enabled() and (
+        t.requires_grad or params or any(y.requires_grad for y in state)
+    ):
         # The values stand (torchdiffeq returns them too); a gradient cannot be had.
-        out = _NoGradient.apply(t, *state, *out)
+        out = _NoGradient.apply(t, len(params), *state, *params, *out)
     out = out if isinstance(y0, tuple) else out[0]
     if final_only:
         out = tuple(o[-1] for o in out) if isinstance(y0, tuple) else out[-1]
     return out, Stats(nfe=counter.nfe, steps=steps)
 
 
+def _scipy_class(method: str, options: dict) -> tuple[type, dict, int]:
+    """The ``scipy.integrate.OdeSolver`` class ``options`` name, the keyword arguments it
+    takes from them and the step limit."""
+    import scipy.integrate
+
+    options = dict(options)
+    extra = sorted(set(options) - _SCIPY_OPTIONS)
+    if extra:
+        raise ValueError(f"{method}: unknown options {extra}; it takes {sorted(_SCIPY_OPTIONS)}")
+    name = options.pop("solver", "LSODA")
+    max_steps = options.pop("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+    if isinstance(name, str) and name in _SCIPY_SOLVERS:
+        cls = getattr(scipy.integrate, name)
+    elif isinstance(name, type) and issubclass(name, scipy.integrate.OdeSolver):
+        cls = name
+    else:
+        raise ValueError(
+            f"{method}: options['solver'] must be one of {_SCIPY_SOLVERS} or a "
+            f"scipy.integrate.OdeSolver subclass, got {name!r}"
+        )
+    if cls is scipy.integrate.LSODA:
+        options.setdefault("min_step", 0.0)  # torchdiffeq's default
+    return cls, options, max_steps
+
+
+def _scipy_too_many(where: str, max_steps: int, reached: float, end: float) -> SolverError:
+    return SolverError(
+        f"{where}: more than {max_steps} steps were needed; it reached t={reached:g} of "
+        f"{end:g}. Raise options={{'max_num_steps': N}}, or check the right-hand side for a "
+        "blow-up (a finite-time singularity) or stiffness",
+        status="max_num_steps",
+    )
+
+
+def _scipy_failed(where: str, reached: float, end: float, message: str | None) -> SolverError:
+    return SolverError(
+        f"{where} failed at t={reached:g} of {end:g}: {message}; the solution probably blows "
+        "up there, or the problem is stiff (try options={'solver': 'Radau'} or looser "
+        "rtol/atol)",
+        status="underflow",
+    )
+
+
+class _ScipyRun:
+    """What the scipy solves of one adjoint solve share: the direction of time, whether
+    the backward pass has begun, and the steps of the forward solve."""
+
+    def __init__(self, ts: list[float], backward: bool = False):
+        self.ts = ts
+        self.backward = backward
+        self.steps = 0
+
+
+def _scipy_stepper(method: str, options: dict, run: _ScipyRun) -> dict:
+    """torchdiffeq's scipy options for ``options``: the named class, subclassed to stop
+    where ``_scipy`` stops (the step limit, a failure) with its error at the time reached.
+
+    torchdiffeq's wrapper passes ``solve_ivp`` the class as its ``method``: the steps and
+    numbers are the class's own, as with the name. The wrapper's ``min_step=0`` and
+    ``max_step=inf`` give way to the options, as in ``_scipy`` (scipy would warn on every
+    Runge–Kutta solve that ``min_step`` has no effect), and ``first_step`` and
+    ``max_num_steps``, which the wrapper does not take, reach the class here.
+    """
+    cls, kwargs, max_steps = _scipy_class(method, options)
+
+    class Stepper(cls):
+        def __init__(self, fun, t0, y0, t_bound, **kw):
+            kw = {k: v for k, v in kw.items() if k not in ("min_step", "max_step")}
+            super().__init__(fun, t0, y0, t_bound, **kw, **kwargs)
+            self.taken = 0
+
+        def step(self):
+            # torchdiffeq integrates in increasing time: decreasing times enter negated,
+            # and the backward pass runs against the forward's direction.
+            forward = 1.0 if run.ts[-1] > run.ts[0] else -1.0
+            sign = -forward if run.backward else forward
+            end = run.ts[0] if run.backward else run.ts[-1]
+            where = f"{method} ({cls.__name__}){' adjoint (backward pass)' if run.backward else ''}"
+            if self.taken == max_steps:
+                raise _scipy_too_many(where, max_steps, sign * self.t, end)
+            message = super().step()
+            self.taken += 1
+            run.steps += 0 if run.backward else 1
+            if self.status == "failed":
+                raise _scipy_failed(where, sign * self.t, end, message)
+            return message
+
+    Stepper.__name__ = Stepper.__qualname__ = cls.__name__
+    return {"solver": Stepper}
+
+
 class _NoGradient(torch.autograd.Function):
-    """``scipy_solver``'s solution, attached to ``t`` and ``y0``: its backward is the named
-    error, raised only when a gradient is actually asked for."""
+    """``scipy_solver``'s solution, attached to ``t``, ``y0`` and the parameters of
+    ``func``: its backward is the named error, raised only when a gradient is actually
+    asked for (a forward-only solve with inputs that require grad keeps working)."""
 
     @staticmethod
-    def forward(ctx, t, *tensors):
-        return tensors[len(tensors) // 2 :]
+    def forward(ctx, t, n_params, *tensors):
+        n_state = (len(tensors) - n_params) // 2
+        ctx.n_state = n_state
+        return tensors[n_state + n_params :]
 
     @staticmethod
     def backward(ctx, *grads):
-        wanted = " and ".join(
+        need = ctx.needs_input_grad
+        n = ctx.n_state
+        names = [
             name
-            for name, need in (
-                ("t", ctx.needs_input_grad[0]),
-                ("y0", any(ctx.needs_input_grad[1:])),
+            for name, asked in (
+                ("t", need[0]),
+                ("y0", any(need[2 : 2 + n])),
+                ("the parameters of func", any(need[2 + n :])),
             )
-            if need
-        )
+            if asked
+        ]
+        wanted = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
         raise ValueError(
-            f"scipy_solver: gradients with respect to {wanted} are not supported (scipy "
-            "integrates in NumPy, outside autograd); detach t and y0, or use a torchdiffeq "
-            "method such as dopri5"
+            f"scipy_solver: gradients with respect to {wanted} are not supported with "
+            "memory='autograd': scipy integrates in NumPy, so no gradient flows through the "
+            "solve. Use memory='adjoint' (solvers.odeint_adjoint), whose backward pass solves "
+            "the adjoint equation with scipy too, or a torchdiffeq method such as dopri5; for "
+            "a forward-only solve, detach them or use torch.no_grad()"
         )
 
 

@@ -166,8 +166,6 @@ def test_3_wrong_derivative_is_named(bad, method, entry):
         if entry == "odeint":
             solvers.odeint(f, y0, t, method=method, options={"step_size": step} if step else None)
         elif entry == "odeint_adjoint":
-            if method == "scipy_solver":
-                pytest.skip("scipy_solver has no adjoint")
             solvers.odeint_adjoint(
                 f,
                 y0,
@@ -246,15 +244,14 @@ def test_5_empty_batch(method, save, dtype):
         options={"step_size": step} if step else None,
     )
     assert ys.shape == (2, 0, 4)
-    if method != "scipy_solver":
-        ys = solvers.odeint_adjoint(
-            Decay().to(dtype),
-            y0,
-            torch.tensor([0.0, 1.0], dtype=dtype),
-            method=method,
-            options={"step_size": step} if step else None,
-        )
-        assert ys.shape == (2, 0, 4)
+    ys = solvers.odeint_adjoint(
+        Decay().to(dtype),
+        y0,
+        torch.tensor([0.0, 1.0], dtype=dtype),
+        method=method,
+        options={"step_size": step} if step else None,
+    )
+    assert ys.shape == (2, 0, 4)
 
 
 @pytest.mark.parametrize("arch", ["parabolic", "hamiltonian", "second_order"])
