@@ -407,7 +407,7 @@ def _scipy(func, y0: Any, t: Tensor, ts: list[float], solver: Solver, final_only
             i_eval = i_new
     sol = torch.tensor(np.stack(rows)).to(device, dtype)
     out = tuple(v.reshape(len(ts), *sh) for v, sh in zip(sol.split(sizes, dim=1), shapes))
-    params = [p for m in owners((func,)) for p in m.parameters() if p.requires_grad]
+    params = _grad_tensors(func)
     if torch.is_grad_enabled() and (
         t.requires_grad or params or any(y.requires_grad for y in state)
     ):
@@ -510,6 +510,35 @@ def _scipy_stepper(method: str, options: dict, run: _ScipyRun) -> dict:
     return {"solver": Stepper}
 
 
+def _grad_tensors(func) -> list[Tensor]:
+    """The tensors requiring grad that ``func`` visibly depends on: the parameters of the
+    module it is (or is a method of), and the tensors and modules' parameters a plain
+    function or a ``functools.partial`` holds or names as globals (``lambda t, y:
+    net(y)``). What it reaches through another function stays unseen."""
+    found: dict[int, Tensor] = {}
+
+    def add(v: Any) -> None:
+        if isinstance(v, Tensor) and v.requires_grad:
+            found[id(v)] = v
+        elif isinstance(v, nn.Module):
+            found.update((id(p), p) for p in v.parameters() if p.requires_grad)
+
+    for m in owners((func,)):
+        add(m)
+    for cell in getattr(func, "__closure__", None) or ():
+        try:
+            add(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    code, names = getattr(func, "__code__", None), getattr(func, "__globals__", {})
+    for name in getattr(code, "co_names", ()):
+        add(names.get(name))
+    if isinstance(func, functools.partial):
+        for v in (*func.args, *func.keywords.values()):
+            add(v)
+    return list(found.values())
+
+
 class _NoGradient(torch.autograd.Function):
     """``scipy_solver``'s solution, attached to ``t``, ``y0`` and the parameters of
     ``func``: its backward is the named error, raised only when a gradient is actually
@@ -576,6 +605,13 @@ def _named(err: Exception, method: str, options: dict[str, Any], note: str = "")
             "raise options={'max_num_steps': N}, loosen rtol/atol, or use a fixed-step method",
             status="max_num_steps",
         )
+    if "Reached maximum number of iterations" in msg:  # a fixed-step event search
+        return SolverError(
+            f"{method}: the event did not fire within {msg.split()[-1].rstrip('.')} steps "
+            f"of step_size {options.get('step_size')} ({msg}); check that event_fn "
+            "crosses zero, or take a larger step_size",
+            status="max_num_steps",
+        )
     if "non-finite values in state" in msg:
         # torchdiffeq's loop reports no time: the error norm let a NaN/Inf stage through.
         return NonFiniteError(
@@ -607,15 +643,18 @@ def odeint_event(func, y0, t, rtol, atol, method, options, event_fn, adjoint_kw)
         if adjoint_kw is None
         else functools.partial(torchdiffeq.odeint_adjoint, **adjoint_kw)
     )
-    return torchdiffeq.odeint_event(
-        func,
-        y0,
-        t[0],
-        event_fn=event_fn,
-        reverse_time=bool(t[1] < t[0]),
-        odeint_interface=interface,
-        rtol=rtol,
-        atol=atol,
-        method=method,
-        options=options,
-    )
+    try:
+        return torchdiffeq.odeint_event(
+            func,
+            y0,
+            t[0],
+            event_fn=event_fn,
+            reverse_time=bool(t[1] < t[0]),
+            odeint_interface=interface,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            options=options,
+        )
+    except (AssertionError, RuntimeError) as err:
+        raise _named(err, method, options) from err

@@ -422,3 +422,23 @@ def test_a_field_that_differentiates_inside_itself_under_the_adjoint():
         grads.append(g.item())
     # y(1) = e^{-w}: d/dw sum = -2 e^{-1} at w = 1.
     assert abs(grads[0] + 2 * math.exp(-1)) < 1e-6 and abs(grads[1] + 2 * math.exp(-1)) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"options": {"max_num_steps": 50}}, "more than 50 steps"),
+        ({"method": "rk4", "options": {"step_size": 0.1}}, "the event did not fire within 20000"),
+    ],
+)
+def test_an_event_that_never_fires_is_a_solver_error(kw, words):
+    # y = 2 e^{-t} never reaches 5: the search runs into the step limit, named as without
+    # an event (torchdiffeq: a bare AssertionError, or a RuntimeError without the event).
+    with pytest.raises(solvers.SolverError, match=words):
+        solvers.odeint(
+            lambda t, y: -y,
+            torch.tensor([2.0]),
+            torch.tensor([0.0, 1.0]),
+            event_fn=lambda t, y: y[0] - 5.0,
+            **kw,
+        )

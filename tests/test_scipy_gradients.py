@@ -132,6 +132,29 @@ def test_autograd_gradient_of_the_parameters_is_a_named_error(entry):
         torch.autograd.grad(ys.sum(), (y0, f.k))
 
 
+_RATE = nn.Linear(1, 1, bias=False).double()  # a module a plain function names as a global
+
+
+@pytest.mark.parametrize("entry", ["odeint", "solve"])
+@pytest.mark.parametrize("held", ["closure tensor", "closure module", "global module"])
+def test_a_plain_function_s_tensors_are_seen_too(entry, held):
+    # lambda t, y: net(y): the parameters are not func's own; their gradient would be
+    # lost beside a term that has one (a weight decay), with no error.
+    a = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    net = nn.Linear(1, 1, bias=False).double()
+    funcs = {
+        "closure tensor": (lambda t, y: -a * y, a),
+        "closure module": (lambda t, y: net(y), net.weight),
+        "global module": (lambda t, y: _RATE(y), _RATE.weight),
+    }
+    func, weight = funcs[held]
+    y0 = torch.tensor([1.0], dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    ys = _autograd(entry, func, y0, t)
+    with pytest.raises(ValueError, match="not supported with memory='autograd'"):
+        (ys.sum() + (weight**2).sum()).backward()
+
+
 @pytest.mark.parametrize("entry", ["odeint", "solve"])
 def test_forward_only_still_works(entry):
     t = torch.tensor([0.0, 1.0], dtype=F64)
