@@ -55,6 +55,8 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     methods overwrite stage derivatives they still hold with it), and no output time is
     ever dropped. Two things torchdiffeq takes are a ``TypeError``/``ValueError`` naming
     the way out: a complex state, and a list of tolerances, one per part of a tuple state.
+    Kept from torchdiffeq, as its numbers are: bosh3's outputs between its steps come from
+    a first-order midpoint (off by O(h^2); :func:`solve` fits them to third order).
     The symplectic methods of
     :func:`methods` are additional names: ``func=(f_q, f_p)``, ``y0=(q0, p0)``,
     ``options={"step_size": h}``. For statistics, memory modes and failure status use

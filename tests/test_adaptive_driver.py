@@ -165,9 +165,14 @@ def test_same_steps_as_torchdiffeq_where_no_ratio_is_near_one(method):
 
 
 @pytest.mark.parametrize("method", ["dopri5", "bosh3", "fehlberg2"])
-def test_gradients_match_torchdiffeq(method):
+def test_gradients_match_torchdiffeq(method, monkeypatch):
     """Backpropagation through the driver's steps gives torchdiffeq's gradients (the first
     step's size, chosen from f(y0), is differentiated as torchdiffeq differentiates it)."""
+    # bosh3's dense output here is the cubic Hermite one (see _adaptive._BOSH3_MID); given
+    # the same midpoint, torchdiffeq's numbers are the driver's.
+    from torchdiffeq._impl.bosh3 import Bosh3Solver
+
+    monkeypatch.setattr(Bosh3Solver, "mid", torch.tensor(_adaptive._BOSH3_MID, dtype=F64))
     f, conv, y0 = _smooth()
     y0.requires_grad_(True)
     t = torch.tensor([0.0, 0.5, 2.0], dtype=F64)
@@ -396,3 +401,29 @@ def test_partial_solves_count_rejections():
     parted = solvers.solve(f, y0, t, solver, throw=False).stats
     assert isinstance(parted.rejected, int) and parted.rejected > 0
     assert isinstance(whole.rejected, int)
+
+
+def test_bosh3_dense_output_is_third_order_between_steps():
+    # A falling body: every bosh3 step is exact (a quadratic), so the steps are few and
+    # large, and the values between them are the dense output's alone. torchdiffeq's
+    # midpoint (y0 + h/2 k2) put them 21 units off at t = 2; the cubic Hermite one is exact
+    # for a quadratic ...
+    def fall(t, y):
+        return torch.stack([y[1], -9.81 * torch.ones_like(y[0])])
+
+    t = torch.tensor([0.0, 0.3, 0.8, 2.0], dtype=torch.float64)
+    y0 = torch.tensor([2.0, 1.5], dtype=torch.float64)
+    exact = torch.stack([2 + 1.5 * t - 4.905 * t**2, 1.5 - 9.81 * t], 1)
+    ys = solvers.solve(fall, y0, t, solvers.Solver("bosh3")).ys
+    torch.testing.assert_close(ys, exact, rtol=0, atol=1e-12)
+    # ... and for a solution that is no polynomial, the output between steps is as close as
+    # at the steps' ends: y' = cos(t) y, y = exp(sin t), output every 0.01.
+    t = torch.linspace(0.0, 6.0, 601, dtype=torch.float64)
+    sol = solvers.solve(
+        lambda t, y: torch.cos(t) * y,
+        torch.ones(1, dtype=torch.float64),
+        t,
+        solvers.Solver("bosh3", rtol=1e-6, atol=1e-9),
+    )
+    err = (sol.ys[:, 0] - torch.exp(torch.sin(t))).abs().max().item()
+    assert err < 1e-4, err
