@@ -241,7 +241,9 @@ def integrate_adaptive(
     beta = [[float(b) for b in row] for row in tab.beta]
     c_sol = [float(c) for c in tab.c_sol]
     c_err = [float(c) for c in tab.c_error]
-    mid = _BOSH3_MID if method == "bosh3" else [float(m) for m in solver.mid]
+    # odeint (under transforms, where it takes this driver) keeps torchdiffeq's midpoint.
+    hermite = method == "bosh3" and not _TORCHDIFFEQ_ARITHMETIC.get()
+    mid = _BOSH3_MID if hermite else [float(m) for m in solver.mid]
     # Dormand–Prince and the like: the last stage is evaluated at y1 itself (FSAL).
     fsal = c_sol[-1] == 0.0 and c_sol[:-1] == beta[-1]
     step_t, jump_t = solver.step_t, solver.jump_t
