@@ -28,9 +28,8 @@ torchdiffeq rejects (or the other way), and from there the two solutions differ 
 the tolerance, equally close to the exact one (``tests/test_adaptive_driver.py``).
 Elsewhere the numbers of steps, evaluations and rejections are torchdiffeq's (the step
 sizes carry the same rounding). A right-hand side that writes every result into one
-buffer it reuses is detected and solved by torchdiffeq's loop, which copies each stage.
-Interpolation
-coefficients are fitted only for a step an output time falls in, not after every
+buffer it reuses is detected by the evaluation wrapper's output guard, and the solve runs
+again with every evaluation copied. Interpolation coefficients are fitted only for a step an output time falls in, not after every
 accepted step.
 """
 
