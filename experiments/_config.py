@@ -296,6 +296,37 @@ DISCRETIZATION_KEYS = {
 }
 
 
+def discretization_in_words(cfg: TrainConfig) -> str:
+    """How ``cfg`` discretizes θ(t) in training, in one line for the run's log.
+
+    On photographs it also says when this is not the arch's default there: giving any
+    option of :data:`DISCRETIZATION_KEYS` replaces the whole default, so an option given
+    alone (``--random-methods`` without ``--rate-bound``) runs at the digits' bound.
+    """
+    method = cfg.solver or neuralpde.archs()[cfg.arch].default_method
+    parts = [f"solver {method}"]
+    parts.append(
+        f"rate bound {cfg.rate_bound:g} of its limit" if cfg.rate_bound else "no rate bound"
+    )
+    if cfg.step_size:
+        parts.append(f"step size {cfg.step_size:g}")
+    for name in ("random_methods", "random_steps", "multilevel"):
+        if getattr(cfg, name):
+            parts.append(f"{name.replace('_', ' ')} {','.join(map(str, getattr(cfg, name)))}")
+    if cfg.stability_penalty:
+        parts.append(f"stability penalty {cfg.stability_penalty:g}")
+    line = "training discretization: " + ", ".join(parts)
+    default = IMAGES_ARCH_OPTIONS.get(cfg.arch)
+    on_photographs = cfg.dataset != "digits" and not cfg.preset and not cfg.certified
+    if on_photographs and default and any(getattr(cfg, k) != v for k, v in default.items()):
+        line += (
+            f" (not the photographs' default, {_in_words(cfg.arch, default)}: an option of how "
+            "training discretizes θ(t) replaces that default whole, so give each of its "
+            "options to change one)"
+        )
+    return line
+
+
 def scale_schedule(schedule: list[list[float]], epochs: int, lr: float | None) -> list[list[float]]:
     """The same phases stretched to ``epochs`` (each >= 1 epoch) and rates scaled to ``lr``.
 
@@ -832,7 +863,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="hold every parameter set's h*z to this fraction of the training method's "
         "stability limit, by construction (neuralpde.stability.constrain); 0: off "
         f"(default: {QUICK_RECIPE['rate_bound']:g} on the digits; on photographs "
-        f"{_PHOTOGRAPHS}; --preset paper: 0)",
+        f"{_PHOTOGRAPHS}; --preset paper: 0). On photographs, giving any of --solver, "
+        "--step-size, --multilevel, --random-steps, --random-methods, --stability-penalty "
+        "or --rate-bound replaces that default whole: give each option you want",
     )
     a(
         "--compile",

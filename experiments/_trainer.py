@@ -25,7 +25,7 @@ import solvers
 
 from . import _distributed as D
 from ._checkpoint import CheckpointError, check_state_dict, load_checkpoint, save_checkpoint
-from ._config import NON_MATH_KEYS, ConfigError, TrainConfig, lr_now
+from ._config import NON_MATH_KEYS, ConfigError, TrainConfig, discretization_in_words, lr_now
 from ._data import DataSplits, EpochBatches, batch_loader, load_data
 
 METRIC_FIELDS = (
@@ -363,6 +363,8 @@ def _setup(cfg: TrainConfig, data: DataSplits | None, resume: bool, log) -> _Run
             )
     if run.main and cfg.dataset == "imagefolder" and data.layout and not resume:
         log(f"splits: {data.layout}")
+    if run.main and not resume:
+        log(discretization_in_words(cfg))
     if world > 1:
         D.globalize_batchnorm(net)
     net.to(device)

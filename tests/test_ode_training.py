@@ -15,6 +15,7 @@ import torch
 import neuralpde
 import solvers
 from experiments import ConfigError, fit, load_checkpoint, resolve_config
+from experiments._config import discretization_in_words
 from experiments._trainer import training_mix
 from neuralpde import PDECNN, ConvergenceVerdict, convergence_check
 from neuralpde.stability import StabilityPenalty, report
@@ -191,6 +192,35 @@ def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
     assert (cfg.solver, cfg.rate_bound, cfg.random_steps) == ("verlet", 0.7, [])
     assert cfg.random_methods == ["verlet", "symplectic_euler", "leapfrog"]
     assert resolve_config(arch="second_order").rate_bound == 0.25
+
+
+def test_the_run_says_how_it_discretizes_and_when_an_option_replaced_the_default():
+    # One discretization option given alone replaces the photographs' default whole (the
+    # bound falls to the digits' 1/4): the run's log says so rather than leaving it silent.
+    line = discretization_in_words(resolve_config(dataset="imagefolder", arch="hamiltonian"))
+    assert "solver verlet, rate bound 1 of its limit" in line
+    assert "not the photographs' default" not in line
+    alone = resolve_config(
+        dataset="imagefolder", arch="hamiltonian", random_methods=["verlet", "symplectic_euler"]
+    )
+    line = discretization_in_words(alone)
+    assert "rate bound 0.25 of its limit, random methods verlet,symplectic_euler" in line
+    assert "not the photographs' default, hamiltonian verlet at the whole of its limit" in line
+    # The digits and the paper's scheme have no photographs' default to depart from.
+    assert "not the" not in discretization_in_words(resolve_config(arch="hamiltonian"))
+    paper = resolve_config(dataset="cifar10", preset="paper", arch="second_order")
+    assert (
+        discretization_in_words(paper) == "training discretization: solver leapfrog, no rate bound"
+    )
+
+
+def test_a_run_logs_its_discretization(tmp_path):
+    lines = []
+    cfg = resolve_config(
+        widths=[4, 4], epochs=1, train_fraction=0.1, arch="hamiltonian", out=str(tmp_path)
+    )
+    fit(cfg, log=lines.append)
+    assert "training discretization: solver verlet, rate bound 0.25 of its limit" in lines
 
 
 def test_paper_preset_is_exactly_the_papers_scheme():
