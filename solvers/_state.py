@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import dis
+import functools
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -147,14 +150,50 @@ def _modules_of(f: Any) -> list[Any]:
     return out
 
 
-def uncovered_tensors(funcs: Any, params: Any) -> list[str]:
-    """Names of tensors that require grad, are reachable from ``funcs`` and are not in
-    ``params`` (nor parameters of their modules): their gradient would be lost silently.
+def reachable(funcs: Any) -> Iterator[tuple[str, Any]]:
+    """What each of ``funcs`` visibly holds, as ``(name for a message, value)``: the
+    module it is or is a method of, the values in its closure, a ``functools.partial``'s
+    arguments, and the globals its code names (``lambda t, y: net(y)``).
 
-    Reachable: tensor attributes and buffers of the modules ``funcs`` are or belong to
-    (submodules included), and tensors in the closures of plain functions. A tensor a
-    function computes inside a call, or reaches through a global, cannot be seen.
+    What a function computes inside a call, or reaches through another function, cannot
+    be seen. One walk for every check of what a right-hand side depends on.
     """
+    for f in funcs:
+        for m in _modules_of(f):
+            yield type(m).__name__, m
+        qualname = getattr(f, "__qualname__", "func")
+        code = getattr(f, "__code__", None)
+        for name, cell in zip(
+            getattr(code, "co_freevars", ()), getattr(f, "__closure__", None) or ()
+        ):
+            try:
+                v = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            yield f"{qualname} closes over {name}", v
+        if isinstance(f, functools.partial):
+            for i, v in enumerate(f.args):
+                yield f"partial argument {i}", v
+            for k, v in f.keywords.items():
+                yield f"partial argument {k}", v
+        scope = getattr(f, "__globals__", {})
+        for name in _globals_read(code) if code is not None else ():
+            if name in scope:
+                yield f"{qualname} names the global {name}", scope[name]
+
+
+@functools.lru_cache(maxsize=256)
+def _globals_read(code: Any) -> tuple[str, ...]:
+    # Not co_names, which holds attribute names too: `self.k` would find a global `k`.
+    return tuple(
+        i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")
+    )
+
+
+def uncovered_tensors(funcs: Any, params: Any) -> list[str]:
+    """Names of tensors that require grad, are reachable from ``funcs`` (:func:`reachable`;
+    a module's submodules and buffers included) and are not in ``params`` (nor
+    parameters of their modules): their gradient would be lost silently."""
     from torch import nn
 
     covered = {id(p) for p in params} if params is not None else set()
@@ -167,28 +206,16 @@ def uncovered_tensors(funcs: Any, params: Any) -> list[str]:
                 seen.add(id(v))
                 found.append(name)
 
-    for f in funcs:
-        for m in _modules_of(f):
-            for prefix, sub in m.named_modules():
-                where = f"{type(m).__name__}{'.' + prefix if prefix else ''}"
-                for k, v in vars(sub).items():
-                    note(f"{where}.{k}", v)
-                for k, v in sub._buffers.items():
-                    note(f"{where}.{k}", v)
-        code = getattr(f, "__code__", None)
-        for name, cell in zip(
-            getattr(code, "co_freevars", ()), getattr(f, "__closure__", None) or ()
-        ):
-            try:
-                v = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            note(f"{getattr(f, '__qualname__', 'func')} closes over {name}", v)
-            for m in _modules_of(v):
-                for k, w in vars(m).items():
-                    note(f"{name}.{k}", w)
-        for i, v in enumerate(getattr(f, "args", ()) if hasattr(f, "func") else ()):
-            note(f"partial argument {i}", v)
+    for where, v in reachable(funcs):
+        if not isinstance(v, nn.Module):
+            note(where, v)
+            continue
+        for prefix, sub in v.named_modules():
+            inner = f"{where}{'.' + prefix if prefix else ''}"
+            for k, w in vars(sub).items():
+                note(f"{inner}.{k}", w)
+            for k, w in sub._buffers.items():
+                note(f"{inner}.{k}", w)
     return found
 
 

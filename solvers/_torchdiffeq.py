@@ -22,6 +22,7 @@ from ._state import (
     check_derivative,
     in_transform,
     parts,
+    reachable,
     uncovered_tensors,
 )
 
@@ -511,31 +512,15 @@ def _scipy_stepper(method: str, options: dict, run: _ScipyRun) -> dict:
 
 
 def _grad_tensors(func) -> list[Tensor]:
-    """The tensors requiring grad that ``func`` visibly depends on: the parameters of the
-    module it is (or is a method of), and the tensors and modules' parameters a plain
-    function or a ``functools.partial`` holds or names as globals (``lambda t, y:
-    net(y)``). What it reaches through another function stays unseen."""
+    """The tensors requiring grad that ``func`` visibly depends on
+    (:func:`~solvers._state.reachable`): the tensors it holds, and the parameters of the
+    modules it is, is a method of, holds or names."""
     found: dict[int, Tensor] = {}
-
-    def add(v: Any) -> None:
+    for _, v in reachable((func,)):
         if isinstance(v, Tensor) and v.requires_grad:
             found[id(v)] = v
         elif isinstance(v, nn.Module):
             found.update((id(p), p) for p in v.parameters() if p.requires_grad)
-
-    for m in owners((func,)):
-        add(m)
-    for cell in getattr(func, "__closure__", None) or ():
-        try:
-            add(cell.cell_contents)
-        except ValueError:  # an empty cell
-            pass
-    code, names = getattr(func, "__code__", None), getattr(func, "__globals__", {})
-    for name in getattr(code, "co_names", ()):
-        add(names.get(name))
-    if isinstance(func, functools.partial):
-        for v in (*func.args, *func.keywords.values()):
-            add(v)
     return list(found.values())
 
 

@@ -494,6 +494,33 @@ def test_6_closure_tensor_not_in_params_is_named():
     solvers.odeint_adjoint(f, torch.ones(2), torch.tensor([0.0, 1.0]), adjoint_params=(a, w))
 
 
+# A global tensor a right-hand side reads (`lambda t, y: -rate * y`), and one that only
+# shares its name with an attribute a method reads (`self.rate`).
+rate = torch.tensor(0.7, requires_grad=True)
+
+
+class AttributeRate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rate = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, t, y):
+        return -self.rate * y
+
+
+def test_6_global_tensor_not_in_params_is_named_and_an_attribute_is_not_a_global():
+    y0, t = torch.ones(2), torch.tensor([0.0, 1.0])
+    with pytest.raises(ValueError, match="names the global rate require grad"):
+        solvers.odeint_adjoint(lambda t, y: -rate * y, y0, t, adjoint_params=())
+    y = solvers.odeint_adjoint(lambda t, y: -rate * y, y0, t, adjoint_params=(rate,))[-1]
+    (g,) = torch.autograd.grad(y.sum(), rate)
+    torch.testing.assert_close(g, -2 * torch.exp(torch.tensor(-0.7)), rtol=1e-4, atol=0)
+    # `self.rate` is an attribute, not the global `rate`: no error, the parameter's gradient.
+    f = AttributeRate()
+    solvers.odeint_adjoint(f.forward, y0, t, adjoint_params=(f.rate,))[-1].sum().backward()
+    torch.testing.assert_close(f.rate.grad, -2 * torch.exp(torch.tensor(-0.5)), rtol=1e-4, atol=0)
+
+
 @pytest.mark.parametrize("method", SYMPLECTIC)
 def test_6_reversible_closure_tensor(method):
     k = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
