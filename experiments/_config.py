@@ -301,6 +301,12 @@ DISCRETIZATION_KEYS = {
 }
 
 
+def _flag_value(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(map(str, v))
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def discretization_in_words(cfg: TrainConfig) -> str:
     """How ``cfg`` discretizes θ(t) in training, in one line for the run's log.
 
@@ -311,7 +317,9 @@ def discretization_in_words(cfg: TrainConfig) -> str:
     method = cfg.solver or neuralpde.archs()[cfg.arch].default_method
     parts = [f"solver {method}"]
     parts.append(
-        f"rate bound {cfg.rate_bound:g} of its limit" if cfg.rate_bound else "no rate bound"
+        f"rate bound {cfg.rate_bound:g} (the fraction of its stability limit)"
+        if cfg.rate_bound
+        else "no rate bound"
     )
     if cfg.step_size:
         parts.append(f"step size {cfg.step_size:g}")
@@ -324,10 +332,11 @@ def discretization_in_words(cfg: TrainConfig) -> str:
     default = IMAGES_ARCH_OPTIONS.get(cfg.arch)
     on_photographs = cfg.dataset != "digits" and not cfg.preset and not cfg.certified
     if on_photographs and default and any(getattr(cfg, k) != v for k, v in default.items()):
+        flags = " ".join(f"--{k.replace('_', '-')} {_flag_value(v)}" for k, v in default.items())
         line += (
-            f" (not the photographs' default, {_in_words(cfg.arch, default)}: an option of how "
-            "training discretizes θ(t) replaces that default whole, so give each of its "
-            "options to change one)"
+            f". Not the photographs' default for {cfg.arch} ({flags}): any option of how "
+            "training discretizes θ(t) replaces that default whole, and what is not given "
+            "takes the digits' value; to change one of these, give all of them"
         )
     return line
 
@@ -821,7 +830,8 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--solver",
         help="training solver of every stage (default on the digits: forward Euler for the "
-        f"parabolic network, Verlet for the hyperbolic ones; on photographs {_PHOTOGRAPHS})",
+        f"parabolic network, Verlet for the hyperbolic ones; on photographs {_PHOTOGRAPHS}; "
+        "given alone there, it drops the rest of that default: see --rate-bound)",
     )
     a("--step-size", type=float, help="training solver's step (default: h = 1, one per step)")
     a(
@@ -843,7 +853,8 @@ def build_parser() -> argparse.ArgumentParser:
         "verlet,symplectic_euler,leapfrog: each at least as stable as --solver, which "
         "must be among them (validation and the report use it); a method named n times "
         "takes n shares (euler,euler,euler,midpoint: three to one). Default: none on the "
-        f"digits; on photographs {_PHOTOGRAPHS}",
+        f"digits; on photographs {_PHOTOGRAPHS} (given alone there, it drops the rest of "
+        "that default: see --rate-bound)",
     )
     a(
         "--stability-penalty",
@@ -870,7 +881,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {QUICK_RECIPE['rate_bound']:g} on the digits; on photographs "
         f"{_PHOTOGRAPHS}; --preset paper: 0). On photographs, giving any of --solver, "
         "--step-size, --multilevel, --random-steps, --random-methods, --stability-penalty "
-        "or --rate-bound replaces that default whole: give each option you want",
+        "or --rate-bound, even at its default value, replaces that default whole, and the "
+        "options not given take the digits' values (rate bound 0.25, no methods sharing the "
+        "batch): give each option you want. The run's log names what it trains with",
     )
     a(
         "--compile",

@@ -129,7 +129,11 @@ def odeint_adjoint(
 
     Raises:
         ValueError: a symplectic method (use ``Solver(memory="reversible")`` with
-            :func:`solve`); otherwise as :func:`odeint`.
+            :func:`solve`); a tensor that requires grad, that ``func`` visibly reads (a
+            closure, a ``functools.partial`` argument, a global it names, a module's tensor
+            attribute or buffer) and that is not among ``adjoint_params``, whose gradient
+            would be lost (what ``func`` reads through another function is not seen);
+            otherwise as :func:`odeint`.
     """
     back = {
         k: v

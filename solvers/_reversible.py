@@ -294,8 +294,10 @@ def integrate(func, y0, plan: Plan, params, checkpoint_every, final_only):
         raise ValueError(
             f"memory='reversible' differentiates (q0, p0) and "
             f"{'the tensors given as params' if given else 'the parameters of the modules of f_q, f_p'}"
-            f"; {', '.join(lost)} require grad but are not among them, so their gradient would "
-            "be lost: make them nn.Parameters, or pass every tensor to differentiate as params="
+            f"; these tensors f_q, f_p read require grad but are not among them, so their "
+            f"gradient would be lost: {'; '.join(lost)}. Pass every tensor to differentiate as "
+            "params=, or detach the ones you mean to hold fixed (a plain tensor attribute of "
+            "a module may also become an nn.Parameter of it)"
         )
     norms = _check_modules(_modules(func))
     pin = Pinned(owners(func), "reversible")

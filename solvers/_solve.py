@@ -70,7 +70,12 @@ def solve(
         A :class:`Solution`.
 
     Raises:
-        ValueError / TypeError: malformed ``t``, state, ``func``, ``save`` or ``params``.
+        ValueError / TypeError: malformed ``t``, state, ``func``, ``save`` or ``params``;
+            under ``memory="adjoint"`` or ``"reversible"``, a tensor that requires grad,
+            that ``func`` visibly reads (a closure, a ``functools.partial`` argument, a
+            global it names, a module's tensor attribute or buffer) and that is not among
+            ``params``, whose gradient would be lost (what ``func`` reads through another
+            function is not seen).
         NonFiniteError: NaN/Inf in the state (``solver.check_finite``), with ``throw``.
         SolverError: adaptive step-size underflow or too many steps, with ``throw``.
     """

@@ -170,16 +170,16 @@ def reachable(funcs: Any) -> Iterator[tuple[str, Any]]:
                 v = cell.cell_contents
             except ValueError:  # an empty cell
                 continue
-            yield f"{qualname} closes over {name}", v
+            yield f"{name} (in the closure of {qualname})", v
         if isinstance(f, functools.partial):
             for i, v in enumerate(f.args):
-                yield f"partial argument {i}", v
+                yield f"the partial's argument {i}", v
             for k, v in f.keywords.items():
-                yield f"partial argument {k}", v
+                yield f"the partial's argument {k}", v
         scope = getattr(f, "__globals__", {})
         for name in _globals_read(code) if code is not None else ():
             if name in scope:
-                yield f"{qualname} names the global {name}", scope[name]
+                yield f"{name} (a global {qualname} reads)", scope[name]
 
 
 @functools.lru_cache(maxsize=256)
@@ -192,8 +192,10 @@ def _globals_read(code: Any) -> tuple[str, ...]:
 
 def uncovered_tensors(funcs: Any, params: Any) -> list[str]:
     """Names of tensors that require grad, are reachable from ``funcs`` (:func:`reachable`;
-    a module's submodules and buffers included) and are not in ``params`` (nor
-    parameters of their modules): their gradient would be lost silently."""
+    a module's submodules and buffers included) and are not in ``params``: their gradient
+    would be lost silently. A module's own parameters are not looked at (giving a subset of
+    them as ``params`` freezes the rest, as in torchdiffeq); an ``nn.Parameter`` held
+    anywhere else (a closure, a global) is a tensor like any other."""
     from torch import nn
 
     covered = {id(p) for p in params} if params is not None else set()
@@ -202,7 +204,7 @@ def uncovered_tensors(funcs: Any, params: Any) -> list[str]:
 
     def note(name: str, v: Any) -> None:
         if isinstance(v, Tensor) and v.requires_grad and id(v) not in covered:
-            if id(v) not in seen and not isinstance(v, nn.Parameter):
+            if id(v) not in seen:
                 seen.add(id(v))
                 found.append(name)
 

@@ -211,9 +211,11 @@ def _integrate(
             raise ValueError(
                 f"memory='adjoint' differentiates y0 and "
                 f"{'the tensors given as params' if params is not None else 'the parameters of func'}"
-                f"; {', '.join(lost)} require grad but are not among them, so their gradient "
-                "would be lost: make them nn.Parameters, or pass every tensor to differentiate "
-                "as params= (odeint_adjoint: adjoint_params=)"
+                f"; these tensors func reads require grad but are not among them, so their "
+                f"gradient would be lost: {'; '.join(lost)}. Pass every tensor to differentiate "
+                "as params= (odeint_adjoint: adjoint_params=), or detach the ones you mean "
+                "to hold fixed (a plain tensor attribute of a module may also become an "
+                "nn.Parameter of it)"
             )
         if params is not None:
             kw["adjoint_params"] = tuple(params)

@@ -196,18 +196,21 @@ def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
 
 def test_the_run_says_how_it_discretizes_and_when_an_option_replaced_the_default():
     # One discretization option given alone replaces the photographs' default whole (the
-    # bound falls to the digits' 1/4): the run's log says so rather than leaving it silent.
+    # bound falls to the digits' 1/4): the run's log says so, and names the flags to give.
     line = discretization_in_words(resolve_config(dataset="imagefolder", arch="hamiltonian"))
-    assert "solver verlet, rate bound 1 of its limit" in line
-    assert "not the photographs' default" not in line
+    assert line.startswith("training discretization: solver verlet, rate bound 1 (")
+    assert "Not the photographs' default" not in line
     alone = resolve_config(
         dataset="imagefolder", arch="hamiltonian", random_methods=["verlet", "symplectic_euler"]
     )
     line = discretization_in_words(alone)
-    assert "rate bound 0.25 of its limit, random methods verlet,symplectic_euler" in line
-    assert "not the photographs' default, hamiltonian verlet at the whole of its limit" in line
+    assert "rate bound 0.25 (the fraction of its stability limit), random methods verlet," in line
+    assert (
+        "Not the photographs' default for hamiltonian (--solver verlet --rate-bound 1 "
+        "--random-methods verlet,symplectic_euler)"
+    ) in line
     # The digits and the paper's scheme have no photographs' default to depart from.
-    assert "not the" not in discretization_in_words(resolve_config(arch="hamiltonian"))
+    assert "Not the" not in discretization_in_words(resolve_config(arch="hamiltonian"))
     paper = resolve_config(dataset="cifar10", preset="paper", arch="second_order")
     assert (
         discretization_in_words(paper) == "training discretization: solver leapfrog, no rate bound"
@@ -220,7 +223,10 @@ def test_a_run_logs_its_discretization(tmp_path):
         widths=[4, 4], epochs=1, train_fraction=0.1, arch="hamiltonian", out=str(tmp_path)
     )
     fit(cfg, log=lines.append)
-    assert "training discretization: solver verlet, rate bound 0.25 of its limit" in lines
+    assert (
+        "training discretization: solver verlet, rate bound 0.25 (the fraction of its "
+        "stability limit)" in lines
+    )
 
 
 def test_paper_preset_is_exactly_the_papers_scheme():
