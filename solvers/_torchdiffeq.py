@@ -202,9 +202,16 @@ def _integrate(
     kw: dict[str, Any] = {}
     if adjoint:
         if params is None and not isinstance(func, nn.Module):
+            owner = getattr(func, "__self__", None)
+            hint = (
+                f" (for this method of a {type(owner).__name__}: "
+                "params=tuple(module.parameters()); odeint_adjoint: adjoint_params=)"
+                if isinstance(owner, nn.Module)
+                else ""
+            )
             raise TypeError(
                 "memory='adjoint' differentiates the parameters of func, which is not an "
-                "nn.Module: wrap it in a module, or pass the tensors as params="
+                f"nn.Module: wrap it in a module, or pass the tensors as params={hint}"
             )
         lost = uncovered_tensors((func,), tuple(params) if params is not None else None)
         if lost:

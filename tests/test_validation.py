@@ -328,6 +328,11 @@ CASES = [
         "wrap it in a module, or pass the tensors as params=",
     ),
     (
+        lambda: solvers.odeint_adjoint(torch.nn.Linear(2, 2).forward, torch.ones(2), T01),
+        TypeError,
+        "for this method of a Linear: params=tuple",
+    ),
+    (
         lambda: solvers.odeint_second_order(
             lambda t, y: -y, torch.ones(2), torch.ones(3), T01, step_size=0.1
         ),
