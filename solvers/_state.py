@@ -150,17 +150,18 @@ def _modules_of(f: Any) -> list[Any]:
     return out
 
 
-def reachable(funcs: Any) -> Iterator[tuple[str, Any]]:
-    """What each of ``funcs`` visibly holds, as ``(name for a message, value)``: the
-    module it is or is a method of, the values in its closure, a ``functools.partial``'s
-    arguments, and the globals its code names (``lambda t, y: net(y)``).
+def reachable(funcs: Any) -> Iterator[tuple[str, str, Any]]:
+    """What each of ``funcs`` visibly holds, as ``(name, where, value)`` for a message
+    (``where`` is ``""`` for the module a function is or is a method of): that module,
+    the values in its closure, a ``functools.partial``'s arguments, and the globals its
+    code names (``lambda t, y: net(y)``).
 
     What a function computes inside a call, or reaches through another function, cannot
     be seen. One walk for every check of what a right-hand side depends on.
     """
     for f in funcs:
         for m in _modules_of(f):
-            yield type(m).__name__, m
+            yield type(m).__name__, "", m
         qualname = getattr(f, "__qualname__", "func")
         code = getattr(f, "__code__", None)
         for name, cell in zip(
@@ -170,16 +171,16 @@ def reachable(funcs: Any) -> Iterator[tuple[str, Any]]:
                 v = cell.cell_contents
             except ValueError:  # an empty cell
                 continue
-            yield f"{name} (in the closure of {qualname})", v
+            yield name, f"in the closure of {qualname}", v
         if isinstance(f, functools.partial):
             for i, v in enumerate(f.args):
-                yield f"the partial's argument {i}", v
+                yield f"argument {i}", "of the partial", v
             for k, v in f.keywords.items():
-                yield f"the partial's argument {k}", v
+                yield f"argument {k}", "of the partial", v
         scope = getattr(f, "__globals__", {})
         for name in _globals_read(code) if code is not None else ():
             if name in scope:
-                yield f"{name} (a global {qualname} reads)", scope[name]
+                yield name, f"read by {qualname} as a global", scope[name]
 
 
 @functools.lru_cache(maxsize=256)
@@ -193,31 +194,36 @@ def _globals_read(code: Any) -> tuple[str, ...]:
 def uncovered_tensors(funcs: Any, params: Any) -> list[str]:
     """Names of tensors that require grad, are reachable from ``funcs`` (:func:`reachable`;
     a module's submodules and buffers included) and are not in ``params``: their gradient
-    would be lost silently. A module's own parameters are not looked at (giving a subset of
-    them as ``params`` freezes the rest, as in torchdiffeq); an ``nn.Parameter`` held
-    anywhere else (a closure, a global) is a tensor like any other."""
+    would be lost silently. The parameters of the modules ``funcs`` are or are methods of
+    are not looked at (giving a subset of them as ``params`` freezes the rest, as in
+    torchdiffeq); those of a module a function holds in a closure or names as a global
+    (``lambda t, q: -net(q)``) are, as is an ``nn.Parameter`` held anywhere."""
     from torch import nn
 
     covered = {id(p) for p in params} if params is not None else set()
     found: list[str] = []
     seen: set[int] = set()
 
-    def note(name: str, v: Any) -> None:
+    def note(name: str, where: str, v: Any) -> None:
         if isinstance(v, Tensor) and v.requires_grad and id(v) not in covered:
             if id(v) not in seen:
                 seen.add(id(v))
-                found.append(name)
+                found.append(f"{name} ({where})" if where else name)
 
-    for where, v in reachable(funcs):
+    own = {id(m) for f in funcs for m in _modules_of(f)}
+    for name, where, v in reachable(funcs):
         if not isinstance(v, nn.Module):
-            note(where, v)
+            note(name, where, v)
             continue
         for prefix, sub in v.named_modules():
-            inner = f"{where}{'.' + prefix if prefix else ''}"
+            inner = f"{name}{'.' + prefix if prefix else ''}"
             for k, w in vars(sub).items():
-                note(f"{inner}.{k}", w)
+                note(f"{inner}.{k}", where, w)
             for k, w in sub._buffers.items():
-                note(f"{inner}.{k}", w)
+                note(f"{inner}.{k}", where, w)
+            if id(v) not in own:
+                for k, w in sub._parameters.items():
+                    note(f"{inner}.{k}", where, w)
     return found
 
 

@@ -525,7 +525,7 @@ def _grad_tensors(func) -> list[Tensor]:
     (:func:`~solvers._state.reachable`): the tensors it holds, and the parameters of the
     modules it is, is a method of, holds or names."""
     found: dict[int, Tensor] = {}
-    for _, v in reachable((func,)):
+    for _, _, v in reachable((func,)):
         if isinstance(v, Tensor) and v.requires_grad:
             found[id(v)] = v
         elif isinstance(v, nn.Module):

@@ -510,7 +510,7 @@ class AttributeRate(nn.Module):
 
 def test_6_global_tensor_not_in_params_is_named_and_an_attribute_is_not_a_global():
     y0, t = torch.ones(2), torch.tensor([0.0, 1.0])
-    with pytest.raises(ValueError, match=r"would be lost: rate \(a global .*<lambda> reads\)"):
+    with pytest.raises(ValueError, match=r"would be lost: rate \(read by .*<lambda> as a global\)"):
         solvers.odeint_adjoint(lambda t, y: -rate * y, y0, t, adjoint_params=())
     y = solvers.odeint_adjoint(lambda t, y: -rate * y, y0, t, adjoint_params=(rate,))[-1]
     (g,) = torch.autograd.grad(y.sum(), rate)
@@ -541,6 +541,24 @@ def test_6_reversible_closure_tensor(method):
     q, p = solvers.solve(func, y0, [0.0, 1.0], rev.replace(memory="autograd")).y_final
     (q.sum() + p.sum()).backward()
     torch.testing.assert_close(g, k.grad)
+
+
+def test_6_parameters_of_a_module_a_function_holds_are_checked():
+    # `lambda t, q: -net(q)` under reversible memory without params: the plain functions
+    # contribute no parameters, so net's gradient would be lost without a word.
+    net = nn.Linear(2, 2).double()
+    func = (lambda t, p: p, lambda t, q: -net(q))
+    y0 = (torch.ones(1, 2, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64))
+    rev = solvers.Solver("verlet", step_size=0.1, memory="reversible")
+    with pytest.raises(ValueError, match=r"would be lost: net\.weight \(in the closure of"):
+        solvers.solve(func, y0, [0.0, 1.0], rev)
+    q, p = solvers.solve(func, y0, [0.0, 1.0], rev, params=list(net.parameters())).y_final
+    (q.sum() + p.sum()).backward()
+    g = net.weight.grad.clone()
+    net.weight.grad = None
+    q, p = solvers.solve(func, y0, [0.0, 1.0], rev.replace(memory="autograd")).y_final
+    (q.sum() + p.sum()).backward()
+    torch.testing.assert_close(g, net.weight.grad)
 
 
 # ---- 4. reversible memory and modules with side effects -------------------------------------
