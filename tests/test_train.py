@@ -298,4 +298,8 @@ def test_progress_bar_on_a_terminal_plain_lines_otherwise(tmp_path, monkeypatch)
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     lines = []
     fit(cfg, log=lines.append)
-    assert [line.split()[:2] for line in lines] == [["epoch", "1/1"]]
+    # The run's discretization, then one plain line per epoch.
+    assert [line.split()[:2] for line in lines] == [
+        ["training", "discretization:"],
+        ["epoch", "1/1"],
+    ]
