@@ -422,7 +422,8 @@ def _scipy(func, y0: Any, t: Tensor, ts: list[float], solver: Solver, final_only
         t.requires_grad or params or any(y.requires_grad for y in state)
     ):
         # The values stand (torchdiffeq returns them too); a gradient cannot be had.
-        out = _NoGradient.apply(t, len(params), *state, *params, *out)
+        names = tuple(name for name, _ in params)
+        out = _NoGradient.apply(t, names, *state, *(p for _, p in params), *out)
     out = out if isinstance(y0, tuple) else out[0]
     if final_only:
         out = tuple(o[-1] for o in out) if isinstance(y0, tuple) else out[-1]
@@ -520,16 +521,19 @@ def _scipy_stepper(method: str, options: dict, run: _ScipyRun) -> dict:
     return {"solver": Stepper}
 
 
-def _grad_tensors(func) -> list[Tensor]:
+def _grad_tensors(func) -> list[tuple[str, Tensor]]:
     """The tensors requiring grad that ``func`` visibly depends on
-    (:func:`~solvers._state.reachable`): the tensors it holds, and the parameters of the
-    modules it is, is a method of, holds or names."""
-    found: dict[int, Tensor] = {}
-    for _, _, v in reachable((func,)):
+    (:func:`~solvers._state.reachable`), each with a name for a message: the tensors it holds,
+    and the parameters of the modules it is, is a method of, holds or names."""
+    found: dict[int, tuple[str, Tensor]] = {}
+    for name, where, v in reachable((func,)):
+        at = f" ({where})" if where else ""
         if isinstance(v, Tensor) and v.requires_grad:
-            found[id(v)] = v
+            found.setdefault(id(v), (f"{name}{at}", v))
         elif isinstance(v, nn.Module):
-            found.update((id(p), p) for p in v.parameters() if p.requires_grad)
+            for pname, p in v.named_parameters():
+                if p.requires_grad:
+                    found.setdefault(id(p), (f"{name}.{pname}{at}", p))
     return list(found.values())
 
 
@@ -539,23 +543,25 @@ class _NoGradient(torch.autograd.Function):
     asked for (a forward-only solve with inputs that require grad keeps working)."""
 
     @staticmethod
-    def forward(ctx, t, n_params, *tensors):
-        n_state = (len(tensors) - n_params) // 2
-        ctx.n_state = n_state
-        return tensors[n_state + n_params :]
+    def forward(ctx, t, names, *tensors):
+        # names: one per parameter tensor, to say in the error which of them asked.
+        n_state = (len(tensors) - len(names)) // 2
+        ctx.n_state, ctx.names = n_state, names
+        return tensors[n_state + len(names) :]
 
     @staticmethod
     def backward(ctx, *grads):
         need = ctx.needs_input_grad
         n = ctx.n_state
+        asked = [name for name, a in zip(ctx.names, need[2 + n :]) if a]
         names = [
             name
-            for name, asked in (
+            for name, wanted in (
                 ("t", need[0]),
                 ("y0", any(need[2 : 2 + n])),
-                ("the parameters of func", any(need[2 + n :])),
+                (f"the parameters of func ({', '.join(asked)})", bool(asked)),
             )
-            if asked
+            if wanted
         ]
         wanted = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
         raise ValueError(

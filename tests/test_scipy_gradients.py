@@ -116,7 +116,8 @@ def test_autograd_gradient_of_the_parameters_is_a_named_error(entry):
     y0 = torch.tensor([1.0], dtype=F64)
     t = torch.tensor([0.0, 1.0], dtype=F64)
     msg = (
-        "scipy_solver: gradients with respect to the parameters of func are not supported "
+        "scipy_solver: gradients with respect to the parameters of func \\(Decay.k\\) are not "
+        "supported "
         "with memory='autograd'.*memory='adjoint' \\(solvers.odeint_adjoint\\)"
     )
     ys = _autograd(entry, f, y0, t)
@@ -128,7 +129,9 @@ def test_autograd_gradient_of_the_parameters_is_a_named_error(entry):
         (ys.sum() + f.k**2).backward()
     y0.requires_grad_(True)
     ys = _autograd(entry, f, y0, t)
-    with pytest.raises(ValueError, match="with respect to y0 and the parameters of func"):
+    with pytest.raises(
+        ValueError, match="with respect to y0 and the parameters of func \\(Decay.k\\)"
+    ):
         torch.autograd.grad(ys.sum(), (y0, f.k))
 
 
@@ -143,16 +146,17 @@ def test_a_plain_function_s_tensors_are_seen_too(entry, held):
     a = torch.tensor(0.7, dtype=F64, requires_grad=True)
     net = nn.Linear(1, 1, bias=False).double()
     funcs = {
-        "closure tensor": (lambda t, y: -a * y, a),
-        "closure module": (lambda t, y: net(y), net.weight),
-        "global module": (lambda t, y: _RATE(y), _RATE.weight),
+        "closure tensor": (lambda t, y: -a * y, a, "a (in the closure of"),
+        "closure module": (lambda t, y: net(y), net.weight, "net.weight (in the closure of"),
+        "global module": (lambda t, y: _RATE(y), _RATE.weight, "_RATE.weight (read by"),
     }
-    func, weight = funcs[held]
+    func, weight, named = funcs[held]
     y0 = torch.tensor([1.0], dtype=F64)
     t = torch.tensor([0.0, 1.0], dtype=F64)
     ys = _autograd(entry, func, y0, t)
-    with pytest.raises(ValueError, match="not supported with memory='autograd'"):
+    with pytest.raises(ValueError, match="not supported with memory='autograd'") as err:
         (ys.sum() + (weight**2).sum()).backward()
+    assert f"the parameters of func ({named}" in str(err.value)
 
 
 @pytest.mark.parametrize("entry", ["odeint", "solve"])
