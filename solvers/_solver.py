@@ -18,8 +18,9 @@ MEMORY_MODES = ("autograd", "reversible", "adjoint")
 # take torchdiffeq's options, passed through unchanged.
 _SPLIT_OPTIONS = ("checkpoint_every",)
 # The settings of the backward solve of memory="adjoint": torchdiffeq.odeint_adjoint's
-# adjoint_rtol / adjoint_atol / adjoint_method / adjoint_options.
-_BACKWARD_KEYS = ("rtol", "atol", "method", "options")
+# adjoint_rtol / adjoint_atol / adjoint_method / adjoint_options, and the step size of a
+# fixed-step backward method (its grid, as Solver.step_size gives the forward's).
+_BACKWARD_KEYS = ("rtol", "atol", "method", "options", "step_size")
 # torchdiffeq's own default is 2**31 - 1 steps, which looks like a hang to a user whose
 # right-hand side has gone stiff or non-finite; `solve` stops earlier (odeint does not).
 DEFAULT_MAX_NUM_STEPS = 10_000
@@ -86,7 +87,11 @@ class Solver:
             ``step_size``, never an option.
         backward: ``memory="adjoint"`` only: settings of the adjoint solve, a mapping with
             keys among ``rtol``, ``atol``, ``method``, ``options`` (torchdiffeq's
-            ``adjoint_*`` arguments); missing keys take torchdiffeq's defaults.
+            ``adjoint_*`` arguments) and ``step_size`` (a fixed-step backward method's
+            step; without it, one step per output interval, as for the forward). Missing
+            keys take torchdiffeq's defaults; the options of the same method default to
+            the forward's. The backward solve has the forward's safeguards: an adaptive
+            method's step limit, scipy's named failures.
         check_finite: check the initial state and the solution for NaN/Inf (a sync each)
             and raise :class:`NonFiniteError` naming where it appeared.
 
@@ -185,6 +190,24 @@ class Solver:
             back = dict(self.backward)
             if "method" in back and kind_of(back["method"]) == "symplectic":
                 raise ValueError(f"backward method {back['method']!r} must be a torchdiffeq method")
+            b_method = back.get("method", self.method)
+            if "step_size" in dict(back.get("options") or {}):
+                raise ValueError(
+                    "pass the backward step size as backward={'step_size': h}, not in its options"
+                )
+            if "step_size" in back:
+                h = back["step_size"]
+                if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h < math.inf:
+                    raise ValueError(
+                        f"backward step_size must be a positive finite number, got {h!r}"
+                    )
+                if kind_of(b_method) != "fixed":
+                    raise ValueError(
+                        f"backward step_size={h} is for a fixed-step backward method, and "
+                        f"{b_method!r} chooses its own steps from rtol/atol; drop it, or give "
+                        "backward={'method': 'rk4', 'step_size': h}"
+                    )
+                back["step_size"] = float(h)
             for name in ("rtol", "atol"):
                 if name in back:
                     _check_tolerance(f"backward {name}", back[name])

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from . import _adaptive, _fixed_grid
 from ._errors import NonFiniteError, SolverError
 from ._grid import grid_constructor
+from ._methods import kind_of
 from ._pin import Pinned, owners
 from ._solver import DEFAULT_MAX_NUM_STEPS, Solver, Stats
 from ._state import (
@@ -226,8 +227,14 @@ def _integrate(
             )
         if params is not None:
             kw["adjoint_params"] = tuple(params)
-        for key, value in (solver.backward or {}).items():
-            kw[f"adjoint_{key}"] = dict(value) if key == "options" else value
+        back = dict(solver.backward or {})
+        for key in ("rtol", "atol", "method"):
+            if key in back:
+                kw[f"adjoint_{key}"] = back[key]
+        if "options" in back or "step_size" in back or back.get("method", method) != method:
+            # torchdiffeq infers the backward's options from the forward's only for the
+            # same method; otherwise they are built here, as the forward's are.
+            kw["adjoint_options"] = _backward_options(back, method, ts)
         counter.pin = Pinned(owners((func,)), "adjoint")
     run = None
     if method == "scipy_solver":
@@ -236,9 +243,6 @@ def _integrate(
         # named failures (the wrapper would return fewer rows, or run on without a limit).
         run = _ScipyRun(ts)
         options = _scipy_stepper(method, options, run)
-        if "adjoint_options" in kw and kw.get("adjoint_method", method) == method:
-            back = _ScipyRun(ts, backward=True)
-            kw["adjoint_options"] = _scipy_stepper(method, kw["adjoint_options"], back)
     solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
     if kind == "adaptive":
         # Eager under torch.compile (a graph break): torchdiffeq's adaptive setup checks
@@ -471,6 +475,22 @@ def _scipy_failed(where: str, reached: float, end: float, message: str | None) -
         "rtol/atol)",
         status="underflow",
     )
+
+
+def _backward_options(back: dict, forward: str, ts: list[float]) -> dict:
+    """torchdiffeq's ``adjoint_options`` for ``Solver.backward``, built as the forward's
+    are: a fixed-step method's ``step_size`` as the grid (``_grid``), an adaptive method's
+    step limit, and scipy's stepper with its limit and named failures (the backward of a
+    scipy forward that reuses the forward's options gets the same from the forward)."""
+    method = back.get("method", forward)
+    options = dict(back.get("options", {}))
+    if "step_size" in back:
+        options["grid_constructor"] = grid_constructor(back["step_size"])
+    if method == "scipy_solver":
+        return _scipy_stepper(method, options, _ScipyRun(ts, backward=True))
+    if kind_of(method) == "adaptive":
+        options.setdefault("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+    return options
 
 
 class _ScipyRun:

@@ -230,3 +230,53 @@ def test_adjoint_backward_step_limit_is_named():
         sol.y_final.sum().backward()
     reached = float(re.search(pattern, str(err.value)).group(1))
     assert 0.0 < reached < 1.0  # one step back from t = 1
+
+
+@pytest.mark.parametrize(
+    "forward, backward",
+    [
+        ("dopri5", {"method": "scipy_solver"}),
+        ("dopri5", {"method": "scipy_solver", "options": {"solver": "DOP853"}}),
+        ("scipy_solver", {"method": "dopri5"}),
+        ("dopri5", {"method": "bosh3"}),
+        ("dopri5", {"method": "rk4", "step_size": 0.01}),
+        ("rk4", {"method": "dopri5"}),
+    ],
+)
+def test_a_backward_method_other_than_the_forward_s(forward, backward):
+    # torchdiffeq infers the adjoint's options only for the forward's own method: any other
+    # backward method was refused with a message about adjoint_options, which this API
+    # does not have. Each gives the exact gradient: y(1) = y0 exp(-k).
+    f = Decay()
+    y0 = torch.tensor([1.0], dtype=F64, requires_grad=True)
+    step = {"step_size": 0.01} if forward == "rk4" else {}
+    solver = solvers.Solver(forward, memory="adjoint", backward=backward, **step, **TOL)
+    solvers.solve(f, y0, [0.0, 1.0], solver).y_final.sum().backward()
+    # (bosh3, third order, at the forward's tolerances: 3e-6.)
+    assert f.k.grad.item() == pytest.approx(-math.exp(-0.7), abs=1e-5)
+    assert y0.grad.item() == pytest.approx(math.exp(-0.7), abs=1e-5)
+
+
+def test_a_scipy_backward_of_another_forward_keeps_the_step_limit():
+    # torchdiffeq's wrapper ignored max_num_steps (with a warning) and ran without a limit.
+    f = Decay()
+    y0 = torch.tensor([1.0], dtype=F64)
+    back = {"method": "scipy_solver", "options": {"solver": "RK45", "max_num_steps": 1}}
+    solver = solvers.Solver("dopri5", memory="adjoint", backward=back, **TOL)
+    sol = solvers.solve(f, y0, [0.0, 1.0], solver)
+    with pytest.raises(solvers.SolverError, match=r"adjoint \(backward pass\): more than 1 steps"):
+        sol.y_final.sum().backward()
+
+
+def test_a_fixed_step_backward_takes_its_step_size():
+    # Without a step size rk4 steps once per output interval (as the forward does): over
+    # [0, 1] that is one step, and the gradient is rk4's at h = 1. With one, the grid.
+    f = Decay()
+    y0 = torch.tensor([1.0], dtype=F64)
+    errors = []
+    for back in ({"method": "rk4"}, {"method": "rk4", "step_size": 0.05}):
+        solver = solvers.Solver("dopri5", memory="adjoint", backward=back, **TOL)
+        solvers.solve(f, y0, [0.0, 1.0], solver).y_final.sum().backward()
+        errors.append(abs(f.k.grad.item() + math.exp(-0.7)))
+        f.k.grad = None
+    assert errors[0] > 1e-3 and errors[1] < 1e-6

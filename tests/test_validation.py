@@ -248,6 +248,21 @@ CASES = [
         "backward takes keys",
     ),
     (
+        lambda: solvers.Solver("rk4", memory="adjoint", backward={"options": {"step_size": 0.1}}),
+        ValueError,
+        r"backward=\{'step_size': h\}, not in its options",
+    ),
+    (
+        lambda: solvers.Solver("dopri5", memory="adjoint", backward={"step_size": 0.1}),
+        ValueError,
+        "is for a fixed-step backward method, and 'dopri5' chooses its own steps",
+    ),
+    (
+        lambda: solvers.Solver("rk4", memory="adjoint", backward={"step_size": -1.0}),
+        ValueError,
+        "backward step_size must be a positive finite number",
+    ),
+    (
         lambda: solvers.solve(split_func(), torch.ones(2), T01, solvers.Solver("verlet")),
         TypeError,
         "split state",
