@@ -149,6 +149,10 @@ def odeint_adjoint(
         kw = {f"adjoint_{k}": v for k, v in back.items()}
         kw["adjoint_params"] = adjoint_params
         return _event(func, y0, t, rtol, atol, method, options, event_fn, kw)
+    if "options" in back and "step_size" in back["options"]:
+        # torchdiffeq's form of a fixed-step backward's step: Solver.backward's step_size.
+        back["options"] = dict(back["options"])
+        back["step_size"] = back["options"].pop("step_size")
     solver, _ = _solver(method, rtol, atol, options, memory="adjoint", backward=back or None)
     return solve(func, y0, t, solver, params=adjoint_params).ys
 

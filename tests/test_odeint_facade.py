@@ -65,6 +65,30 @@ def test_adjoint_equals_torchdiffeq_adjoint():
     assert torch.allclose(g_ours, f.a.grad, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize(
+    "adjoint",
+    [
+        {"adjoint_method": "rk4", "adjoint_options": {"step_size": 0.05}},
+        {"adjoint_method": "dopri5"},
+        {"adjoint_method": "bosh3", "adjoint_rtol": 1e-9, "adjoint_atol": 1e-9},
+    ],
+)
+def test_adjoint_with_another_backward_method_equals_torchdiffeq(adjoint):
+    # torchdiffeq refuses a backward method other than the forward's unless adjoint_options
+    # are given too (it infers them only for the same method); here they need not be.
+    f = Decay()
+    ours = solvers.odeint_adjoint(f, Y0, T, method="rk4", options={"step_size": 0.1}, **adjoint)
+    ours.sum().backward()
+    g_ours = f.a.grad.clone()
+    f.a.grad = None
+    theirs = torchdiffeq.odeint_adjoint(
+        f, Y0, T, method="rk4", options={"step_size": 0.1}, **{"adjoint_options": {}, **adjoint}
+    )
+    theirs.sum().backward()
+    assert torch.equal(ours, theirs)
+    assert torch.allclose(g_ours, f.a.grad, rtol=1e-6, atol=0)
+
+
 def test_tuple_state_gives_tuple():
     def f(t, y):
         return (-y[1], y[0])
