@@ -631,6 +631,22 @@ def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
                 "--step-size); give the training steps in --random-steps only"
             )
     _check_random_methods(cfg, kinds)
+    # θ(t) is constant on cells of one time unit. A training step that does not divide a
+    # cell straddles a jump of θ, and the weights learn where the steps sample θ, not θ(t):
+    # on CIFAR-10 the Hamiltonian network trained at h = 0.75 (Verlet samples θ_0, θ_1, θ_1,
+    # θ_2) reached 70.7 % under its scheme and 54 % under its flow.
+    for flag, steps in (
+        ("--step-size", [cfg.step_size] if cfg.step_size else []),
+        ("--random-steps", rs),
+    ):
+        for h in steps:
+            if abs(round(1 / h) * h - 1) > 1e-9:
+                raise ConfigError(
+                    f"{flag} {h:g}: a training step must divide θ(t)'s cells (each parameter "
+                    "set holds for one time unit), so 1/n: 1, 0.5, 0.25, ...; a step of "
+                    f"{h:g} straddles the jumps of θ(t), and the weights would learn where "
+                    "the steps sample θ rather than θ(t), a network that is no ODE"
+                )
     if not (math.isfinite(cfg.stability_penalty) and cfg.stability_penalty >= 0):
         raise ConfigError(f"--stability-penalty must be >= 0, got {cfg.stability_penalty}")
     if not (math.isfinite(cfg.stability_margin) and cfg.stability_margin > 0):
@@ -833,7 +849,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"parabolic network, Verlet for the hyperbolic ones; on photographs {_PHOTOGRAPHS}; "
         "given alone there, it drops the rest of that default: see --rate-bound)",
     )
-    a("--step-size", type=float, help="training solver's step (default: h = 1, one per step)")
+    a(
+        "--step-size",
+        type=float,
+        help="training solver's step, 1/n to divide θ(t)'s unit cells (default: h = 1, one "
+        "per parameter set)",
+    )
     a(
         "--multilevel",
         type=_widths,

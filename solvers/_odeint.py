@@ -121,7 +121,10 @@ def odeint_adjoint(
             the same scipy solver; a failure or ``max_num_steps`` in either raises
             :class:`SolverError` at the time reached, as in :func:`odeint`.
         adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: settings of the
-            backward solve (default: those of the forward one, as torchdiffeq).
+            backward solve (default: those of the forward one, as torchdiffeq). A
+            fixed-step ``adjoint_method`` takes its step as ``adjoint_options={"step_size":
+            h}``, else the forward's; unlike torchdiffeq, an ``adjoint_method`` other than
+            the forward's needs no ``adjoint_options`` (see ``Solver.backward``).
         adjoint_params: the tensors to differentiate (default: ``func``'s parameters).
 
     Returns:

@@ -88,10 +88,12 @@ class Solver:
         backward: ``memory="adjoint"`` only: settings of the adjoint solve, a mapping with
             keys among ``rtol``, ``atol``, ``method``, ``options`` (torchdiffeq's
             ``adjoint_*`` arguments) and ``step_size`` (a fixed-step backward method's
-            step; without it, one step per output interval, as for the forward). Missing
-            keys take torchdiffeq's defaults; the options of the same method default to
-            the forward's. The backward solve has the forward's safeguards: an adaptive
-            method's step limit, scipy's named failures.
+            step). Missing keys take torchdiffeq's defaults: the forward's method, and
+            with it the forward's options and step; a fixed-step backward method other
+            than the forward's takes the forward's ``step_size`` (a ``ValueError`` where
+            there is none). Unlike torchdiffeq, another method needs no options of its
+            own. The backward solve keeps the forward's step limits (an adaptive
+            method's ``max_num_steps``, scipy's, with scipy's named failures).
         check_finite: check the initial state and the solution for NaN/Inf (a sync each)
             and raise :class:`NonFiniteError` naming where it appeared.
 
@@ -205,9 +207,24 @@ class Solver:
                     raise ValueError(
                         f"backward step_size={h} is for a fixed-step backward method, and "
                         f"{b_method!r} chooses its own steps from rtol/atol; drop it, or give "
-                        "backward={'method': 'rk4', 'step_size': h}"
+                        "a fixed-step method with it (backward={'method': 'rk4', 'step_size': "
+                        "h}; odeint_adjoint: adjoint_method='rk4', adjoint_options="
+                        "{'step_size': h})"
                     )
                 back["step_size"] = float(h)
+            elif kind_of(b_method) == "fixed" and b_method != self.method:
+                # Without a step a fixed-step method steps once per output interval: as a
+                # backward method that is a coarse gradient nobody asked for. The same
+                # method inherits the forward's grid with its options (torchdiffeq's rule).
+                if self.step_size is None:
+                    raise ValueError(
+                        f"backward method {b_method!r} is a fixed-step method: give its step "
+                        "as backward={'method': "
+                        f"{b_method!r}, 'step_size': h}} (odeint_adjoint: adjoint_options="
+                        "{'step_size': h}); without one it would step once per output "
+                        "interval"
+                    )
+                back["step_size"] = self.step_size
             for name in ("rtol", "atol"):
                 if name in back:
                     _check_tolerance(f"backward {name}", back[name])

@@ -34,6 +34,10 @@ from neuralpde.stability import StabilityPenalty, report
         ({"random_steps": [1.0], "solver": "dopri5"}, "adaptive"),
         ({"random_steps": [1.0], "multilevel": [5]}, "use one of the two"),
         ({"random_steps": [1.0], "step_size": 0.5}, "replaces --step-size"),
+        # A step that does not divide θ's unit cells straddles its jumps (1/n only).
+        ({"step_size": 0.75}, "--step-size 0.75: a training step must divide"),
+        ({"step_size": 2.0}, "--step-size 2: a training step must divide"),
+        ({"random_steps": [1.0, 0.4]}, "--random-steps 0.4: a training step must divide"),
         ({"random_methods": ["dopri5"]}, "dopri5 is adaptive"),
         ({"random_methods": ["euler", "rk9"]}, "unknown method 'rk9'"),
         ({"random_methods": ["euler"], "solver": "dopri5"}, "adaptive"),
