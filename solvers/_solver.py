@@ -90,8 +90,9 @@ class Solver:
             ``adjoint_*`` arguments) and ``step_size`` (a fixed-step backward method's
             step). Missing keys take torchdiffeq's defaults: the forward's method, and
             with it the forward's options and step; a fixed-step backward method other
-            than the forward's takes the forward's ``step_size`` (a ``ValueError`` where
-            there is none). Unlike torchdiffeq, another method needs no options of its
+            than the forward's, or the same one with options of its own, takes the
+            forward's ``step_size`` (for another method, a ``ValueError`` where there is
+            none). Unlike torchdiffeq, another method needs no options of its
             own. The backward solve keeps the forward's step limits (an adaptive
             method's ``max_num_steps``, scipy's, with scipy's named failures).
         check_finite: check the initial state and the solution for NaN/Inf (a sync each)
@@ -212,11 +213,14 @@ class Solver:
                         "{'step_size': h})"
                     )
                 back["step_size"] = float(h)
-            elif kind_of(b_method) == "fixed" and b_method != self.method:
+            elif kind_of(b_method) == "fixed" and (b_method != self.method or "options" in back):
                 # Without a step a fixed-step method steps once per output interval: as a
                 # backward method that is a coarse gradient nobody asked for. The same
-                # method inherits the forward's grid with its options (torchdiffeq's rule).
-                if self.step_size is None:
+                # method without options of its own inherits the forward's options and with
+                # them its grid (torchdiffeq's rule); with options, the step is inherited here.
+                if self.step_size is not None:
+                    back["step_size"] = self.step_size
+                elif b_method != self.method:
                     raise ValueError(
                         f"backward method {b_method!r} is a fixed-step method: give its step "
                         "as backward={'method': "
@@ -224,7 +228,6 @@ class Solver:
                         "{'step_size': h}); without one it would step once per output "
                         "interval"
                     )
-                back["step_size"] = self.step_size
             for name in ("rtol", "atol"):
                 if name in back:
                     _check_tolerance(f"backward {name}", back[name])

@@ -280,6 +280,9 @@ def test_a_fixed_step_backward_takes_its_step_size():
         "rk4", step_size=0.05, memory="adjoint", backward={"method": "euler"}
     )
     assert inherited.backward["step_size"] == 0.05
+    # The same method with options of its own keeps the forward's step too.
+    own = solvers.Solver("rk4", step_size=0.05, memory="adjoint", backward={"options": {}})
+    assert own.backward["step_size"] == 0.05
     for solver in (
         solvers.Solver("dopri5", memory="adjoint", backward={"method": "rk4", "step_size": 0.05}),
         solvers.Solver("rk4", step_size=0.05, memory="adjoint", backward={"method": "midpoint"}),
