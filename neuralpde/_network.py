@@ -196,6 +196,10 @@ class PDECNN(nn.Module):
         Args:
             method: a name from :func:`solvers.methods`; ``None`` is each stage's default.
             step_size: for fixed-step and symplectic methods (``None``: the training step).
+                To train at it, take a divisor of θ(t)'s cells (``T / steps``; 1/2, 1/4
+                of the default): a step across a jump of a constant θ(t) samples it where
+                the step falls, and the weights learn that sampling, not θ(t)
+                (``experiments.train`` refuses other steps).
             stage: index of a single stage to change; ``None`` changes all.
             memory: ``"autograd"``, ``"reversible"`` or ``"adjoint"`` (see
                 :meth:`Stage.set_solver`).
