@@ -479,13 +479,15 @@ def _scipy_failed(where: str, reached: float, end: float, message: str | None) -
 
 def _backward_options(back: dict, forward: str, ts: list[float]) -> dict:
     """torchdiffeq's ``adjoint_options`` for ``Solver.backward``, built as the forward's
-    are: a fixed-step method's ``step_size`` as the grid (``_grid``), an adaptive method's
+    are: a fixed-step method's ``step_size``, an adaptive method's
     step limit, and scipy's stepper with its limit and named failures (the backward of a
     scipy forward that reuses the forward's options gets the same from the forward)."""
     method = back.get("method", forward)
     options = dict(back.get("options", {}))
     if "step_size" in back:
-        options["grid_constructor"] = grid_constructor(back["step_size"])
+        # torchdiffeq's own option, not the forward's grid (_grid): no gradient of t flows
+        # through the backward's grid, and odeint_adjoint's numbers stay torchdiffeq's.
+        options["step_size"] = back["step_size"]
     if method == "scipy_solver":
         return _scipy_stepper(method, options, _ScipyRun(ts, backward=True))
     if kind_of(method) == "adaptive":
