@@ -331,6 +331,10 @@ def discretization_in_words(cfg: TrainConfig) -> str:
     line = "training discretization: " + ", ".join(parts)
     default = IMAGES_ARCH_OPTIONS.get(cfg.arch)
     on_photographs = cfg.dataset != "digits" and not cfg.preset and not cfg.certified
+    # The paper's scheme (--normalization tv --rate-bound 0) replaces the default on
+    # purpose, whole: nothing of it is left to take the digits' value unawares.
+    paper_scheme = cfg.normalization == "tv" and not cfg.rate_bound and not cfg.stability_penalty
+    on_photographs = on_photographs and not paper_scheme
     if on_photographs and default and any(getattr(cfg, k) != v for k, v in default.items()):
         flags = " ".join(f"--{k.replace('_', '-')} {_flag_value(v)}" for k, v in default.items())
         line += (

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._methods import STEPPERS, kind_of
+from ._methods import STEPPERS, TORCHDIFFEQ_METHODS, kind_of
 
 MEMORY_MODES = ("autograd", "reversible", "adjoint")
 # Options of the symplectic steppers (memory="reversible" only); the torchdiffeq methods
@@ -191,8 +191,17 @@ class Solver:
             if extra:
                 raise ValueError(f"backward takes keys {_BACKWARD_KEYS}, got {extra}")
             back = dict(self.backward)
-            if "method" in back and kind_of(back["method"]) == "symplectic":
-                raise ValueError(f"backward method {back['method']!r} must be a torchdiffeq method")
+            if "method" in back:
+                try:
+                    b_kind = kind_of(back["method"])
+                except ValueError:
+                    b_kind = None  # unknown: the list below, not kind_of's with the steppers
+                if b_kind in (None, "symplectic"):
+                    valid = ", ".join(sorted(TORCHDIFFEQ_METHODS))
+                    raise ValueError(
+                        f"backward method {back['method']!r} is not a torchdiffeq method; the "
+                        f"adjoint's backward solve takes one of: {valid}"
+                    )
             b_method = back.get("method", self.method)
             if "step_size" in dict(back.get("options") or {}):
                 raise ValueError(

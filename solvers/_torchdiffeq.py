@@ -489,7 +489,11 @@ def _backward_options(back: dict, forward: str, ts: list[float]) -> dict:
         # through the backward's grid, and odeint_adjoint's numbers stay torchdiffeq's.
         options["step_size"] = back["step_size"]
     if method == "scipy_solver":
-        return _scipy_stepper(method, options, _ScipyRun(ts, backward=True))
+        try:
+            return _scipy_stepper(method, options, _ScipyRun(ts, backward=True))
+        except ValueError as err:
+            # The forward's options may be fine: say which solve the bad option is of.
+            raise ValueError(f"Solver.backward options: {err}") from err
     if kind_of(method) == "adaptive":
         options.setdefault("max_num_steps", DEFAULT_MAX_NUM_STEPS)
     return options

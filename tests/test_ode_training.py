@@ -219,6 +219,15 @@ def test_the_run_says_how_it_discretizes_and_when_an_option_replaced_the_default
     assert (
         discretization_in_words(paper) == "training discretization: solver leapfrog, no rate bound"
     )
+    # Nor Table 1's paper configuration, the paper's scheme given as options.
+    scheme = resolve_config(
+        dataset="imagefolder", arch="second_order", normalization="tv", rate_bound=0.0
+    )
+    assert "Not the" not in discretization_in_words(scheme)
+    # A bound of 0 alone (the bias normalization kept) is a partial choice: still said.
+    assert "Not the" in discretization_in_words(
+        resolve_config(dataset="imagefolder", arch="second_order", rate_bound=0.0)
+    )
 
 
 def test_a_run_logs_its_discretization(tmp_path):

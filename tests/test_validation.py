@@ -258,6 +258,34 @@ CASES = [
         "is for a fixed-step backward method, and 'dopri5' chooses its own steps",
     ),
     (
+        # The backward's list is torchdiffeq's methods: the steppers are not among them.
+        lambda: solvers.Solver("rk4", memory="adjoint", backward={"method": "rk5"}),
+        ValueError,
+        r"backward method 'rk5' is not a torchdiffeq method; .* takes one of: adaptive_heun, "
+        r"bosh3, dopri5, dopri8, euler, explicit_adams, fehlberg2, heun2, heun3, implicit_adams, "
+        r"midpoint, rk4, scipy_solver$",
+    ),
+    (
+        lambda: solvers.Solver("rk4", memory="adjoint", backward={"method": "verlet"}),
+        ValueError,
+        "backward method 'verlet' is not a torchdiffeq method",
+    ),
+    (
+        lambda: solvers.solve(
+            lambda t, y: -y,
+            torch.ones(2),
+            T01,
+            solvers.Solver(
+                "dopri5",
+                memory="adjoint",
+                backward={"method": "scipy_solver", "options": {"solver": "XX"}},
+            ),
+            params=(),
+        ),
+        ValueError,
+        r"^Solver.backward options: scipy_solver: options\['solver'\] must be one of",
+    ),
+    (
         lambda: solvers.Solver("rk4", memory="adjoint", backward={"step_size": -1.0}),
         ValueError,
         "backward step_size must be a positive finite number",
