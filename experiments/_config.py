@@ -37,7 +37,8 @@ class TrainConfig:
     ``normalization`` is N of the symmetric dynamics (``"tv"``, the paper's; ``"bias"``;
     ``"none"``) and ``rate_bound``, when positive, the fraction of the training method's
     stability limit that every parameter set's rate is held to by
-    :func:`neuralpde.stability.constrain`.
+    :func:`neuralpde.stability.constrain`, whose raw kernels start at ``raw_scale`` times
+    their bounded value (the kernels' effective learning rate is the schedule's / raw_scale²).
     ``certified`` trains the 1-Lipschitz configuration (:data:`CERTIFIED_RECIPE`) with
     the Lipschitz-margin cross-entropy of margin ``certified_margin`` (an ℓ2 radius in
     pixel units) and inverse temperature ``temperature`` (:func:`experiments.fit`). Each stage has ``steps`` parameter sets over ``T = steps``
@@ -83,6 +84,7 @@ class TrainConfig:
     stability_margin: float = 1.0
     normalization: str = "tv"
     rate_bound: float = 0.0
+    raw_scale: float = 1.0
     compile: bool = False
     certified: bool = False
     certified_margin: float = 0.0
@@ -273,6 +275,7 @@ IMAGES_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
         "solver": "verlet",
         "rate_bound": 1.0,
         "random_methods": ["verlet", "symplectic_euler"],
+        "raw_scale": 2.0,
     },
     "second_order": {
         "solver": "verlet",
@@ -285,7 +288,10 @@ IMAGES_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 def _in_words(arch: str, options: dict[str, Any]) -> str:
     bound = "the whole" if options["rate_bound"] == 1 else f"{options['rate_bound']:g}"
     methods = ",".join(options["random_methods"])
-    return f"{arch} {options['solver']} at {bound} of its limit with {methods} sharing each batch"
+    raw = f", raw scale {options['raw_scale']:g}" if options.get("raw_scale", 1) != 1 else ""
+    return (
+        f"{arch} {options['solver']} at {bound} of its limit with {methods} sharing each batch{raw}"
+    )
 
 
 # The photographs' defaults in words, for --help (built from the table, so never stale).
@@ -328,6 +334,10 @@ def discretization_in_words(cfg: TrainConfig) -> str:
             parts.append(f"{name.replace('_', ' ')} {','.join(map(str, getattr(cfg, name)))}")
     if cfg.stability_penalty:
         parts.append(f"stability penalty {cfg.stability_penalty:g}")
+    if cfg.raw_scale != 1:
+        parts.append(
+            f"raw scale {cfg.raw_scale:g} (the bounded kernels' learning rate / {cfg.raw_scale**2:g})"
+        )
     line = "training discretization: " + ", ".join(parts)
     default = IMAGES_ARCH_OPTIONS.get(cfg.arch)
     on_photographs = cfg.dataset != "digits" and not cfg.preset and not cfg.certified
@@ -335,7 +345,9 @@ def discretization_in_words(cfg: TrainConfig) -> str:
     # purpose, whole: nothing of it is left to take the digits' value unawares.
     paper_scheme = cfg.normalization == "tv" and not cfg.rate_bound and not cfg.stability_penalty
     on_photographs = on_photographs and not paper_scheme
-    if on_photographs and default and any(getattr(cfg, k) != v for k, v in default.items()):
+    # Only a discretization option replaces the default whole (--raw-scale alone does not).
+    departed = any(getattr(cfg, k) != v for k, v in default.items() if k in DISCRETIZATION_KEYS)
+    if on_photographs and default and departed:
         flags = " ".join(f"--{k.replace('_', '-')} {_flag_value(v)}" for k, v in default.items())
         line += (
             f". Not the photographs' default for {cfg.arch} ({flags}): any option of how "
@@ -679,6 +691,21 @@ def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
             f"({cfg.step_size or 1.0:g}), and --random-steps {rs} has larger ones; give "
             "steps no larger than it, or drop --rate-bound (--rate-bound 0)"
         )
+    if (
+        isinstance(cfg.raw_scale, bool)
+        or not isinstance(cfg.raw_scale, (int, float))
+        or not 1 <= cfg.raw_scale < math.inf
+    ):
+        raise ConfigError(
+            f"--raw-scale is where the bounded kernels' raw values start, a multiple >= 1 of "
+            f"their bounded value (1: on the bound), got {cfg.raw_scale!r}"
+        )
+    if cfg.raw_scale != 1 and not cfg.rate_bound:
+        raise ConfigError(
+            f"--raw-scale {cfg.raw_scale:g} sets the learning rate of the kernels --rate-bound "
+            "parametrizes, and this run has no rate bound; drop --raw-scale, or give "
+            "--rate-bound"
+        )
     if cfg.stability_penalty and not fixed:
         raise ConfigError(
             f"--stability-penalty bounds h·ρ for a fixed step; --solver {cfg.solver} is adaptive"
@@ -909,6 +936,14 @@ def build_parser() -> argparse.ArgumentParser:
         "or --rate-bound, even at its default value, replaces that default whole, and the "
         "options not given take the digits' values (rate bound 0.25, no methods sharing the "
         "batch): give each option you want. The run's log names what it trains with",
+    )
+    a(
+        "--raw-scale",
+        type=float,
+        help="start the rate bound's raw kernels at this multiple (>= 1) of their bounded "
+        "value: the bound's parametrization is scale invariant there, so the kernels learn "
+        "at 1/raw-scale^2 of SGD's learning rate (default: 1; on photographs 2 for the "
+        "hamiltonian network)",
     )
     a(
         "--compile",

@@ -82,7 +82,10 @@ def build_model(
         if image_size is None:
             image_size = cfg.image_size or DATASET_IMAGE_SIZE[cfg.dataset]
         neuralpde.stability.constrain(
-            net, (in_channels, image_size, image_size), fraction=cfg.rate_bound
+            net,
+            (in_channels, image_size, image_size),
+            fraction=cfg.rate_bound,
+            raw_scale=cfg.raw_scale,
         )
     for _ in range(level):
         net.refine(2)

@@ -705,7 +705,9 @@ def second_order_method(method: str) -> str | None:
     return _SECOND_ORDER.get(method) if isinstance(method, str) else None
 
 
-def constrain(net: nn.Module, input_shape: tuple[int, ...], *, fraction: float = 0.5):
+def constrain(
+    net: nn.Module, input_shape: tuple[int, ...], *, fraction: float = 0.5, raw_scale: float = 1.0
+):
     """Make every stage stable by construction: ``h z_j <= fraction · c`` for every θ_j.
 
     For each stage whose dynamics declares a step limit (:meth:`~neuralpde.RHS.spectrum`)
@@ -721,7 +723,20 @@ def constrain(net: nn.Module, input_shape: tuple[int, ...], *, fraction: float =
     finer than the stage's at constrain time only moves ``h z`` further inside the limit.
 
     Raw kernels outside the bound are scaled onto it first (the network's function changes
-    accordingly: constrain before training, not after). Rates must be positively homogeneous and non-decreasing in each kernel's ``ρ`` (the
+    accordingly: constrain before training, not after), then multiplied by ``raw_scale``.
+    On and outside the bound the parametrization is invariant to the raw kernel's scale, so
+    an SGD step moves the returned kernel by ``1/s²`` of what it would at raw scale
+    ``s`` = 1 (the gradient is ``1/s`` as large, and a step of the raw kernel is ``1/s`` as
+    large relative to it; under Adam, whose steps do not follow the gradient's size,
+    ``1/s``): ``raw_scale`` sets the kernels' effective learning rate, the other
+    parameters' untouched (the effective learning rate of scale-invariant weights: van
+    Laarhoven, arXiv:1706.05350, 2017; Hoffer et al., NeurIPS 2018). The raw norm grows
+    in training anyway (each step adds a component orthogonal to it), so the rate falls as
+    it does; a raw scale above 1 starts it lower. Kernels inside the bound, where the
+    parametrization is the identity, are left as they are, so the network's function is
+    the same for every ``raw_scale``.
+
+    Rates must be positively homogeneous and non-decreasing in each kernel's ``ρ`` (the
     built-in dynamics' are): every kernel is capped at one common ``ρ``. Dynamics without a
     limit (the ResNet control), adaptive stages, and stages whose method has no stable step
     on their model (forward Euler on an oscillatory dynamics, which :func:`report` flags
@@ -733,6 +748,8 @@ def constrain(net: nn.Module, input_shape: tuple[int, ...], *, fraction: float =
         input_shape: the network input ``(channels, height, width)``; stage ``k`` runs at
             ``height // 2**k``. The bound holds at that size.
         fraction: of the method's limit, in ``(0, 1]``.
+        raw_scale: where the raw kernels start, as a multiple (``>= 1``) of their bounded
+            value: ``1`` on the bound, ``2`` a quarter of SGD's learning rate for them.
 
     Returns:
         ``net``, in place. The raw kernels are
@@ -741,7 +758,9 @@ def constrain(net: nn.Module, input_shape: tuple[int, ...], *, fraction: float =
         constrained the same way.
 
     Raises:
-        ValueError: ``fraction`` outside ``(0, 1]``; a stage already constrained; a
+        ValueError: ``fraction`` outside ``(0, 1]``; ``raw_scale`` below 1 or not finite
+            (below 1 would put a kernel inside the bound, where the scale is no longer
+            a learning rate but a smaller kernel); a stage already constrained; a
             dynamics that declares a limit but no rates, whose rates are not homogeneous,
             or that asks ``rho`` for a tensor that is not a kernel of its
             :class:`~neuralpde.TimeWeights`.
@@ -750,6 +769,15 @@ def constrain(net: nn.Module, input_shape: tuple[int, ...], *, fraction: float =
         raise ValueError(f"constrain: fraction must be a number in (0, 1], got {fraction!r}")
     if not 0 < fraction <= 1:
         raise ValueError(f"constrain: fraction must be in (0, 1], got {fraction!r}")
+    if (
+        isinstance(raw_scale, bool)
+        or not isinstance(raw_scale, (int, float))
+        or not 1 <= raw_scale < math.inf
+    ):
+        raise ValueError(
+            f"constrain: raw_scale must be a finite number >= 1 (1 starts the raw kernels on "
+            f"the bound), got {raw_scale!r}"
+        )
     stages = _stages(net)
     sizes = _sizes(input_shape, len(stages))
     for k, (stage, (height, width)) in enumerate(zip(stages, sizes)):
@@ -785,9 +813,14 @@ def constrain(net: nn.Module, input_shape: tuple[int, ...], *, fraction: float =
             bound = RateBound(cap, height, width)
             bound.fraction = float(fraction)
             with torch.no_grad():
-                # Raw kernels start on the bound, not far outside it: the parametrization is
-                # scale invariant there, and a raw kernel many times too large would learn
-                # at a fraction of the learning rate until weight decay shrank it.
-                getattr(w, name).copy_(bound(getattr(w, name)))
+                # Raw kernels outside the bound start on it (times raw_scale), not far
+                # outside: the parametrization is scale invariant there, and a raw kernel
+                # many times too large would learn at a fraction of the learning rate.
+                # Inside the bound it is the identity: a scaled kernel would be another one.
+                raw = getattr(w, name)
+                bounded = bound(raw)
+                outside = (bounded != raw).flatten(1).any(1)
+                scale = torch.where(outside, float(raw_scale), 1.0).to(raw.dtype)
+                raw.copy_(bounded * scale.view(-1, *([1] * (raw.dim() - 1))))
             parametrize.register_parametrization(w, name, bound)
     return net

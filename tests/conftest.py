@@ -4,7 +4,8 @@ One intra-op thread: the tensors here are small, where a second OpenMP thread bu
 and tests that start subprocesses (tutorials, the CLI, two gloo ranks) would otherwise
 oversubscribe the cores; busy-waiting OpenMP threads on an oversubscribed machine make small
 convolutions tens of times slower. Set before torch is imported by any test module, and in
-the environment so that subprocesses inherit it.
+the environment so that subprocesses inherit it. The cores are used by pytest-xdist's
+worker processes instead (pyproject.toml's addopts: one per core, at most four).
 """
 
 import os

@@ -188,6 +188,21 @@ def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
     cfg = resolve_config(dataset="imagefolder", arch="hamiltonian")
     assert (cfg.solver, cfg.rate_bound, cfg.random_steps) == ("verlet", 1.0, [])
     assert cfg.random_methods == ["verlet", "symplectic_euler"]
+    # ...its raw kernels at twice the bound (a quarter of the learning rate for them): not
+    # a discretization option, so given alone it keeps the rest of the default.
+    assert cfg.raw_scale == 2.0
+    cfg = resolve_config(dataset="imagefolder", arch="hamiltonian", raw_scale=1.0)
+    assert (cfg.raw_scale, cfg.rate_bound, cfg.random_methods[-1]) == (1.0, 1.0, "symplectic_euler")
+    assert resolve_config(dataset="imagefolder", arch="hamiltonian", rate_bound=0.5).raw_scale == 1
+    for arch in ("parabolic", "second_order", "resnet"):
+        assert resolve_config(dataset="imagefolder", arch=arch).raw_scale == 1.0
+    assert resolve_config(arch="hamiltonian").raw_scale == 1.0  # digits
+    assert resolve_config(dataset="imagefolder", arch="hamiltonian", preset="paper",
+                          recipe="cifar10").raw_scale == 1.0  # fmt: skip
+    with pytest.raises(ConfigError, match="--raw-scale is where .* got 0.5"):
+        resolve_config(dataset="imagefolder", arch="hamiltonian", raw_scale=0.5)
+    with pytest.raises(ConfigError, match="this run has no rate bound; drop --raw-scale"):
+        resolve_config(arch="hamiltonian", raw_scale=2.0, rate_bound=0.0)
     cfg = resolve_config(dataset="imagefolder", arch="hamiltonian", rate_bound=0.25)
     assert (cfg.solver, cfg.random_steps, cfg.random_methods) == ("verlet", [], [])
     assert resolve_config(arch="hamiltonian").random_methods == []  # digits: Verlet at 1/4
@@ -196,6 +211,10 @@ def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
     assert (cfg.solver, cfg.rate_bound, cfg.random_steps) == ("verlet", 0.7, [])
     assert cfg.random_methods == ["verlet", "symplectic_euler", "leapfrog"]
     assert resolve_config(arch="second_order").rate_bound == 0.25
+
+
+def line_of(arch: str) -> str:
+    return discretization_in_words(resolve_config(dataset="imagefolder", arch=arch))
 
 
 def test_the_run_says_how_it_discretizes_and_when_an_option_replaced_the_default():
@@ -211,13 +230,18 @@ def test_the_run_says_how_it_discretizes_and_when_an_option_replaced_the_default
     assert "rate bound 0.25 (the fraction of its stability limit), random methods verlet," in line
     assert (
         "Not the photographs' default for hamiltonian (--solver verlet --rate-bound 1 "
-        "--random-methods verlet,symplectic_euler)"
+        "--random-methods verlet,symplectic_euler --raw-scale 2)"
     ) in line
     # The digits and the paper's scheme have no photographs' default to depart from.
     assert "Not the" not in discretization_in_words(resolve_config(arch="hamiltonian"))
     paper = resolve_config(dataset="cifar10", preset="paper", arch="second_order")
     assert (
         discretization_in_words(paper) == "training discretization: solver leapfrog, no rate bound"
+    )
+    # The raw scale is said where it is not 1.
+    assert line_of("hamiltonian").endswith(
+        "random methods verlet,symplectic_euler, raw scale 2 (the bounded kernels' learning "
+        "rate / 4)"
     )
     # Nor Table 1's paper configuration, the paper's scheme given as options.
     scheme = resolve_config(

@@ -211,11 +211,67 @@ def test_constrained_network_refines_and_round_trips_its_state_dict():
     assert torch.equal(net(x), other(x))
 
 
+@pytest.mark.parametrize("arch", SYMMETRIC)
+def test_raw_scale_keeps_the_function_and_starts_the_raw_kernels_outside(arch):
+    def build(raw_scale):
+        torch.manual_seed(7)
+        net = neuralpde.PDECNN(arch, 1, 10, (4, 6, 6), rhs_options={"normalization": "bias"})
+        net = net.double()
+        # One kernel stack inside its bound (shrunk), to be left exactly as it is.
+        with torch.no_grad():
+            net.stages[0].rhs.thetas()[0].weight.mul_(1e-3)
+        return stability.constrain(net, (1, 8, 8), fraction=0.5, raw_scale=raw_scale)
+
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    one, three = build(1.0), build(3.0)
+    one.eval(), three.eval()
+    assert torch.allclose(one(x), three(x), rtol=1e-12, atol=1e-12)
+
+    def raws(net):
+        return [
+            (m.parametrizations[n].original.detach(), m.parametrizations[n][0])
+            for m in net.modules()
+            if isinstance(m, neuralpde.TimeWeights) and hasattr(m, "parametrizations")
+            for n in m.parametrizations
+        ]
+
+    outside = 0
+    for (r1, bound), (r3, _) in zip(raws(one), raws(three), strict=True):
+        size = bound.height, bound.width
+        rho1, rho3 = stability.symbol_rho(r1, *size), stability.symbol_rho(r3, *size)
+        on_bound = rho1 > bound.cap * 0.99
+        outside += int(on_bound.sum())
+        # Outside the bound: three times its bounded value, ρ nine times the cap.
+        assert torch.allclose(rho3[on_bound], 9 * rho1[on_bound], rtol=1e-9)
+        # Inside it: the kernel itself, untouched.
+        assert torch.equal(r3[~on_bound], r1[~on_bound])
+    assert 0 < outside < sum(len(r) for r, _ in raws(one))
+
+
+def test_rate_bound_gradient_falls_as_the_raw_scale_grows():
+    # On and outside the bound the parametrization is 0-homogeneous: at raw scale s the
+    # gradient is 1/s of the gradient at 1, and an SGD step moves the kernel 1/s² as far.
+    torch.manual_seed(8)
+    raw = torch.randn(3, 5, 5, 3, 3, dtype=torch.float64)
+    probe = torch.randn_like(raw)
+    cap = 0.1 * float(stability.symbol_rho(raw, 8, 8).min())
+    grads = []
+    for s in (1.0, 2.0, 4.0):
+        k = (raw * s).requires_grad_()
+        (stability.RateBound(cap, 8, 8)(k) * probe).sum().backward()
+        grads.append(k.grad * s)
+    for g in grads[1:]:
+        assert torch.allclose(g, grads[0], rtol=1e-9, atol=1e-12)
+
+
 def test_constrain_rejects_bad_settings():
     net = neuralpde.PDECNN("parabolic", 1, 10, (4, 8), rhs_options={"normalization": "bias"})
     for bad in (0, -0.5, 1.5, math.nan, True):
         with pytest.raises(ValueError, match="fraction must be"):
             stability.constrain(net, (1, 8, 8), fraction=bad)
+    for bad in (0.5, 0, math.inf, math.nan, True, "2"):
+        with pytest.raises(ValueError, match="raw_scale must be a finite number >= 1"):
+            stability.constrain(net, (1, 8, 8), raw_scale=bad)
     stability.constrain(net, (1, 8, 8))
     with pytest.raises(ValueError, match="constrained already"):
         stability.constrain(net, (1, 8, 8))
