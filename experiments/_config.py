@@ -335,8 +335,12 @@ def discretization_in_words(cfg: TrainConfig) -> str:
     if cfg.stability_penalty:
         parts.append(f"stability penalty {cfg.stability_penalty:g}")
     if cfg.raw_scale != 1:
+        # SGD's step of a scale-invariant kernel falls as 1/s², Adam's (which does not
+        # follow the gradient's size) as 1/s.
+        power = 2 if cfg.optimizer == "sgd" else 1
         parts.append(
-            f"raw scale {cfg.raw_scale:g} (the bounded kernels' learning rate / {cfg.raw_scale**2:g})"
+            f"raw scale {cfg.raw_scale:g} (the bounded kernels' learning rate / "
+            f"{cfg.raw_scale**power:g})"
         )
     line = "training discretization: " + ", ".join(parts)
     default = IMAGES_ARCH_OPTIONS.get(cfg.arch)
@@ -346,8 +350,10 @@ def discretization_in_words(cfg: TrainConfig) -> str:
     paper_scheme = cfg.normalization == "tv" and not cfg.rate_bound and not cfg.stability_penalty
     on_photographs = on_photographs and not paper_scheme
     # Only a discretization option replaces the default whole (--raw-scale alone does not).
-    departed = any(getattr(cfg, k) != v for k, v in default.items() if k in DISCRETIZATION_KEYS)
-    if on_photographs and default and departed:
+    departed = default is not None and any(
+        getattr(cfg, k) != v for k, v in default.items() if k in DISCRETIZATION_KEYS
+    )
+    if on_photographs and departed:
         flags = " ".join(f"--{k.replace('_', '-')} {_flag_value(v)}" for k, v in default.items())
         line += (
             f". Not the photographs' default for {cfg.arch} ({flags}): any option of how "

@@ -724,7 +724,7 @@ def constrain(
 
     Raw kernels outside the bound are scaled onto it first (the network's function changes
     accordingly: constrain before training, not after), then multiplied by ``raw_scale``.
-    On and outside the bound the parametrization is invariant to the raw kernel's scale, so
+    Outside the bound the parametrization is invariant to the raw kernel's scale, so
     an SGD step moves the returned kernel by ``1/s²`` of what it would at raw scale
     ``s`` = 1 (the gradient is ``1/s`` as large, and a step of the raw kernel is ``1/s`` as
     large relative to it; under Adam, whose steps do not follow the gradient's size,
@@ -732,7 +732,8 @@ def constrain(
     parameters' untouched (the effective learning rate of scale-invariant weights: van
     Laarhoven, arXiv:1706.05350, 2017; Hoffer et al., NeurIPS 2018). The raw norm grows
     in training anyway (each step adds a component orthogonal to it), so the rate falls as
-    it does; a raw scale above 1 starts it lower. Kernels inside the bound, where the
+    it does; a raw scale above 1 starts it lower (at 1 the raw kernels sit just inside the
+    bound, by the rounding margin, until a step leaves it). Kernels inside the bound, where the
     parametrization is the identity, are left as they are, so the network's function is
     the same for every ``raw_scale``.
 

@@ -243,6 +243,15 @@ def test_the_run_says_how_it_discretizes_and_when_an_option_replaced_the_default
         "random methods verlet,symplectic_euler, raw scale 2 (the bounded kernels' learning "
         "rate / 4)"
     )
+    # Adam's step does not follow the gradient's size: the rate falls as 1/s, not 1/s².
+    adam = resolve_config(arch="hamiltonian", raw_scale=2.0, optimizer="adam")
+    assert discretization_in_words(adam).endswith(
+        "raw scale 2 (the bounded kernels' learning rate / 2)"
+    )
+    # An arch without a photographs' default (the ResNet control) has nothing to depart from.
+    for dataset in ("digits", "imagefolder"):
+        line = discretization_in_words(resolve_config(dataset=dataset, arch="resnet"))
+        assert line.startswith("training discretization: ") and "Not the" not in line
     # Nor Table 1's paper configuration, the paper's scheme given as options.
     scheme = resolve_config(
         dataset="imagefolder", arch="second_order", normalization="tv", rate_bound=0.0
