@@ -255,8 +255,8 @@ QUICK_ARCH_OPTIONS: dict[str, dict[str, Any]] = {
 # Its raw kernels then start at twice the bound (raw scale 2: the parametrization is scale
 # invariant there, so the kernels learn at a quarter of the rate, the function unchanged;
 # held on the bound after every step instead, validation fell 3.7 points by epoch 2):
-# seeds 0, 2 and 3 70.44 %, 69.80 % and 69.84 %, 1.06, 0.72 and 0.98 points below the
-# paper's scheme on the same CPU (raw scale 1: 1.64, 1.14 and 1.29); seed 0 every judged
+# seeds 0-3 70.44 %, 70.06 %, 69.80 % and 69.84 %, 1.06, 1.28, 0.72 and 0.98 points below
+# the paper's scheme on the same CPU (mean 1.01; raw scale 1: 1.18); seed 0 every judged
 # row at or above the test accuracy (leapfrog 70.85 % the lowest, flow 71.80 %).
 # Forward Euler at h = 1 (not judged) falls 4.0 and 3.4 points below the scheme there. At
 # h·ω = 2 the three methods' step matrix has the double eigenvalue -1, not diagonalizable
