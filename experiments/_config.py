@@ -100,7 +100,12 @@ class TrainConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"config: unknown keys {unknown}")
-        return cls(**d)
+        cfg = cls(**d)
+        if cfg.rate_bound and cfg.arch in neuralpde.archs() and not declares_rates(cfg.arch):
+            # Runs saved before the bound was refused for dynamics without rates (the
+            # ResNet control took the recipe's) were never constrained: the same run.
+            cfg.rate_bound = 0.0
+        return cfg
 
     @property
     def lr(self) -> float:
@@ -537,6 +542,10 @@ def resolve_config(base: TrainConfig | None = None, **given: Any) -> TrainConfig
             # The recipe's bound is for a fixed step; an adaptive solver chooses its own
             # (and stays stable by its error control).
             cfg.rate_bound = 0.0
+    if "rate_bound" not in given and not declares_rates(cfg.arch):
+        # The recipe's bound is for dynamics with a stability limit; the ResNet control
+        # declares no rates, so there is nothing to bound (and no line saying otherwise).
+        cfg.rate_bound = 0.0
     if "normalization" not in given and not takes_normalization(cfg.arch):
         # The recipe's normalization is for the symmetric dynamics; the ResNet control
         # (and a user's dynamics without the option) keeps its own.
@@ -552,6 +561,14 @@ def takes_normalization(arch: str) -> bool:
     symmetric dynamics do; the ResNet control does not)."""
     cls = neuralpde.archs().get(arch)
     return cls is not None and "normalization" in inspect.signature(cls).parameters
+
+
+def declares_rates(arch: str) -> bool:
+    """Whether the dynamics registered as ``arch`` declares its rates (overrides
+    :meth:`neuralpde.RHS.rates`), so that ``--rate-bound`` has a limit to hold a fraction
+    of (the paper's symmetric dynamics do; the ResNet control does not)."""
+    cls = neuralpde.archs().get(arch)
+    return cls is not None and cls.rates is not neuralpde.RHS.rates
 
 
 def _check(cfg: TrainConfig) -> None:
@@ -692,6 +709,12 @@ def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
         raise ConfigError(
             f"--rate-bound is a fraction of the stability limit in (0, 1] (0: off), got "
             f"{cfg.rate_bound}"
+        )
+    if cfg.rate_bound and not declares_rates(cfg.arch):
+        raise ConfigError(
+            f"--rate-bound {cfg.rate_bound:g}: the {cfg.arch} dynamics declares no rates "
+            "(RHS.rates), so it has no stability limit to hold a fraction of; drop "
+            "--rate-bound, or write rates for the dynamics"
         )
     if cfg.rate_bound and not fixed:
         raise ConfigError(

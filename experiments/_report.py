@@ -286,7 +286,7 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         f"- {report['params']:,} parameters, widths {report['widths']}, {cfg.steps} steps of "
         f"h = 1 per stage, trained with {cfg.solver or _own_scheme(cfg.arch)}"
         f"{'' if cfg.step_size is None else f' at step {cfg.step_size}'}"
-        f"{_training_mix(cfg)}",
+        f"{_training_mix(cfg)}; {_bound(cfg)}",
         f"- {report['train_images']} training / {report['val_images']} validation / "
         f"{report['test_images']} test images of {data.image_size}×{data.image_size} pixels"
         f"{layout}; batch {cfg.batch_size}, lr schedule "
@@ -330,6 +330,21 @@ def _training_mix(cfg) -> str:
         f"; each training batch split evenly among {' and '.join(parts)}{pairs}, "
         "validation and test with the training method alone"
     )
+
+
+def _bound(cfg) -> str:
+    """How the run held its steps stable: normalization, rate bound, raw scale, penalty
+    (``config.json`` has them too, but the report is what a reader opens)."""
+    words = f"normalization {cfg.normalization}, "
+    if cfg.rate_bound:
+        words += f"rate bound {cfg.rate_bound:g} of the method's stability limit"
+        if cfg.raw_scale != 1:
+            words += f" (raw kernels started at {cfg.raw_scale:g}× their bounded value)"
+    else:
+        words += "no rate bound"
+    if cfg.stability_penalty:
+        words += f", stability penalty {cfg.stability_penalty:g}"
+    return words
 
 
 def _own_scheme(arch: str) -> str:
