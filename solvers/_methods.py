@@ -21,6 +21,32 @@ FIXED_STEP_METHODS = (
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver")
 TORCHDIFFEQ_METHODS = FIXED_STEP_METHODS + ADAPTIVE_METHODS
 
+# scipy_solver's options as this package steps it (solvers._torchdiffeq._scipy): scipy's
+# solver and step bounds, and the step limit and first step the loop adds.
+SCIPY_OPTIONS = frozenset({"solver", "min_step", "max_step", "max_num_steps", "first_step"})
+
+
+def torchdiffeq_options(method: str) -> frozenset[str]:
+    """The names in ``options`` that torchdiffeq's solver class of ``method`` reads: the
+    keyword arguments of its ``__init__`` and of its bases' (torchdiffeq only warns about
+    others and drops them), and ``norm``, which ``odeint`` reads itself."""
+    if method == "scipy_solver":
+        return SCIPY_OPTIONS
+    import inspect
+
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    names = {"norm"}
+    for cls in SOLVERS[method].__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                names.add(p.name)
+    # Set by odeint or by the class for itself, not by a user.
+    return frozenset(names - {"self", "func", "y0", "rtol", "atol", "implicit"})
+
 
 def methods() -> dict[str, str]:
     """All method names the solvers accept, mapped to their kind.

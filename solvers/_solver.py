@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._methods import STEPPERS, TORCHDIFFEQ_METHODS, kind_of
+from ._methods import STEPPERS, TORCHDIFFEQ_METHODS, kind_of, torchdiffeq_options
 
 MEMORY_MODES = ("autograd", "reversible", "adjoint")
 # Options of the symplectic steppers (memory="reversible" only); the torchdiffeq methods
@@ -24,6 +24,17 @@ _BACKWARD_KEYS = ("rtol", "atol", "method", "options", "step_size")
 # torchdiffeq's own default is 2**31 - 1 steps, which looks like a hang to a user whose
 # right-hand side has gone stiff or non-finite; `solve` stops earlier (odeint does not).
 DEFAULT_MAX_NUM_STEPS = 10_000
+
+
+def _check_options(method: str, options: Mapping[str, Any], where: str) -> None:
+    """Refuse names torchdiffeq's ``method`` does not read: it would warn at solve time
+    and drop them, so a misspelt ``max_num_step`` would silently be the default."""
+    extra = sorted(set(options) - torchdiffeq_options(method) - {"step_size"})
+    if extra:
+        raise ValueError(
+            f"{where}: method {method!r} takes no options {extra}; its options are "
+            f"{sorted(torchdiffeq_options(method) - {'step_size'})}"
+        )
 
 
 def _check_tolerance(name: str, tol: Any) -> None:
@@ -84,7 +95,8 @@ class Solver:
             ``max_num_steps=10_000`` steps unless told otherwise), or, for a symplectic
             method with ``memory="reversible"``, ``checkpoint_every`` (store the state every
             this many steps, bounding float32 reconstruction drift). The step size is
-            ``step_size``, never an option.
+            ``step_size``, never an option. A name the method does not read is refused
+            (torchdiffeq warns at solve time and drops it).
         backward: ``memory="adjoint"`` only: settings of the adjoint solve, a mapping with
             keys among ``rtol``, ``atol``, ``method``, ``options`` (torchdiffeq's
             ``adjoint_*`` arguments) and ``step_size`` (a fixed-step backward method's
@@ -178,6 +190,8 @@ class Solver:
             )
         elif kind == "fixed" and "grid_constructor" in options and self.step_size is not None:
             raise ValueError("give either step_size or options['grid_constructor'], not both")
+        if self.method in TORCHDIFFEQ_METHODS:
+            _check_options(self.method, options, "options")
         set_(self, "options", MappingProxyType(options))
         if self.backward is not None:
             if self.memory != "adjoint":
@@ -203,6 +217,13 @@ class Solver:
                 raise ValueError(
                     "pass the backward step size as backward={'step_size': h}, not in its options"
                 )
+            if "options" in back:
+                if not isinstance(back["options"], Mapping):
+                    raise TypeError(
+                        f"backward options must be a dict, got {type(back['options']).__name__}"
+                    )
+                if b_method in TORCHDIFFEQ_METHODS:
+                    _check_options(b_method, back["options"], "backward options")
             if "step_size" in back:
                 h = back["step_size"]
                 if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h < math.inf:

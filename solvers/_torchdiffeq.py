@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from . import _adaptive, _fixed_grid
 from ._errors import NonFiniteError, SolverError
 from ._grid import grid_constructor
-from ._methods import kind_of
+from ._methods import SCIPY_OPTIONS, kind_of
 from ._pin import Pinned, owners
 from ._solver import DEFAULT_MAX_NUM_STEPS, Solver, Stats
 from ._state import (
@@ -359,7 +359,6 @@ def _empty(func, y0: Any, t: Tensor, ts: list[float], method: str, final_only: b
 
 
 _SCIPY_SOLVERS = ("LSODA", "RK45", "RK23", "DOP853", "Radau", "BDF")
-_SCIPY_OPTIONS = {"solver", "min_step", "max_step", "max_num_steps", "first_step"}
 
 
 def _scipy(func, y0: Any, t: Tensor, ts: list[float], solver: Solver, final_only: bool):
@@ -440,9 +439,9 @@ def _scipy_class(method: str, options: dict) -> tuple[type, dict, int]:
     import scipy.integrate
 
     options = dict(options)
-    extra = sorted(set(options) - _SCIPY_OPTIONS)
+    extra = sorted(set(options) - SCIPY_OPTIONS)
     if extra:
-        raise ValueError(f"{method}: unknown options {extra}; it takes {sorted(_SCIPY_OPTIONS)}")
+        raise ValueError(f"{method}: unknown options {extra}; it takes {sorted(SCIPY_OPTIONS)}")
     name = options.pop("solver", "LSODA")
     max_steps = options.pop("max_num_steps", DEFAULT_MAX_NUM_STEPS)
     if isinstance(name, str) and name in _SCIPY_SOLVERS:

@@ -307,6 +307,35 @@ CASES = [
         ValueError,
         "takes no options",
     ),
+    # torchdiffeq would warn at solve time and drop a misspelt option: refused up front,
+    # for every kind of torchdiffeq method and for the adjoint's backward solve.
+    (
+        lambda: solvers.Solver("dopri5", options={"max_num_step": 10}),
+        ValueError,
+        r"method 'dopri5' takes no options \['max_num_step'\]; its options are \[.*'max_num_steps'",
+    ),
+    (
+        lambda: solvers.Solver("rk4", step_size=0.1, options={"max_num_steps": 10}),
+        ValueError,
+        r"'rk4' takes no options \['max_num_steps'\]; its options are \['grid_constructor'",
+    ),
+    (
+        lambda: solvers.Solver("scipy_solver", options={"method": "RK45"}),
+        ValueError,
+        r"'scipy_solver' takes no options \['method'\]; its options are \[.*'solver'\]",
+    ),
+    (
+        lambda: solvers.Solver(
+            "dopri5", memory="adjoint", backward={"method": "rk4", "options": {"perturbed": 1}}
+        ),
+        ValueError,
+        r"backward options: method 'rk4' takes no options \['perturbed'\]",
+    ),
+    (
+        lambda: solvers.odeint(lambda t, y: -y, torch.ones(2), T01, options={"firststep": 0.1}),
+        ValueError,
+        "takes no options",
+    ),
     (
         lambda: solvers.solve(
             split_func(), (torch.ones(2), torch.ones(2)), T01, solvers.Solver("rk4")
