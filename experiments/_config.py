@@ -96,15 +96,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config saved as ``d`` (``config.json``, a checkpoint's ``"config"``).
+
+        Raises:
+            ValueError: a key that is not a field of :class:`TrainConfig`.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"config: unknown keys {unknown}")
         cfg = cls(**d)
-        if cfg.rate_bound and cfg.arch in neuralpde.archs() and not declares_rates(cfg.arch):
-            # Runs saved before the bound was refused for dynamics without rates (the
-            # ResNet control took the recipe's) were never constrained: the same run.
-            cfg.rate_bound = 0.0
+        if cfg.arch in neuralpde.archs() and not declares_rates(cfg.arch):
+            # Runs saved before a bound or penalty was refused for dynamics without rates
+            # (the ResNet control took the recipe's bound) were never constrained or
+            # penalized: the same run.
+            cfg.rate_bound, cfg.raw_scale, cfg.stability_penalty = 0.0, 1.0, 0.0
         return cfg
 
     @property
@@ -716,6 +722,12 @@ def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
             "(RHS.rates), so it has no stability limit to hold a fraction of; drop "
             "--rate-bound, or write rates for the dynamics"
         )
+    if cfg.stability_penalty and not declares_rates(cfg.arch):
+        raise ConfigError(
+            f"--stability-penalty {cfg.stability_penalty:g}: the {cfg.arch} dynamics declares "
+            "no rates (RHS.rates), so the penalty would add nothing; drop "
+            "--stability-penalty, or write rates for the dynamics"
+        )
     if cfg.rate_bound and not fixed:
         raise ConfigError(
             f"--rate-bound holds h·z inside a fixed step's limit; --solver {cfg.solver} is adaptive"
@@ -966,7 +978,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="hold every parameter set's h*z to this fraction of the training method's "
         "stability limit, by construction (neuralpde.stability.constrain); 0: off "
         f"(default: {QUICK_RECIPE['rate_bound']:g} on the digits; on photographs "
-        f"{_PHOTOGRAPHS}; --preset paper: 0). On photographs, giving any of --solver, "
+        f"{_PHOTOGRAPHS}; --preset paper and the ResNet control, which declares no "
+        "rates: 0). On photographs, giving any of --solver, "
         "--step-size, --multilevel, --random-steps, --random-methods, --stability-penalty "
         "or --rate-bound, even at its default value, replaces that default whole, and the "
         "options not given take the digits' values (rate bound 0.25, no methods sharing the "

@@ -20,7 +20,7 @@ import neuralpde.stability
 import solvers
 from neuralpde.stability import second_order_method
 
-from ._config import NON_MATH_KEYS, resolve_config, takes_normalization
+from ._config import NON_MATH_KEYS, declares_rates, resolve_config, takes_normalization
 from ._data import load_data
 from ._swap import swap_table
 from ._trainer import NonFiniteLossError, fit
@@ -138,6 +138,13 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 # The dynamics without a choice of normalization (the ResNet control) run the strategies
 # that do not need one.
 _NEEDS_BOUND = {name for name, s in STRATEGIES.items() if "rate_bound" in s["options"]}
+# Nor those that bound or penalize the rates, which it does not declare (its penalty run
+# was the paper run again).
+_NEEDS_RATES = {
+    name
+    for name, s in STRATEGIES.items()
+    if {"rate_bound", "stability_penalty"} & set(s["options"])
+}
 
 # How close (in accuracy) a solver must come to the converged flow to count as converged.
 CLOSE = 0.005
@@ -426,6 +433,8 @@ def study(
             if arch not in STRATEGIES[strategy].get("archs", [arch]):
                 continue
             if strategy in _NEEDS_BOUND and not takes_normalization(arch):
+                continue
+            if strategy in _NEEDS_RATES and not declares_rates(arch):
                 continue
             folder = out / arch / strategy.replace(" ", "-").replace("/", "")
             done = folder / "result.json"

@@ -26,12 +26,23 @@ TORCHDIFFEQ_METHODS = FIXED_STEP_METHODS + ADAPTIVE_METHODS
 SCIPY_OPTIONS = frozenset({"solver", "min_step", "max_step", "max_num_steps", "first_step"})
 
 
+# torchdiffeq_options per method, filled on first use: a Solver is rebuilt on every
+# forward pass of a stage, and inspecting classes there would cost ~0.5 ms each time and
+# break a torch.compile graph.
+_OPTIONS: dict[str, frozenset[str]] = {"scipy_solver": SCIPY_OPTIONS}
+
+
 def torchdiffeq_options(method: str) -> frozenset[str]:
     """The names in ``options`` that torchdiffeq's solver class of ``method`` reads: the
     keyword arguments of its ``__init__`` and of its bases' (torchdiffeq only warns about
     others and drops them), and ``norm``, which ``odeint`` reads itself."""
-    if method == "scipy_solver":
-        return SCIPY_OPTIONS
+    known = _OPTIONS.get(method)
+    if known is None:
+        known = _OPTIONS[method] = _init_keywords(method)
+    return known
+
+
+def _init_keywords(method: str) -> frozenset[str]:
     import inspect
 
     from torchdiffeq._impl.odeint import SOLVERS

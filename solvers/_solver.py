@@ -29,11 +29,18 @@ DEFAULT_MAX_NUM_STEPS = 10_000
 def _check_options(method: str, options: Mapping[str, Any], where: str) -> None:
     """Refuse names torchdiffeq's ``method`` does not read: it would warn at solve time
     and drop them, so a misspelt ``max_num_step`` would silently be the default."""
-    extra = sorted(set(options) - torchdiffeq_options(method) - {"step_size"})
+    known = torchdiffeq_options(method) - {"step_size"}
+    extra = sorted(set(options) - known)
     if extra:
+        # The step and tolerances are settings of their own (odeint's step_size option
+        # becomes Solver.step_size before it gets here).
+        elsewhere = (
+            " (the step size and tolerances are given apart: Solver(step_size=h, rtol=..., "
+            "atol=...); odeint takes options={'step_size': h})"
+        ) * any(k in ("rtol", "atol", "h", "dt") or k.replace("_", "") == "stepsize" for k in extra)
         raise ValueError(
             f"{where}: method {method!r} takes no options {extra}; its options are "
-            f"{sorted(torchdiffeq_options(method) - {'step_size'})}"
+            f"{sorted(known)}{elsewhere}"
         )
 
 
@@ -190,7 +197,7 @@ class Solver:
             )
         elif kind == "fixed" and "grid_constructor" in options and self.step_size is not None:
             raise ValueError("give either step_size or options['grid_constructor'], not both")
-        if self.method in TORCHDIFFEQ_METHODS:
+        if options and self.method in TORCHDIFFEQ_METHODS:
             _check_options(self.method, options, "options")
         set_(self, "options", MappingProxyType(options))
         if self.backward is not None:
@@ -213,17 +220,16 @@ class Solver:
                     f"adjoint's backward solve takes one of: {valid}"
                 )
             b_method = back.get("method", self.method)
+            if "options" in back and not isinstance(back["options"], Mapping):
+                raise TypeError(
+                    f"backward options must be a dict, got {type(back['options']).__name__}"
+                )
             if "step_size" in dict(back.get("options") or {}):
                 raise ValueError(
                     "pass the backward step size as backward={'step_size': h}, not in its options"
                 )
-            if "options" in back:
-                if not isinstance(back["options"], Mapping):
-                    raise TypeError(
-                        f"backward options must be a dict, got {type(back['options']).__name__}"
-                    )
-                if b_method in TORCHDIFFEQ_METHODS:
-                    _check_options(b_method, back["options"], "backward options")
+            if back.get("options") and b_method in TORCHDIFFEQ_METHODS:
+                _check_options(b_method, back["options"], "backward options")
             if "step_size" in back:
                 h = back["step_size"]
                 if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h < math.inf:
@@ -281,6 +287,8 @@ class Solver:
             return dataclasses.replace(self, **changes)
         except (ValueError, TypeError) as err:
             kept = {k: getattr(self, k) for k in ("step_size", "memory") if k not in changes}
+            if self.options and "options" not in changes:
+                kept["options"] = dict(self.options)
             raise type(err)(f"Solver.replace({_kw(changes)}) keeps {_kw(kept)}: {err}") from err
 
     def __eq__(self, other: object) -> bool:

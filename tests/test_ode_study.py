@@ -111,6 +111,32 @@ def test_study_on_a_budget_trains_each_strategy_and_writes_the_table(tmp_path):
     assert again[0]["study_seconds"] == rows[0]["study_seconds"]
 
 
+def test_the_resnet_control_runs_no_strategy_that_bounds_or_penalizes_rates(monkeypatch, tmp_path):
+    # It declares no rates: a bound is refused for it, and its penalty run was the paper
+    # run again. Every other strategy still runs for it.
+    import experiments._ode_study as ode_study
+
+    ran = []
+
+    def fake_run_one(arch, strategy, folder, **_):
+        folder.mkdir(parents=True)
+        ran.append(strategy)
+        return {"arch": arch, "strategy": strategy}
+
+    monkeypatch.setattr(ode_study, "run_one", fake_run_one)
+    monkeypatch.setattr(ode_study, "write_study", lambda *a, **k: None)
+    study(["resnet"], list(STRATEGIES), tmp_path, log=lambda *_: None)
+    skipped = {
+        name
+        for name, s in STRATEGIES.items()
+        if {"rate_bound", "stability_penalty"} & set(s["options"])
+        or "normalization" in s["options"]
+        or "resnet" not in s.get("archs", ["resnet"])
+    }
+    assert "stability penalty" in skipped and "paper" in ran
+    assert set(ran) == set(STRATEGIES) - skipped
+
+
 def test_study_table_says_which_rows_did_not_finish(tmp_path):
     from experiments._ode_study import write_study
 

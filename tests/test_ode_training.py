@@ -185,8 +185,12 @@ def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
         assert resolve_config(dataset=dataset, arch="resnet").rate_bound == 0.0
     with pytest.raises(ConfigError, match="resnet dynamics declares no rates"):
         resolve_config(arch="resnet", rate_bound=0.5)
-    saved = resolve_config(arch="resnet").to_dict() | {"rate_bound": 0.25}
-    assert resolve_config(TrainConfig.from_dict(saved)).rate_bound == 0.0
+    with pytest.raises(ConfigError, match="penalty would add nothing"):
+        resolve_config(arch="resnet", stability_penalty=0.1)
+    saved = resolve_config(arch="resnet").to_dict()
+    saved |= {"rate_bound": 0.25, "raw_scale": 2.0, "stability_penalty": 0.1}
+    loaded = resolve_config(TrainConfig.from_dict(saved))
+    assert (loaded.rate_bound, loaded.raw_scale, loaded.stability_penalty) == (0.0, 1.0, 0.0)
     # An image folder without --preset gets the same recipe, the parabolic network its own
     # training scheme on photographs (IMAGES_ARCH_OPTIONS): forward Euler at 8/10 of its
     # limit, with three shares of each batch to midpoint's one, as one choice that any

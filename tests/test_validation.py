@@ -332,6 +332,24 @@ CASES = [
         r"backward options: method 'rk4' takes no options \['perturbed'\]",
     ),
     (
+        lambda: solvers.Solver("dopri5", options={"first_step": 0.1}).replace(method="rk4"),
+        ValueError,
+        r"keeps step_size=None, memory='autograd', options=\{'first_step': 0.1\}: options: "
+        r"method 'rk4' takes no options \['first_step'\]",
+    ),
+    (
+        lambda: solvers.Solver("dopri5", memory="adjoint", backward={"options": [1]}),
+        TypeError,
+        "backward options must be a dict, got list",
+    ),
+    (
+        lambda: solvers.odeint(
+            lambda t, y: -y, torch.ones(2), T01, method="rk4", options={"stepsize": 0.1}
+        ),
+        ValueError,
+        r"takes no options \['stepsize'\].*odeint takes options=\{'step_size': h\}",
+    ),
+    (
         lambda: solvers.odeint(lambda t, y: -y, torch.ones(2), T01, options={"firststep": 0.1}),
         ValueError,
         "takes no options",
