@@ -247,8 +247,9 @@ def config_options(config: str, arch: str) -> dict[str, Any]:
     recipe changes for that arch on photographs (``QUICK_ARCH_OPTIONS``: Verlet for the
     hyperbolic networks; ``IMAGES_ARCH_OPTIONS``: forward Euler at 8/10 of its limit with
     three shares of each batch to midpoint's one for the parabolic one, Verlet at its
-    whole limit (Hamiltonian, its raw kernels at twice the bound) and 7/10 (second-order)
-    with the symplectic methods sharing each batch), as ``experiments.train --dataset imagefolder`` trains it."""
+    whole limit (Hamiltonian) and 7/10 (second-order) with the symplectic methods sharing
+    each batch, the raw kernels of both at twice the bound), as ``experiments.train
+    --dataset imagefolder`` trains it."""
     if config == "paper":
         return dict(CONFIGS["paper"])
     return {

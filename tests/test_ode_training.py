@@ -218,7 +218,9 @@ def test_the_quick_recipe_is_stable_by_construction_for_every_symmetric_arch():
     cfg = resolve_config(dataset="imagefolder", arch="hamiltonian", raw_scale=1.0)
     assert (cfg.raw_scale, cfg.rate_bound, cfg.random_methods[-1]) == (1.0, 1.0, "symplectic_euler")
     assert resolve_config(dataset="imagefolder", arch="hamiltonian", rate_bound=0.5).raw_scale == 1
-    for arch in ("parabolic", "second_order", "resnet"):
+    # The second-order network's too; the parabolic one (and the ResNet control) keep 1.
+    assert resolve_config(dataset="imagefolder", arch="second_order").raw_scale == 2.0
+    for arch in ("parabolic", "resnet"):
         assert resolve_config(dataset="imagefolder", arch=arch).raw_scale == 1.0
     assert resolve_config(arch="hamiltonian").raw_scale == 1.0  # digits
     assert resolve_config(dataset="imagefolder", arch="hamiltonian", preset="paper",

@@ -110,12 +110,13 @@ def test_both_configurations_with_their_solver_swaps(folder, tmp_path, capsys):
     assert stable["normalization"] != "tv" and stable["rate_bound"] > 0
     # The stable configuration is the quick recipe's default of each arch on photographs
     # (the second-order network: Verlet at 7/10, its symplectic methods sharing each
-    # batch), as
-    # experiments.train --dataset imagefolder trains it.
+    # batch, its raw kernels at twice the bound), as experiments.train --dataset
+    # imagefolder trains it.
     quick = resolve_config(dataset="imagefolder", arch="second_order")
     keys = (*PAPER_SCHEME, "solver", "random_steps", "random_methods")
-    stable_second_order = {k: getattr(quick, k) for k in keys}
+    stable_second_order = {k: getattr(quick, k) for k in (*keys, "raw_scale")}
     assert stable_second_order["solver"] == "verlet" and stable_second_order["random_methods"]
+    assert stable_second_order["raw_scale"] == 2.0
     # The parabolic network's own on photographs: forward Euler at 8/10, with three shares of
     # each batch to midpoint's one.
     quick = resolve_config(dataset="imagefolder", arch="parabolic")
