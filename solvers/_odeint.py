@@ -54,8 +54,9 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     is solved as one that returns new tensors (torchdiffeq's rk4, heun2/3 and adaptive
     methods overwrite stage derivatives they still hold with it), an option the method
     does not read raises a ``ValueError`` listing those it does (torchdiffeq warns and
-    drops it), and no output time is ever dropped. Two things torchdiffeq takes are a ``TypeError``/``ValueError`` naming
-    the way out: a complex state, and a list of tolerances, one per part of a tuple state.
+    drops it), and no output time is ever dropped. Two things torchdiffeq takes are a
+    ``TypeError``/``ValueError`` naming the way out: a complex state, and a list of
+    tolerances, one per part of a tuple state.
     Kept from torchdiffeq, as its numbers are: bosh3's outputs between its steps come from
     a first-order midpoint (off by O(h^2); :func:`solve` fits them to third order).
     The symplectic methods of
