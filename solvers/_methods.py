@@ -26,27 +26,21 @@ TORCHDIFFEQ_METHODS = FIXED_STEP_METHODS + ADAPTIVE_METHODS
 SCIPY_OPTIONS = frozenset({"solver", "min_step", "max_step", "max_num_steps", "first_step"})
 
 
-# torchdiffeq_options per method, filled on first use: a Solver is rebuilt on every
-# forward pass of a stage, and inspecting classes there would cost ~0.5 ms each time and
-# break a torch.compile graph.
-_OPTIONS: dict[str, frozenset[str]] = {"scipy_solver": SCIPY_OPTIONS}
-
-
-def torchdiffeq_options(method: str) -> frozenset[str]:
+def torchdiffeq_options(method: str) -> frozenset[str] | None:
     """The names in ``options`` that torchdiffeq's solver class of ``method`` reads: the
     keyword arguments of its ``__init__`` and of its bases' (torchdiffeq only warns about
-    others and drops them), and ``norm``, which ``odeint`` reads itself."""
-    known = _OPTIONS.get(method)
-    if known is None:
-        known = _OPTIONS[method] = _init_keywords(method)
-    return known
+    others and drops them), and ``norm``, which ``odeint`` reads itself. ``None`` where a
+    torchdiffeq whose internals moved does not say."""
+    return _OPTIONS.get(method)
 
 
-def _init_keywords(method: str) -> frozenset[str]:
+def _init_keywords(method: str) -> frozenset[str] | None:
     import inspect
 
-    from torchdiffeq._impl.odeint import SOLVERS
-
+    try:
+        from torchdiffeq._impl.odeint import SOLVERS
+    except ImportError:  # as solvers._torchdiffeq: internals that moved check nothing
+        return None
     names = {"norm"}
     for cls in SOLVERS[method].__mro__:
         init = cls.__dict__.get("__init__")
@@ -57,6 +51,14 @@ def _init_keywords(method: str) -> frozenset[str]:
                 names.add(p.name)
     # Set by odeint or by the class for itself, not by a user.
     return frozenset(names - {"self", "func", "y0", "rtol", "atol", "implicit"})
+
+
+# Read once, at import: a Solver is rebuilt on every forward pass of a stage, and
+# inspecting classes there would cost ~0.5 ms each time, and break a torch.compile graph
+# (fullgraph) where the first Solver of a method with options is built inside the trace.
+_OPTIONS: dict[str, frozenset[str] | None] = {
+    m: SCIPY_OPTIONS if m == "scipy_solver" else _init_keywords(m) for m in TORCHDIFFEQ_METHODS
+}
 
 
 def methods() -> dict[str, str]:

@@ -29,7 +29,10 @@ DEFAULT_MAX_NUM_STEPS = 10_000
 def _check_options(method: str, options: Mapping[str, Any], where: str) -> None:
     """Refuse names torchdiffeq's ``method`` does not read: it would warn at solve time
     and drop them, so a misspelt ``max_num_step`` would silently be the default."""
-    known = torchdiffeq_options(method) - {"step_size"}
+    known = torchdiffeq_options(method)
+    if known is None:
+        return
+    known -= {"step_size"}
     extra = sorted(set(options) - known)
     if extra:
         # The step and tolerances are settings of their own (odeint's step_size option
