@@ -334,6 +334,17 @@ def _flag_value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def raw_scale_in_words(cfg: TrainConfig) -> str:
+    """``cfg.raw_scale`` in words, for the run's log and its report (one wording)."""
+    # SGD's step of a scale-invariant kernel falls as 1/s², Adam's (which does not follow
+    # the gradient's size) as 1/s.
+    power = 2 if cfg.optimizer == "sgd" else 1
+    return (
+        f"raw scale {cfg.raw_scale:g} (raw kernels started at {cfg.raw_scale:g}× their "
+        f"bounded value: the bounded kernels' learning rate / {cfg.raw_scale**power:g})"
+    )
+
+
 def discretization_in_words(cfg: TrainConfig) -> str:
     """How ``cfg`` discretizes θ(t) in training, in one line for the run's log.
 
@@ -356,13 +367,7 @@ def discretization_in_words(cfg: TrainConfig) -> str:
     if cfg.stability_penalty:
         parts.append(f"stability penalty {cfg.stability_penalty:g}")
     if cfg.raw_scale != 1:
-        # SGD's step of a scale-invariant kernel falls as 1/s², Adam's (which does not
-        # follow the gradient's size) as 1/s.
-        power = 2 if cfg.optimizer == "sgd" else 1
-        parts.append(
-            f"raw scale {cfg.raw_scale:g} (the bounded kernels' learning rate / "
-            f"{cfg.raw_scale**power:g})"
-        )
+        parts.append(raw_scale_in_words(cfg))
     line = "training discretization: " + ", ".join(parts)
     default = IMAGES_ARCH_OPTIONS.get(cfg.arch)
     on_photographs = cfg.dataset != "digits" and not cfg.preset and not cfg.certified

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 import neuralpde
+from experiments._config import raw_scale_in_words
 
 
 def _plt():
@@ -252,6 +253,12 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         "threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
         "seed": cfg.seed,
+        # How the steps were held stable (config.json has them too; a reader comparing
+        # reports should not need it).
+        "normalization": cfg.normalization,
+        "rate_bound": cfg.rate_bound,
+        "raw_scale": cfg.raw_scale,
+        "stability_penalty": cfg.stability_penalty,
         **_stability(net, data),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -339,7 +346,7 @@ def _bound(cfg) -> str:
     if cfg.rate_bound:
         words += f"rate bound {cfg.rate_bound:g} of the method's stability limit"
         if cfg.raw_scale != 1:
-            words += f" (raw kernels started at {cfg.raw_scale:g}× their bounded value)"
+            words += f", {raw_scale_in_words(cfg)}"
     else:
         words += "no rate bound"
     if cfg.stability_penalty:

@@ -113,6 +113,15 @@ def test_each_batch_is_shared_by_the_mix_and_validation_uses_the_own(monkeypatch
         assert [r[2:4] for r in train if r[1] == stage][:4] == pairs
     report = json.loads((tmp_path / "report.json").read_text())
     assert sum(r[4] for r in train if r[1] == 0) == report["train_images"]  # none dropped
+    # report.json says how the steps were held stable, as config.json does.
+    bound = {
+        k: report[k] for k in ("normalization", "rate_bound", "raw_scale", "stability_penalty")
+    }
+    assert bound == {
+        "normalization": cfg.normalization, "rate_bound": cfg.rate_bound,
+        "raw_scale": cfg.raw_scale, "stability_penalty": cfg.stability_penalty,
+    }  # fmt: skip
+    assert cfg.rate_bound > 0
     evals = [r for r in seen if not r[0]]
     assert evals and {(r[2], r[3]) for r in evals} == {("midpoint", 1.0)}
     assert (
@@ -131,9 +140,12 @@ def test_each_batch_is_shared_by_the_mix_and_validation_uses_the_own(monkeypatch
 
     ham = resolve_config(dataset="imagefolder", arch="hamiltonian")
     assert _bound(ham) == (
-        "normalization bias, rate bound 1 of the method's stability limit (raw kernels "
-        "started at 2× their bounded value)"
+        "normalization bias, rate bound 1 of the method's stability limit, raw scale 2 "
+        "(raw kernels started at 2× their bounded value: the bounded kernels' learning "
+        "rate / 4)"
     )
+    # The log and the report say the raw scale in the same words.
+    assert _bound(ham).endswith(discretization_in_words(ham).rsplit(", ", 1)[1])
     paper = resolve_config(arch="parabolic", normalization="tv", rate_bound=0.0)
     assert _bound(paper) == "normalization tv, no rate bound"
     penalty = resolve_config(arch="parabolic", rate_bound=0.0, stability_penalty=0.1)
@@ -266,14 +278,12 @@ def test_the_run_says_how_it_discretizes_and_when_an_option_replaced_the_default
     )
     # The raw scale is said where it is not 1.
     assert line_of("hamiltonian").endswith(
-        "random methods verlet,symplectic_euler, raw scale 2 (the bounded kernels' learning "
-        "rate / 4)"
+        "random methods verlet,symplectic_euler, raw scale 2 (raw kernels started at 2× "
+        "their bounded value: the bounded kernels' learning rate / 4)"
     )
     # Adam's step does not follow the gradient's size: the rate falls as 1/s, not 1/s².
     adam = resolve_config(arch="hamiltonian", raw_scale=2.0, optimizer="adam")
-    assert discretization_in_words(adam).endswith(
-        "raw scale 2 (the bounded kernels' learning rate / 2)"
-    )
+    assert discretization_in_words(adam).endswith("the bounded kernels' learning rate / 2)")
     # An arch without a photographs' default (the ResNet control) has nothing to depart from.
     for dataset in ("digits", "imagefolder"):
         line = discretization_in_words(resolve_config(dataset=dataset, arch="resnet"))
