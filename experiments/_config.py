@@ -20,6 +20,9 @@ NAN_POLICIES = ("stop", "skip")
 LR_DECAYS = ("step", "cosine")
 MEMORY_MODES = ("autograd", "reversible", "adjoint")
 NORMALIZATIONS = ("tv", "bias", "none")
+# θ(t) between parameter sets: the paper's piecewise-constant ResNet layers, or continuous
+# (neuralpde.TimeWeights).
+INTERPOLATIONS = ("constant", "linear")
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -39,6 +42,9 @@ class TrainConfig:
     stability limit that every parameter set's rate is held to by
     :func:`neuralpde.stability.constrain`, whose raw kernels start at ``raw_scale`` times
     their bounded value (the kernels' effective learning rate is the schedule's / raw_scale²).
+    ``interpolation`` is θ(t) between the parameter sets: ``"constant"`` (the paper's
+    ResNet layers, θ_j on the cell [j, j + 1)) or ``"linear"`` (continuous, knots at
+    ``k T / (steps - 1)``; continuous-in-depth networks, Queiruga et al. 2020).
     ``certified`` trains the 1-Lipschitz configuration (:data:`CERTIFIED_RECIPE`) with
     the Lipschitz-margin cross-entropy of margin ``certified_margin`` (an ℓ2 radius in
     pixel units) and inverse temperature ``temperature`` (:func:`experiments.fit`). Each stage has ``steps`` parameter sets over ``T = steps``
@@ -54,6 +60,7 @@ class TrainConfig:
     recipe: str | None = None
     widths: list[int] = field(default_factory=lambda: [16, 32, 64])
     steps: int = 3
+    interpolation: str = "constant"
     step_size: float | None = None
     solver: str | None = None
     memory: str | None = None
@@ -317,6 +324,11 @@ def _in_words(arch: str, options: dict[str, Any]) -> str:
 
 # The photographs' defaults in words, for --help (built from the table, so never stale).
 _PHOTOGRAPHS = "; ".join(_in_words(arch, o) for arch, o in IMAGES_ARCH_OPTIONS.items())
+_RAW_SCALES = ", ".join(
+    f"{o['raw_scale']:g} for the {arch} network"
+    for arch, o in IMAGES_ARCH_OPTIONS.items()
+    if o.get("raw_scale", 1) != 1
+)
 DISCRETIZATION_KEYS = {
     "solver",
     "step_size",
@@ -354,6 +366,8 @@ def discretization_in_words(cfg: TrainConfig) -> str:
     """
     method = cfg.solver or neuralpde.archs()[cfg.arch].default_method
     parts = [f"solver {method}"]
+    if cfg.interpolation != "constant":
+        parts.append(f"θ(t) {cfg.interpolation}")
     parts.append(
         f"rate bound {cfg.rate_bound:g} (the fraction of its stability limit)"
         if cfg.rate_bound
@@ -515,6 +529,11 @@ def resolve_config(base: TrainConfig | None = None, **given: Any) -> TrainConfig
             raise ConfigError(
                 "--widths contradicts --preset paper, whose widths are the paper's Table 1 "
                 "(PDECNN.from_paper); drop one of them"
+            )
+        if given.get("interpolation", "constant") != "constant":
+            raise ConfigError(
+                f"--interpolation {given['interpolation']} contradicts --preset paper, whose "
+                "θ(t) is the paper's, constant on each step's cell; drop one of them"
             )
         recipe = dict(PAPER_RECIPES[recipe_name], widths=None)
     else:
@@ -691,13 +710,24 @@ def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
                 "--step-size); give the training steps in --random-steps only"
             )
     _check_random_methods(cfg, kinds)
+    if cfg.interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"--interpolation must be one of {list(INTERPOLATIONS)}, got {cfg.interpolation!r}"
+        )
+    if cfg.interpolation == "linear" and cfg.steps < 2:
+        raise ConfigError(
+            f"--interpolation linear needs --steps >= 2 (knots at both ends of each stage), "
+            f"got {cfg.steps}"
+        )
     # θ(t) is constant on cells of one time unit. A training step that does not divide a
     # cell straddles a jump of θ, and the weights learn where the steps sample θ, not θ(t):
     # on CIFAR-10 the Hamiltonian network trained at h = 0.75 (Verlet samples θ_0, θ_1, θ_1,
     # θ_2) reached 70.7 % under its scheme and 54 % under its flow.
+    # A continuous θ(t) has no jumps to straddle.
+    constant = cfg.interpolation == "constant"
     for flag, steps in (
-        ("--step-size", [cfg.step_size] if cfg.step_size else []),
-        ("--random-steps", rs),
+        ("--step-size", [cfg.step_size] if cfg.step_size and constant else []),
+        ("--random-steps", rs if constant else []),
     ):
         for h in steps:
             if abs(round(1 / h) * h - 1) > 1e-9:
@@ -917,6 +947,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--recipe", choices=PAPER_DATASETS, help="with --preset paper: whose recipe (imagefolder)")
     a("--widths", type=_widths, help="stage widths plus the final width, e.g. 16,32,64")
     a("--steps", type=int, help="time steps (parameter sets) per stage (default 3)")
+    a(
+        "--interpolation",
+        choices=INTERPOLATIONS,
+        help="theta(t) between parameter sets: constant on each step's cell (default, the "
+        "paper's) or linear (continuous, knots at k*T/(steps-1): continuous-in-depth, "
+        "Queiruga et al. 2020)",
+    )
     a("--epochs", type=int, help="epochs; a recipe's lr schedule is stretched to fit")
     a("--batch-size", type=int, help="global batch size (split over processes under torchrun)")
     a("--lr", type=float, help="initial learning rate; later phases keep their ratios")
@@ -999,8 +1036,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="start the rate bound's raw kernels at this multiple (>= 1) of their bounded "
         "value: the bound's parametrization is scale invariant there, so the kernels learn "
-        "at 1/raw-scale^2 of SGD's learning rate (default: 1; on photographs 2 for the "
-        "hamiltonian network)",
+        "at 1/raw-scale^2 of SGD's learning rate (default: 1; on photographs "
+        f"{_RAW_SCALES})",
     )
     a(
         "--compile",

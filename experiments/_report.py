@@ -255,6 +255,7 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         "seed": cfg.seed,
         # How the steps were held stable (config.json has them too; a reader comparing
         # reports should not need it).
+        "interpolation": cfg.interpolation,
         "normalization": cfg.normalization,
         "rate_bound": cfg.rate_bound,
         "raw_scale": cfg.raw_scale,
@@ -291,7 +292,7 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         f"α2 {cfg.weight_decay:g}, augmentation {'on' if cfg.augment else 'off'}, weight "
         f"clipping {'on' if cfg.clip_weights else 'off'}",
         f"- {report['params']:,} parameters, widths {report['widths']}, {cfg.steps} steps of "
-        f"h = 1 per stage, trained with {cfg.solver or _own_scheme(cfg.arch)}"
+        f"h = 1 per stage, θ(t) {_interpolation(cfg)}, trained with {cfg.solver or _own_scheme(cfg.arch)}"
         f"{'' if cfg.step_size is None else f' at step {cfg.step_size}'}"
         f"{_training_mix(cfg)}; {_bound(cfg)}",
         f"- {report['train_images']} training / {report['val_images']} validation / "
@@ -321,6 +322,12 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
     ]
     (out / "report.md").write_text("\n".join(lines))
     return report
+
+
+def _interpolation(cfg) -> str:
+    if cfg.interpolation == "linear":
+        return f"linear between {cfg.steps} knots"
+    return "constant on each step's cell"
 
 
 def _training_mix(cfg) -> str:

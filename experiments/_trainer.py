@@ -66,6 +66,8 @@ def build_model(
     folder's ``cfg.image_size``) sets where the rate bound (``cfg.rate_bound``) holds: at
     the stages' image sizes."""
     kw: dict[str, Any] = {"steps": cfg.steps, "bn_eps": cfg.bn_eps}
+    if cfg.interpolation != "constant":
+        kw["interpolation"] = cfg.interpolation
     if cfg.normalization != "tv":
         kw["rhs_options"] = {"normalization": cfg.normalization}
     if cfg.memory is not None:

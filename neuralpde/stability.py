@@ -325,6 +325,10 @@ def report(
     * the image filters (:class:`~neuralpde.HeatRHS`, ...): ``"dissipative"`` with the exact
       ``ρ(KᵀK)`` of the finite-difference gradient times the largest diffusivity.
 
+    With ``interpolation="linear"`` the parameter sets are θ(t)'s knots. Between two knots
+    a kernel is their convex combination and the spectral norm is convex, so
+    ``ρ(K(t)ᵀK(t)) <= max`` of the two knots' values: the knots' rows bound every ``t``.
+
     A dynamics whose ``spectrum`` returns ``None`` gets one row for the stage with
     ``step``, ``layer`` and every bound ``None``.
 

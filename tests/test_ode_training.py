@@ -14,7 +14,7 @@ import torch
 
 import neuralpde
 import solvers
-from experiments import ConfigError, fit, load_checkpoint, resolve_config
+from experiments import ConfigError, fit, load_checkpoint, load_trained, resolve_config
 from experiments._config import TrainConfig, discretization_in_words
 from experiments._trainer import training_mix
 from neuralpde import PDECNN, ConvergenceVerdict, convergence_check
@@ -60,6 +60,14 @@ from neuralpde.stability import StabilityPenalty, report
         ({"random_methods": ["verlet", "rk4"], "arch": "hamiltonian", "solver": "verlet"}, None),
         ({"stability_penalty": -1.0}, "must be >= 0"),
         ({"stability_penalty": 0.1, "solver": "dopri5"}, "adaptive"),
+        ({"interpolation": "cubic"}, "--interpolation must be one of"),
+        ({"interpolation": "linear", "steps": 1}, "needs --steps >= 2"),
+        (
+            {"interpolation": "linear", "preset": "paper", "dataset": "cifar10"},
+            "contradicts --preset paper",
+        ),
+        # A continuous θ(t) has no jumps for a step to straddle.
+        ({"interpolation": "linear", "random_steps": [1.0, 0.4]}, None),
     ],
 )
 def test_strategy_options_are_checked_with_a_named_error(given, message):
@@ -297,6 +305,27 @@ def test_the_run_says_how_it_discretizes_and_when_an_option_replaced_the_default
     assert "Not the" in discretization_in_words(
         resolve_config(dataset="imagefolder", arch="second_order", rate_bound=0.0)
     )
+
+
+def test_a_linear_theta_trains_reports_and_loads_back(tmp_path):
+    """--interpolation linear reaches every stage, the log, report.json and the checkpoint."""
+    cfg = resolve_config(
+        interpolation="linear", widths=[4, 4], epochs=1, train_fraction=0.1, out=str(tmp_path)
+    )
+    assert discretization_in_words(cfg).startswith(
+        "training discretization: solver euler, θ(t) linear, rate bound 0.25"
+    )
+    lines = []
+    fit(cfg, log=lines.append)
+    assert any("θ(t) linear" in line for line in lines)
+    assert json.loads((tmp_path / "report.json").read_text())["interpolation"] == "linear"
+    assert "θ(t) linear between 3 knots" in (tmp_path / "report.md").read_text()
+    net, back = load_trained(tmp_path / "best.pt")
+    assert back.interpolation == "linear"
+    assert {s.rhs.theta.interpolation for s in net.stages} == {"linear"}
+    # A config saved before the option existed loads as the paper's piecewise-constant θ.
+    old = {k: v for k, v in cfg.to_dict().items() if k != "interpolation"}
+    assert TrainConfig.from_dict(old).interpolation == "constant"
 
 
 def test_a_run_logs_its_discretization(tmp_path):

@@ -168,6 +168,35 @@ def test_the_constrained_rate_never_exceeds_its_bound_during_training(arch):
     assert grew, "the raw kernels never left the bound: the test did not test it"
 
 
+@pytest.mark.parametrize("arch", SYMMETRIC)
+def test_a_linear_theta_is_bounded_between_its_knots_too(arch):
+    # θ(t) between two knots is their convex combination and the spectral norm is convex,
+    # so capping the knots caps every t: the report's rows (the knots) prove the whole stage.
+    torch.manual_seed(4)
+    net = neuralpde.PDECNN(
+        arch, 1, 10, (8, 16), rhs_options={"normalization": "bias"}, interpolation="linear"
+    )
+    stability.constrain(net, (1, 8, 8), fraction=0.5)
+    opt = torch.optim.SGD(net.parameters(), lr=5.0, momentum=0.9)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    for _ in range(4):  # raw kernels pushed outside the bound, as above
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    assert stability.report(net, (1, 8, 8)).proven
+    checked = 0
+    for stage in net.stages:
+        for theta in stage.rhs.thetas():
+            assert theta.interpolation == "linear"
+            bound = theta.parametrizations["weight"][0]
+            for t in torch.linspace(0, theta.T, 13, dtype=torch.float64):
+                kernel = theta(t)["weight"].detach()
+                rho = stability.symbol_bound(kernel, bound.height, bound.width)
+                assert rho <= bound.cap * (1 + 1e-6)
+                checked += 1
+    assert checked
+
+
 @pytest.mark.parametrize(
     "arch, method, memory",
     [
