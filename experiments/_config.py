@@ -717,7 +717,7 @@ def _check_strategies(cfg: TrainConfig, kinds: dict[str, str]) -> None:
     if cfg.interpolation == "linear" and cfg.steps < 2:
         raise ConfigError(
             f"--interpolation linear needs --steps >= 2 (knots at both ends of each stage), "
-            f"got {cfg.steps}"
+            f"got {cfg.steps}; give more steps or drop --interpolation linear"
         )
     # θ(t) is constant on cells of one time unit. A training step that does not divide a
     # cell straddles a jump of θ, and the weights learn where the steps sample θ, not θ(t):
@@ -976,8 +976,8 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--step-size",
         type=float,
-        help="training solver's step, 1/n to divide θ(t)'s unit cells (default: h = 1, one "
-        "per parameter set)",
+        help="training solver's step, 1/n to divide θ(t)'s unit cells (any step with "
+        "--interpolation linear; default: h = 1, one per parameter set)",
     )
     a(
         "--multilevel",

@@ -291,8 +291,8 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         f"- recipe: {report['recipe']}; BatchNorm ε {cfg.bn_eps:g}, α1 {cfg.smoothness:g}, "
         f"α2 {cfg.weight_decay:g}, augmentation {'on' if cfg.augment else 'off'}, weight "
         f"clipping {'on' if cfg.clip_weights else 'off'}",
-        f"- {report['params']:,} parameters, widths {report['widths']}, {cfg.steps} steps of "
-        f"h = 1 per stage, θ(t) {_interpolation(cfg)}, trained with {cfg.solver or _own_scheme(cfg.arch)}"
+        f"- {report['params']:,} parameters, widths {report['widths']}, "
+        f"{theta_in_words(net)}, trained with {cfg.solver or _own_scheme(cfg.arch)}"
         f"{'' if cfg.step_size is None else f' at step {cfg.step_size}'}"
         f"{_training_mix(cfg)}; {_bound(cfg)}",
         f"- {report['train_images']} training / {report['val_images']} validation / "
@@ -324,10 +324,16 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
     return report
 
 
-def _interpolation(cfg) -> str:
-    if cfg.interpolation == "linear":
-        return f"linear between {cfg.steps} knots"
-    return "constant on each step's cell"
+def theta_in_words(net) -> str:
+    """θ(t) of a network's first stage and its steps, in words (after any prolongation)."""
+    stage = net.stages[0]
+    theta = stage.rhs.thetas()[0]
+    if theta.interpolation == "linear":
+        words = f"{theta.n} knots per stage, θ(t) linear between them"
+    else:
+        words = f"{theta.n} parameter sets per stage, θ(t) constant on each cell"
+    h = stage.step_size
+    return words + ("" if h is None else f", training step h = {h:g}")
 
 
 def _training_mix(cfg) -> str:

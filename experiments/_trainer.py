@@ -338,7 +338,10 @@ def _setup(cfg: TrainConfig, data: DataSplits | None, resume: bool, log) -> _Run
     seed_everything(cfg.seed)
     data = data if data is not None else load_data(cfg)
     data.to(device)  # resident images: normalization and augmentation run on the device
-    level = refinements(cfg, state["epoch"]) if state is not None else 0
+    # The level the checkpoint was saved at: a run stopped between an epoch's checkpoint
+    # and the prolongation due at the next epoch's start has not refined yet (_prolongate
+    # does it in the loop, as it would have).
+    level = state.get("level", refinements(cfg, state["epoch"])) if state is not None else 0
     net = build_model(
         cfg, data.in_channels, data.num_classes, level=level, image_size=data.image_size
     )
@@ -439,8 +442,9 @@ def _prolongate(run: _Run, log) -> None:
     _new_optimizer(run)
     run.best = _no_best()
     if run.main:
-        steps = run.net.stages[0].rhs.steps
-        log(f"epoch {run.epoch + 1}: θ(t) prolongated to {steps} parameter sets per stage")
+        from ._report import theta_in_words
+
+        log(f"epoch {run.epoch + 1}: θ(t) prolongated to {theta_in_words(run.net)}")
 
 
 def _payload(run: _Run, kind: str, **extra) -> dict[str, Any]:

@@ -147,7 +147,7 @@ class ConvergenceVerdict:
             second = []
         options = second + [
             tighter,
-            "a finer training step that divides θ's cells (`--step-size 0.5`)",
+            "a finer training step (`--step-size 0.5`: 1/n divides a piecewise-constant θ's cells)",
             "multilevel refinement in time (PDECNN.refine; `--multilevel`)",
         ]
         return ", ".join(options[:-1]) + " or " + options[-1]

@@ -491,6 +491,12 @@ class ResNetRHS(RHS):
         return scheme_lipschitz(method, step_size, self.T, L)
 
 
+def _with_neighbours(x: Tensor) -> Tensor:
+    """``(n,)`` -> ``(n,)``: the largest of each entry and its neighbours (differentiable)."""
+    padded = torch.cat([x[:1], x, x[-1:]])
+    return torch.maximum(torch.maximum(padded[:-2], padded[1:-1]), padded[2:])
+
+
 class HamiltonianRHS(RHS):
     """The Hamiltonian network on a channel split ``Y | Z`` (the paper's eq. (14)).
 
@@ -532,16 +538,38 @@ class HamiltonianRHS(RHS):
 
     def spectrum(self, height, width, *, iters=500, tol=1e-6, seed=0) -> Spectrum:
         """``Y' = -A Z``, ``Z' = B Y`` (``A = K1ᵀD1K1``, ``B = K2ᵀD2K2``) oscillates with
-        ``ω² <= ρ(K1ᵀK1) ρ(K2ᵀK2)``: ``"oscillatory"`` with ``z = sqrt(ρ1 ρ2)``."""
+        ``ω² <= ρ(K1ᵀK1) ρ(K2ᵀK2)``: ``"oscillatory"`` with ``z = sqrt(ρ1 ρ2)``.
+
+        With ``interpolation="linear"`` each factor is the largest of the knot's and its
+        neighbours' (:meth:`rates`), so that the rate bounds every ``t`` between knots."""
         kw = {"iters": iters, "tol": tol, "seed": seed}
         k1 = kernel_spectrum(self.theta_q.weight, height, width, **kw)
         k2 = kernel_spectrum(self.theta_p.weight, height, width, **kw)
-        rates = [(math.sqrt(a[0] * b[0]), math.sqrt(a[1] * b[1])) for a, b in zip(k1, k2)]
+        # Float64, as the rows: est[j] <= upper[j] must survive the rounding.
+        est, upper = (
+            self._pair_rates(
+                torch.tensor([a[i] for a in k1], dtype=torch.float64),
+                torch.tensor([b[i] for b in k2], dtype=torch.float64),
+            ).tolist()
+            for i in (0, 1)
+        )
+        rates = list(zip(est, upper))
         return Spectrum("oscillatory", {"K1": k1, "K2": k2}, rates, self.normalization == "tv")
 
     def rates(self, rho):
-        """``z = sqrt(ρ(K1ᵀK1) ρ(K2ᵀK2))`` per parameter set (see :meth:`spectrum`)."""
-        return (rho(self.theta_q.weight) * rho(self.theta_p.weight)).sqrt()
+        """``z = sqrt(ρ(K1ᵀK1) ρ(K2ᵀK2))`` per parameter set (see :meth:`spectrum`).
+
+        With ``interpolation="linear"`` between knots ``K1(t)`` and ``K2(t)`` are convex
+        combinations of the two knots', so each ``ρ`` is at most the larger knot's, but the
+        two can peak at different knots: the product between knots can exceed both knots'
+        products. Each knot's rate then takes each factor's largest over the knot and its
+        neighbours, which bounds every ``t`` of the two intervals it touches."""
+        return self._pair_rates(rho(self.theta_q.weight), rho(self.theta_p.weight))
+
+    def _pair_rates(self, rho1: Tensor, rho2: Tensor) -> Tensor:
+        if self.interpolation == "linear":
+            rho1, rho2 = _with_neighbours(rho1), _with_neighbours(rho2)
+        return (rho1 * rho2).sqrt()
 
     def lipschitz(self, height, width, method, step_size):
         """:func:`~neuralpde.stability.scheme_lipschitz` on ``(q, p)`` with ``L_q = ρ̄(K1ᵀK1)·gain``, ``L_p =

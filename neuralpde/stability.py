@@ -328,6 +328,9 @@ def report(
     With ``interpolation="linear"`` the parameter sets are θ(t)'s knots. Between two knots
     a kernel is their convex combination and the spectral norm is convex, so
     ``ρ(K(t)ᵀK(t)) <= max`` of the two knots' values: the knots' rows bound every ``t``.
+    The Hamiltonian rate is a product whose factors may peak at different knots, so there
+    each factor is the largest over the knot and its neighbours
+    (:meth:`~neuralpde.HamiltonianRHS.rates`).
 
     A dynamics whose ``spectrum`` returns ``None`` gets one row for the stage with
     ``step``, ``layer`` and every bound ``None``.

@@ -319,7 +319,10 @@ def test_a_linear_theta_trains_reports_and_loads_back(tmp_path):
     fit(cfg, log=lines.append)
     assert any("θ(t) linear" in line for line in lines)
     assert json.loads((tmp_path / "report.json").read_text())["interpolation"] == "linear"
-    assert "θ(t) linear between 3 knots" in (tmp_path / "report.md").read_text()
+    assert (
+        "3 knots per stage, θ(t) linear between them, training step h = 1"
+        in (tmp_path / "report.md").read_text()
+    )
     net, back = load_trained(tmp_path / "best.pt")
     assert back.interpolation == "linear"
     assert {s.rhs.theta.interpolation for s in net.stages} == {"linear"}
@@ -664,6 +667,49 @@ def test_each_strategy_resumes_exactly_after_sigkill(strategy, tmp_path):
     b = load_checkpoint(tmp_path / "clean" / "best.pt")
     assert a["level"] == b["level"] == (2 if strategy == "multilevel" else 0)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+class _Killed(BaseException):
+    """A kill between two steps of fit (a BaseException: nothing in fit may catch it)."""
+
+
+@pytest.mark.parametrize("interpolation", ["constant", "linear"])
+def test_a_multilevel_run_resumes_from_the_checkpoint_before_its_prolongation(
+    interpolation, monkeypatch, tmp_path
+):
+    # The end-of-epoch checkpoint is written before the next epoch's prolongation: a run
+    # stopped in between must resume at the checkpoint's level and refine then.
+    import experiments._trainer as trainer
+
+    opts = dict(widths=[8, 8], epochs=3, batch_size=32, seed=5, multilevel=[2],
+                train_fraction=0.3, interpolation=interpolation)  # fmt: skip
+    lines = []
+    clean = fit(resolve_config(**opts, out=str(tmp_path / "clean")), log=lines.append)
+    n = 5 if interpolation == "linear" else 6
+    words = "knots per stage, θ(t) linear" if interpolation == "linear" else "parameter sets"
+    assert f"epoch 2: θ(t) prolongated to {n} {words}" in "\n".join(lines)
+    real = trainer._prolongate
+
+    def killed(run, log):
+        if trainer.refinements(run.cfg, run.epoch) > run.level:
+            raise _Killed
+        real(run, log)
+
+    monkeypatch.setattr(trainer, "_prolongate", killed)
+    cfg = resolve_config(**opts, out=str(tmp_path / "killed"))
+    with pytest.raises(_Killed):
+        fit(cfg, log=lambda *_: None)
+    state = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert (state["epoch"], state["batch"], state["level"]) == (1, 0, 0)
+    monkeypatch.setattr(trainer, "_prolongate", real)
+    resumed = fit(cfg, resume=True, log=lambda *_: None)
+    assert _metrics(tmp_path / "killed" / "metrics.csv") == _metrics(
+        tmp_path / "clean" / "metrics.csv"
+    )
+    assert (resumed["test_accuracy"], resumed["test_loss"]) == (
+        clean["test_accuracy"],
+        clean["test_loss"],
+    )
 
 
 def test_multilevel_run_ends_on_the_fine_level_and_loads_back(tmp_path):

@@ -197,6 +197,30 @@ def test_a_linear_theta_is_bounded_between_its_knots_too(arch):
     assert checked
 
 
+def test_a_linear_hamiltonian_rate_bounds_every_t_where_its_factors_peak_apart():
+    # K1 peaks at the first knot and K2 at the second: sqrt(ρ1 ρ2) is (5/4)² = 1.56 times
+    # larger halfway between them than at either knot, so knot-wise products would prove a
+    # stage that is not stable.
+    rhs = neuralpde.HamiltonianRHS(2, steps=3, interpolation="linear", normalization="bias")
+    a = torch.randn(1, 1, 3, 3, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        rhs.theta_q.weight.copy_(torch.stack([2 * a, 0.5 * a, 0.5 * a]))
+        rhs.theta_p.weight.copy_(torch.stack([0.5 * a, 2 * a, 0.5 * a]))
+    rates = [upper for _, upper in rhs.spectrum(8, 8).rates]
+    for t in torch.linspace(0, rhs.T, 41, dtype=torch.float64):
+        k1, k2 = rhs.theta_q(t)["weight"], rhs.theta_p(t)["weight"]
+        z = math.sqrt(stability.symbol_bound(k1, 8, 8) * stability.symbol_bound(k2, 8, 8))
+        # t lies between knots j and j + 1 (1.5 apart): both rows must bound it.
+        j = min(int(t.item() // 1.5), 1)
+        assert z <= min(rates[j], rates[j + 1]) * (1 + 1e-9)
+    # The knot-wise product alone would be below halfway's rate: the test can fail.
+    rho = stability.symbol_bound(a, 8, 8)
+    assert math.sqrt(4 * rho * 0.25 * rho) < 1.5 * rho
+    # The differentiable rate (the penalty's and constrain's) says the same.
+    z = rhs.rates(lambda w: stability.symbol_rho(w.detach().double(), 8, 8))
+    assert z.tolist() == pytest.approx(rates, rel=1e-9)
+
+
 @pytest.mark.parametrize(
     "arch, method, memory",
     [
