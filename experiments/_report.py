@@ -293,7 +293,6 @@ def write_report(cfg, net, data, rows, test, best, out: Path, *, seconds, cpu_se
         f"clipping {'on' if cfg.clip_weights else 'off'}",
         f"- {report['params']:,} parameters, widths {report['widths']}, "
         f"{theta_in_words(net)}, trained with {cfg.solver or _own_scheme(cfg.arch)}"
-        f"{'' if cfg.step_size is None else f' at step {cfg.step_size}'}"
         f"{_training_mix(cfg)}; {_bound(cfg)}",
         f"- {report['train_images']} training / {report['val_images']} validation / "
         f"{report['test_images']} test images of {data.image_size}×{data.image_size} pixels"

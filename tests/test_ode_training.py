@@ -320,7 +320,7 @@ def test_a_linear_theta_trains_reports_and_loads_back(tmp_path):
     assert any("θ(t) linear" in line for line in lines)
     assert json.loads((tmp_path / "report.json").read_text())["interpolation"] == "linear"
     assert (
-        "3 knots per stage, θ(t) linear between them, training step h = 1"
+        "3 knots per stage, θ(t) linear between them, training step h = 1, trained"
         in (tmp_path / "report.md").read_text()
     )
     net, back = load_trained(tmp_path / "best.pt")
