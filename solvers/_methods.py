@@ -29,8 +29,9 @@ SCIPY_OPTIONS = frozenset({"solver", "min_step", "max_step", "max_num_steps", "f
 def torchdiffeq_options(method: str) -> frozenset[str] | None:
     """The names in ``options`` that torchdiffeq's solver class of ``method`` reads: the
     keyword arguments of its ``__init__`` and of its bases' (torchdiffeq only warns about
-    others and drops them), and ``norm``, which ``odeint`` reads itself. ``None`` where a
-    torchdiffeq whose internals moved does not say."""
+    others and drops them), and, for the error-controlled methods, ``norm``, which
+    ``odeint`` reads itself (a fixed-step method or scipy's would drop it without a word).
+    ``None`` where a torchdiffeq whose internals moved does not say."""
     return _OPTIONS.get(method)
 
 
@@ -41,8 +42,11 @@ def _init_keywords(method: str) -> frozenset[str] | None:
         from torchdiffeq._impl.odeint import SOLVERS
     except ImportError:  # as solvers._torchdiffeq: internals that moved check nothing
         return None
-    names = {"norm"}
-    for cls in SOLVERS[method].__mro__:
+    mro = SOLVERS[method].__mro__
+    # The error norm steers step-size control; fixed grids (the Adams corrector included,
+    # which measures its own convergence in the max norm) have none to steer.
+    names = {"norm"} if any(c.__name__ == "AdaptiveStepsizeODESolver" for c in mro) else set()
+    for cls in mro:
         init = cls.__dict__.get("__init__")
         if init is None:
             continue

@@ -319,6 +319,25 @@ CASES = [
         ValueError,
         r"'rk4' takes no options \['max_num_steps'\]; its options are \['grid_constructor'",
     ),
+    # An error norm steers step-size control only: a fixed grid (the implicit Adams
+    # corrector, which measures itself in the max norm, too) or scipy would drop it.
+    (
+        lambda: solvers.Solver("euler", step_size=0.1, options={"norm": torch.linalg.norm}),
+        ValueError,
+        r"'euler' takes no options \['norm'\]",
+    ),
+    (
+        lambda: solvers.Solver("implicit_adams", step_size=0.1, options={"norm": torch.norm}),
+        ValueError,
+        r"'implicit_adams' takes no options \['norm'\]",
+    ),
+    (
+        lambda: solvers.odeint(
+            lambda t, y: -y, torch.ones(2), T01, method="scipy_solver", options={"norm": abs}
+        ),
+        ValueError,
+        r"'scipy_solver' takes no options \['norm'\]",
+    ),
     (
         lambda: solvers.Solver("scipy_solver", options={"method": "RK45"}),
         ValueError,
