@@ -158,7 +158,14 @@ def odeint_adjoint(
         # torchdiffeq's form of a fixed-step backward's step: Solver.backward's step_size.
         back["options"] = dict(back["options"])
         back["step_size"] = back["options"].pop("step_size")
-    solver, _ = _solver(method, rtol, atol, options, memory="adjoint", backward=back or None)
+    try:
+        solver, _ = _solver(method, rtol, atol, options, memory="adjoint", backward=back or None)
+    except (TypeError, ValueError) as e:
+        # Solver names its backward settings as Solver(backward=...) spells them; here the
+        # caller spelled them adjoint_options.
+        if str(e).startswith("backward options"):
+            raise type(e)("adjoint_options" + str(e)[len("backward options") :]) from None
+        raise
     return solve(func, y0, t, solver, params=adjoint_params).ys
 
 

@@ -338,6 +338,21 @@ CASES = [
         ValueError,
         r"'scipy_solver' takes no options \['norm'\]",
     ),
+    # odeint_adjoint's errors name its own argument, not Solver's backward=.
+    (
+        lambda: solvers.odeint_adjoint(
+            lambda t, y: -y, torch.ones(2), T01, adjoint_params=(), adjoint_options={"a": 1}
+        ),
+        ValueError,
+        r"^adjoint_options: method 'dopri5' takes no options \['a'\]",
+    ),
+    (
+        lambda: solvers.odeint_adjoint(
+            lambda t, y: -y, torch.ones(2), T01, adjoint_params=(), adjoint_options=[1]
+        ),
+        TypeError,
+        r"^adjoint_options must be a dict",
+    ),
     (
         lambda: solvers.Solver("scipy_solver", options={"method": "RK45"}),
         ValueError,
