@@ -324,10 +324,13 @@ def _in_words(arch: str, options: dict[str, Any]) -> str:
 
 # The photographs' defaults in words, for --help (built from the table, so never stale).
 _PHOTOGRAPHS = "; ".join(_in_words(arch, o) for arch, o in IMAGES_ARCH_OPTIONS.items())
-_RAW_SCALES = ", ".join(
-    f"{o['raw_scale']:g} for the {arch} network"
-    for arch, o in IMAGES_ARCH_OPTIONS.items()
-    if o.get("raw_scale", 1) != 1
+_RAW_SCALES = (
+    ", ".join(
+        f"{o['raw_scale']:g} for the {arch} network"
+        for arch, o in IMAGES_ARCH_OPTIONS.items()
+        if o.get("raw_scale", 1) != 1
+    )
+    or "1 too"
 )
 DISCRETIZATION_KEYS = {
     "solver",
