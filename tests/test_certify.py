@@ -182,7 +182,12 @@ def test_attacks_never_flip_an_input_inside_its_certified_radius(trained):
         xi, yi = x[i : i + 1].numpy(), y[i : i + 1].numpy()
         for attack in attacks(0.99 * float(radius[i])):
             adv = attack.generate(xi, np.eye(10, dtype=np.float32)[yi])
-            assert np.linalg.norm(adv - xi) <= 0.99 * float(radius[i]) * (1 + 1e-4)
+            # The attack projects in float32: its pixels carry rounding of up to one ulp of
+            # the largest, which at a radius of 1e-4 is a percent of it (seen on an AVX-512
+            # CPU); the certificate still covers it (the radius is 1/0.99 of the attack's).
+            ulp = np.sqrt(xi.size) * np.finfo(np.float32).eps * float(np.abs(xi).max())
+            assert np.linalg.norm(adv - xi) <= 0.99 * float(radius[i]) * (1 + 1e-4) + ulp
+            assert np.linalg.norm(adv - xi) < float(radius[i])
             pred = net(torch.from_numpy(adv)).argmax(1).item()
             assert pred == int(yi[0]), f"input {i} flipped inside its radius {radius[i]:.4g}"
         adv = attacks(20 * float(radius[i]))[0].generate(xi, np.eye(10, dtype=np.float32)[yi])
